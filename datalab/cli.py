@@ -1,0 +1,147 @@
+"""`datalab`: bring the lab up or down, see its status and logs, demo logins."""
+
+import argparse
+import json
+import sys
+
+from . import credentials, images, settings as settings_mod, stack, system
+from .docker import Docker, DockerError
+from .settings import SettingsError
+from .steps import Steps
+
+
+def cmd_up(settings, args):
+    steps = Steps()
+    steps.info(f"DataLab lab '{settings.lab}', data in {settings.data_dir}"
+               + (f", settings from {settings.source}" if settings.source else ", default settings"))
+    system.install_packages(system.LAB_PACKAGES, steps)
+    docker = Docker(settings)
+    system.ensure_engine(docker, steps)
+    system.ensure_swarm(docker, settings, steps)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with steps.step("secrets and directory CA"):
+        secret_files = credentials.ensure(settings)
+    refs = images.build_all(docker, settings, steps)
+    stack.deploy(docker, settings, stack.render(settings, refs, secret_files), steps)
+    stack.wait_healthy(docker, settings, steps, timeout=args.timeout)
+    print()
+    print(f"DataLab is up: {settings.hub_url}")
+    print_logins(settings)
+    return 0
+
+
+def print_logins(settings):
+    logins = credentials.demo_logins(settings)
+    if not logins:
+        return
+    allowed = set(settings["hub"]["allowed_groups"])
+    print("Demo logins (user / password):")
+    for user, password in logins.items():
+        note = "  (in no lab group: login is refused, by design)" if user == "eve" else ""
+        print(f"  {user:8} {password}{note}")
+    print(f"Allowed groups: {', '.join(sorted(allowed))}. Again any time: datalab demo-logins")
+
+
+def cmd_down(settings, args):
+    docker = Docker(settings)
+    steps = Steps()
+    if args.purge and not args.yes:
+        if not sys.stdin.isatty():
+            print("refusing to purge without confirmation: pass --yes", file=sys.stderr)
+            return 2
+        answer = input(f"Delete ALL data of lab '{settings.lab}' (user volumes, hub, MLflow, "
+                       f"directory, {settings.data_dir})? Type the lab name to confirm: ")
+        if answer.strip() != settings.lab:
+            print("not confirmed; nothing deleted")
+            return 1
+    stack.remove(docker, settings, steps)
+    if args.purge:
+        stack.purge_data(docker, settings, steps)
+    return 0
+
+
+def cmd_status(settings, args):
+    docker = Docker(settings)
+    rows = stack.status(docker, settings) if docker.engine_running() else []
+    if args.json:
+        print(json.dumps({"lab": settings.lab, "url": settings.hub_url, "services": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"lab '{settings.lab}' is not running (datalab up starts it)")
+        return 1
+    print(f"{'SERVICE':12} {'STATE':10} {'HEALTH':10} URL")
+    for r in rows:
+        print(f"{r['service']:12} {r['state']:10} {r['health']:10} {r['url']}")
+    return 0
+
+
+def cmd_logs(settings, args):
+    docker = Docker(settings)
+    extra = ["--follow"] if args.follow else []
+    proc = docker.run("service", "logs", "--tail", str(args.tail), *extra,
+                      f"{settings.lab}_{args.service}", check=False, capture=False)
+    return proc.returncode
+
+
+def cmd_demo_logins(settings, args):
+    logins = credentials.demo_logins(settings)
+    if args.json:
+        print(json.dumps(logins))
+    elif logins:
+        print_logins(settings)
+    else:
+        print("no demo logins (a corporate directory, or `datalab up` has not run)")
+    return 0
+
+
+def cmd_install(settings, args):
+    steps = Steps()
+    system.install_packages(system.LAB_PACKAGES + (system.TEST_PACKAGES if args.test else ()), steps)
+    docker = Docker(settings)
+    system.ensure_engine(docker, steps)
+    system.ensure_swarm(docker, settings, steps)
+    return 0
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="datalab", description=__doc__)
+    p.add_argument("--settings", help="settings file (default: $DATALAB_SETTINGS or /etc/datalab/settings.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="install what is missing, build, deploy, wait until healthy")
+    up.add_argument("--timeout", type=int, default=300, help="seconds to wait for health")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop the lab; data is kept unless --purge")
+    down.add_argument("--purge", action="store_true", help="also delete all data (asks first)")
+    down.add_argument("--yes", action="store_true", help="do not ask before purging")
+    down.set_defaults(func=cmd_down)
+    st = sub.add_parser("status", help="each service, its state, health and URL")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    lg = sub.add_parser("logs", help="a service's logs")
+    lg.add_argument("service", choices=["hub", "mlflow", "directory"])
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("--tail", type=int, default=200)
+    lg.set_defaults(func=cmd_logs)
+    dl = sub.add_parser("demo-logins", help="the seeded demo users' passwords")
+    dl.add_argument("--json", action="store_true")
+    dl.set_defaults(func=cmd_demo_logins)
+    ins = sub.add_parser("install", help="system packages, Docker engine and Swarm only")
+    ins.add_argument("--test", action="store_true", help="also what the tests need (chromium)")
+    ins.set_defaults(func=cmd_install)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        settings = settings_mod.load(args.settings)
+        return args.func(settings, args)
+    except (SettingsError, DockerError) as e:
+        print(f"datalab: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

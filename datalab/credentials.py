@@ -1,0 +1,166 @@
+"""Secrets generated at first `up`: cookie secret, proxy token, directory admin
+password, the directory's CA and server certificate, and the demo users'
+passwords. Written once into <data_dir>/secrets (0600), reused afterwards,
+never printed (except the demo logins, on purpose, by `demo-logins`)."""
+
+import base64
+import datetime
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REPO = Path(__file__).resolve().parent.parent
+SEED_LDIF = REPO / "directory" / "seed.ldif"
+DIRECTORY_HOSTNAMES = ("directory", "tasks.directory", "localhost")
+
+
+def secrets_dir(settings):
+    return settings.data_dir / "secrets"
+
+
+def _write_private(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def _ensure(path, make):
+    """Create path with make() unless it exists; return its content."""
+    if not path.exists():
+        _write_private(path, make())
+    return path.read_bytes()
+
+
+def ssha(password):
+    """An LDAP {SSHA} hash, as slappasswd makes it."""
+    salt = secrets.token_bytes(8)
+    digest = hashlib.sha1(password.encode() + salt).digest()
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+def seed_users(ldif_text):
+    return re.findall(r"^uid: (\S+)$", ldif_text, flags=re.M)
+
+
+def render_seed(ldif_text, suffix, passwords):
+    """The seed LDIF with the suffix filled in and a password hash per person."""
+    out = []
+    for line in ldif_text.replace("@SUFFIX@", suffix).splitlines():
+        out.append(line)
+        uid = re.fullmatch(r"uid: (\S+)", line)
+        if uid:
+            out.append(f"userPassword: {ssha(passwords[uid.group(1)])}")
+    return "\n".join(out) + "\n"
+
+
+def _new_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem_key(key):
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _certificate(subject_cn, public_key, issuer_name, signing_key, *, ca, sans=()):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650 if ca else 825))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        names = []
+        for san in sans:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(san)))
+            except ValueError:
+                names.append(x509.DNSName(san))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def ensure_directory_pki(sdir):
+    """A lab CA and the directory's server certificate signed by it."""
+    ca_key_path, ca_crt_path = sdir / "ca.key", sdir / "ca.crt"
+    if not ca_crt_path.exists():
+        key = _new_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "DataLab lab CA")])
+        cert = _certificate("DataLab lab CA", key.public_key(), name, key, ca=True)
+        _write_private(ca_key_path, _pem_key(key))
+        _write_private(ca_crt_path, cert.public_bytes(serialization.Encoding.PEM))
+    if not (sdir / "ldap-server.crt").exists():
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(ca_crt_path.read_bytes())
+        key = _new_key()
+        cert = _certificate(
+            "directory", key.public_key(), ca_cert.subject, ca_key, ca=False,
+            sans=DIRECTORY_HOSTNAMES + ("127.0.0.1",),
+        )
+        _write_private(sdir / "ldap-server.key", _pem_key(key))
+        _write_private(sdir / "ldap-server.crt", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def ensure(settings):
+    """Generate whatever secret is missing; return the secret files by name."""
+    sdir = secrets_dir(settings)
+    sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(sdir, 0o700)
+    files = {
+        "cookie_secret": sdir / "cookie_secret",
+        "proxy_token": sdir / "proxy_token",
+    }
+    _ensure(files["cookie_secret"], lambda: secrets.token_hex(32))
+    _ensure(files["proxy_token"], lambda: secrets.token_hex(32))
+    if settings["directory"]["builtin"]:
+        ensure_directory_pki(sdir)
+        _ensure(sdir / "ldap_admin_password", lambda: secrets.token_urlsafe(24))
+        ldif = SEED_LDIF.read_text()
+        logins = json.loads(
+            _ensure(
+                demo_logins_file(settings),
+                lambda: json.dumps({u: secrets.token_urlsafe(12) for u in seed_users(ldif)}, indent=2),
+            )
+        )
+        _ensure(sdir / "ldap-seed.ldif", lambda: render_seed(ldif, settings["directory"]["base_dn"], logins))
+        files.update(
+            ldap_admin_password=sdir / "ldap_admin_password",
+            ldap_seed=sdir / "ldap-seed.ldif",
+            ldap_server_crt=sdir / "ldap-server.crt",
+            ldap_server_key=sdir / "ldap-server.key",
+            ldap_ca_crt=sdir / "ca.crt",
+        )
+    elif settings["directory"]["ca_file"]:
+        files["ldap_ca_crt"] = Path(settings["directory"]["ca_file"])
+    if settings["mlflow"]["aws_credentials_file"]:
+        files["aws_credentials"] = Path(settings["mlflow"]["aws_credentials_file"])
+    return files
+
+
+def demo_logins_file(settings):
+    return secrets_dir(settings) / "demo-logins.json"
+
+
+def demo_logins(settings):
+    """{username: password} of the seeded demo users, or {} if none."""
+    path = demo_logins_file(settings)
+    return json.loads(path.read_text()) if path.exists() else {}

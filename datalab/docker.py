@@ -1,0 +1,47 @@
+"""The Docker engine, through the client that matches it (build.docker)."""
+
+import json
+import shutil
+import subprocess
+
+
+class DockerError(RuntimeError):
+    pass
+
+
+class Docker:
+    def __init__(self, settings):
+        configured = settings["build"]["docker"]
+        self.cli = configured if shutil.which(configured) else "docker"
+
+    def run(self, *args, check=True, capture=True, input=None, timeout=None):
+        proc = subprocess.run(
+            [self.cli, *args],
+            capture_output=capture,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout or "").strip() if capture else ""
+            raise DockerError(f"docker {' '.join(args[:3])} failed: {detail}")
+        return proc
+
+    def out(self, *args, **kwargs):
+        return self.run(*args, **kwargs).stdout.strip()
+
+    def ok(self, *args):
+        return self.run(*args, check=False).returncode == 0
+
+    def inspect(self, kind, *names):
+        proc = self.run(kind, "inspect", *names, check=False)
+        return json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+
+    def engine_running(self):
+        try:
+            return self.ok("info", "--format", "{{.ServerVersion}}")
+        except FileNotFoundError:
+            return False
+
+    def swarm_state(self):
+        return self.out("info", "--format", "{{.Swarm.LocalNodeState}}")

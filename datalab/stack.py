@@ -1,0 +1,315 @@
+"""The platform stack on the Swarm: render, deploy, wait, report, remove.
+
+Swarm networking here has no IPVS (design.md): every service uses
+endpoint_mode dnsrr, and only the hub publishes a port, in host mode.
+"""
+
+import hashlib
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from .docker import Docker, DockerError
+
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+HUB_UID = "1000"
+LDAP_UID = "1001"
+
+
+def _content_key(name, data):
+    return f"{name}_{hashlib.sha256(data).hexdigest()[:10]}"
+
+
+def lab_network(settings):
+    return f"{settings.lab}_lab"
+
+
+def ldap_endpoint(settings):
+    url = urlparse(settings["directory"]["url"])
+    default_port = 636 if url.scheme == "ldaps" else 389
+    return url.hostname, url.port or default_port
+
+
+def hub_runtime(settings, notebook_ref, has_ca):
+    d = settings["directory"]
+    host, port = ldap_endpoint(settings)
+    return {
+        "hub": {"service_name": "hub"},
+        "ldap": {
+            "host": host,
+            "port": port,
+            "tls_strategy": d["tls_strategy"],
+            "ca_file": "/run/secrets/ldap_ca_crt" if has_ca else "",
+            "bind_dn_template": list(d["bind_dn_template"]),
+            "allowed_group_dns": [f"cn={g},{d['group_base']}" for g in settings["hub"]["allowed_groups"]],
+            "group_search_base": d["group_base"],
+            "group_membership_filter": d["group_membership_filter"],
+            "group_name_attribute": d["group_name_attribute"],
+            "admin_groups": list(settings["hub"]["admin_groups"]),
+        },
+        "spawner": {
+            "image": notebook_ref,
+            "network": lab_network(settings),
+            "prefix": settings.lab,
+            "cpu_limit": settings["spawner"]["cpu_limit"],
+            "mem_limit": settings["spawner"]["mem_limit"],
+            "pids_limit": settings["spawner"]["pids_limit"],
+            "start_timeout": settings["spawner"]["start_timeout"],
+        },
+    }
+
+
+class _Files:
+    """Swarm secrets and configs, named by content so a change makes a new one."""
+
+    def __init__(self):
+        self.secrets, self.configs = {}, {}
+
+    def secret(self, name, path, uid, mode=0o400):
+        key = _content_key(name, Path(path).read_bytes())
+        self.secrets[key] = {"file": str(path)}
+        return {"source": key, "target": name, "uid": uid, "gid": uid, "mode": mode}
+
+    def config(self, name, path, target):
+        key = _content_key(name, Path(path).read_bytes())
+        self.configs[key] = {"file": str(path)}
+        return {"source": key, "target": target, "mode": 0o444}
+
+
+def _service(image, networks, **extra):
+    spec = {
+        "image": image,
+        "networks": networks,
+        "cap_drop": ["ALL"],
+        "deploy": {
+            "endpoint_mode": "dnsrr",
+            "replicas": 1,
+            "restart_policy": {"condition": "any", "delay": "2s"},
+            "labels": {"org.datalab.component": "platform"},
+        },
+    }
+    spec.update(extra)
+    return spec
+
+
+def render(settings, refs, secret_files):
+    """The stack file (compose v3 for `docker stack deploy`) as a dict."""
+    data_dir = settings.data_dir
+    files = _Files()
+    has_ca = "ldap_ca_crt" in secret_files
+    hub_json = data_dir / "hub.json"
+    hub_json.write_text(json.dumps(hub_runtime(settings, refs["notebook"], has_ca), indent=2))
+    docker_gid = str(os.stat(DOCKER_SOCKET).st_gid)
+
+    hub_secrets = [
+        files.secret("cookie_secret", secret_files["cookie_secret"], HUB_UID),
+        files.secret("proxy_token", secret_files["proxy_token"], HUB_UID),
+    ]
+    if has_ca:
+        hub_secrets.append(files.secret("ldap_ca_crt", secret_files["ldap_ca_crt"], HUB_UID, 0o444))
+    services = {
+        "hub": _service(
+            refs["hub"],
+            ["backend", "lab"],
+            # The hub drives the engine through its socket: it runs as an
+            # unprivileged user whose group owns the socket.
+            user=f"{HUB_UID}:{docker_gid}",
+            ports=[{"target": 8000, "published": settings["hub"]["port"], "protocol": "tcp", "mode": "host"}],
+            volumes=[f"{DOCKER_SOCKET}:{DOCKER_SOCKET}", "hub-data:/srv/jupyterhub/data"],
+            configs=[files.config("hub_settings", hub_json, "/etc/datalab/hub.json")],
+            secrets=hub_secrets,
+        ),
+        "mlflow": _service(
+            refs["mlflow"],
+            ["backend"],
+            command=mlflow_command(settings),
+            volumes=["mlflow-data:/mlflow"],
+            environment=mlflow_environment(settings, secret_files),
+            secrets=(
+                [files.secret("aws_credentials", secret_files["aws_credentials"], HUB_UID)]
+                if "aws_credentials" in secret_files else []
+            ),
+        ),
+    }
+    # A host-mode port cannot be held by two tasks at once on one node.
+    services["hub"]["deploy"]["update_config"] = {"order": "stop-first"}
+    if settings["directory"]["builtin"]:
+        services["directory"] = _service(
+            refs["directory"],
+            ["backend"],
+            environment={"LDAP_SUFFIX": settings["directory"]["base_dn"]},
+            volumes=["directory-data:/var/lib/datalab-ldap"],
+            secrets=[
+                files.secret(name, secret_files[name], LDAP_UID)
+                for name in ("ldap_admin_password", "ldap_seed", "ldap_server_crt", "ldap_server_key", "ldap_ca_crt")
+            ],
+        )
+    return {
+        "version": "3.8",
+        "services": services,
+        "networks": {
+            "backend": {"driver": "overlay"},
+            # Notebook containers join this one; they never see `backend`.
+            "lab": {"driver": "overlay", "attachable": True},
+        },
+        "volumes": {"hub-data": {}, "mlflow-data": {}, "directory-data": {}},
+        "secrets": files.secrets,
+        "configs": files.configs,
+    }
+
+
+def mlflow_command(settings):
+    m = settings["mlflow"]
+    return [
+        "start-mlflow",
+        "--backend-store-uri", m["backend_store_uri"],
+        "--artifacts-destination", m["artifacts_destination"],
+        "--serve-artifacts",
+        "--host", "0.0.0.0",
+        "--port", "5000",
+        "--workers", str(m["workers"]),
+        "--allowed-hosts", "mlflow,mlflow:5000,localhost,localhost:5000,127.0.0.1,127.0.0.1:5000",
+    ]
+
+
+def mlflow_environment(settings, secret_files):
+    env = {}
+    if settings["mlflow"]["s3_endpoint_url"]:
+        env["MLFLOW_S3_ENDPOINT_URL"] = settings["mlflow"]["s3_endpoint_url"]
+    if "aws_credentials" in secret_files:
+        env["AWS_SHARED_CREDENTIALS_FILE"] = "/run/secrets/aws_credentials"
+    return env
+
+
+def deploy(docker: Docker, settings, spec, steps):
+    path = settings.data_dir / "stack.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with steps.step(f"deploying stack {settings.lab}"):
+        docker.run("stack", "deploy", "--resolve-image", "never", "--prune", "-c", str(path), settings.lab)
+    prune_unused(docker, settings)
+
+
+def prune_unused(docker: Docker, settings):
+    """Remove earlier versions of this lab's secrets and configs (in-use ones stay)."""
+    for kind in ("secret", "config"):
+        names = docker.out(kind, "ls", "--format", "{{.Name}}",
+                           "--filter", f"label=com.docker.stack.namespace={settings.lab}").split()
+        for name in names:
+            docker.run(kind, "rm", name, check=False)
+
+
+def services(docker: Docker, settings):
+    lines = docker.out("service", "ls", "--format", "{{json .}}",
+                       "--filter", f"label=com.docker.stack.namespace={settings.lab}").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _local_health(docker: Docker, service_name):
+    ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service_name}").split()
+    states = [c["State"].get("Health", {}).get("Status", c["State"]["Status"]) for c in docker.inspect("container", *ids)] if ids else []
+    if not states:
+        return "no task"
+    return "healthy" if all(s == "healthy" for s in states) else ",".join(sorted(set(states)))
+
+
+def service_url(settings, short_name):
+    if short_name == "hub":
+        return settings.hub_url
+    return {
+        "mlflow": "http://mlflow:5000/ (lab network only)",
+        "directory": f"{settings['directory']['url']} (lab network only)",
+    }.get(short_name, "")
+
+
+def status(docker: Docker, settings):
+    """One row per service: name, state (running/desired), health, URL."""
+    rows = []
+    for svc in services(docker, settings):
+        short = svc["Name"].removeprefix(f"{settings.lab}_")
+        running, _, desired = svc["Replicas"].partition(" ")[0].partition("/")
+        health = _local_health(docker, svc["Name"])
+        rows.append({
+            "service": short,
+            "state": "running" if running == desired and desired != "0" else f"{running}/{desired} running",
+            "replicas": svc["Replicas"],
+            "health": health,
+            "url": service_url(settings, short),
+            "image": svc["Image"],
+        })
+    return rows
+
+
+def hub_answers(settings, timeout=3):
+    try:
+        with urllib.request.urlopen(settings.hub_url + "hub/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def wait_healthy(docker: Docker, settings, steps, timeout=300):
+    with steps.step("waiting for every service to be healthy"):
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            rows = status(docker, settings)
+            pending = [r["service"] for r in rows if r["state"] != "running" or r["health"] != "healthy"]
+            if rows and not pending and hub_answers(settings):
+                return rows
+            if pending != last:
+                steps.info(f"  waiting for: {', '.join(pending) or 'hub URL'}")
+                last = pending
+            if time.monotonic() > deadline:
+                raise DockerError(f"services not healthy after {timeout}s: {pending}\n" + task_errors(docker, settings, pending))
+            time.sleep(2)
+
+
+def task_errors(docker: Docker, settings, short_names):
+    out = []
+    for short in short_names:
+        out.append(docker.out("service", "ps", "--no-trunc", "--format",
+                              "{{.Name}} {{.CurrentState}} {{.Error}}", f"{settings.lab}_{short}", check=False))
+    return "\n".join(out)
+
+
+def lab_containers(docker: Docker, settings):
+    """Notebook containers the hub spawned for this lab."""
+    return docker.out("ps", "-aq", "--filter", f"label=org.datalab.lab={settings.lab}").split()
+
+
+def remove(docker: Docker, settings, steps):
+    with steps.step(f"removing stack {settings.lab} (data kept)"):
+        containers = lab_containers(docker, settings)
+        if containers:
+            docker.run("rm", "-f", *containers)
+        docker.run("stack", "rm", settings.lab, check=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = docker.out("network", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={settings.lab}")
+            tasks = docker.out("ps", "-q", "--filter", f"label=com.docker.stack.namespace={settings.lab}")
+            if not left and not tasks:
+                break
+            time.sleep(1)
+
+
+def lab_volumes(docker: Docker, settings):
+    stack_volumes = docker.out("volume", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={settings.lab}").split()
+    user_prefix = f"{settings.lab}-user-"
+    user_volumes = [v for v in docker.out("volume", "ls", "-q", "--filter", f"name={user_prefix}").split()
+                    if v.startswith(user_prefix)]
+    return stack_volumes + user_volumes
+
+
+def purge_data(docker: Docker, settings, steps):
+    import shutil
+
+    with steps.step("deleting the lab's volumes and data directory"):
+        volumes = lab_volumes(docker, settings)
+        if volumes:
+            docker.run("volume", "rm", "-f", *volumes)
+        shutil.rmtree(settings.data_dir, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""The host: Debian packages, the Docker engine, the Swarm."""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .docker import Docker, DockerError
+
+# What `datalab up` needs on the host, by Debian package.
+LAB_PACKAGES = ("docker.io", "debootstrap", "ldap-utils", "curl")
+# What the tests need in addition (a real browser for UI flows).
+TEST_PACKAGES = ("chromium", "chromium-driver")
+DOCKERD_LOG = Path("/var/log/datalab-dockerd.log")
+
+
+def missing_packages(packages):
+    missing = []
+    for pkg in packages:
+        proc = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True
+        )
+        if "install ok installed" not in proc.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def install_packages(packages, steps):
+    missing = missing_packages(packages)
+    if not missing:
+        steps.info(f"system packages present ({', '.join(packages)})")
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(f"missing packages {missing}: run as root or install them first")
+    with steps.step(f"installing {' '.join(missing)}"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+            check=True, env=env, stdout=subprocess.DEVNULL,
+        )
+
+
+def ensure_engine(docker: Docker, steps):
+    if docker.engine_running():
+        steps.info("Docker engine running")
+        return
+    with steps.step("starting the Docker engine"):
+        if Path("/run/systemd/system").exists() and shutil.which("systemctl"):
+            subprocess.run(["systemctl", "start", "docker"], check=True)
+        else:
+            log = open(DOCKERD_LOG, "ab")
+            subprocess.Popen(
+                ["dockerd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        deadline = time.monotonic() + 60
+        while not docker.engine_running():
+            if time.monotonic() > deadline:
+                raise DockerError(f"dockerd did not come up in 60 s; see {DOCKERD_LOG}")
+            time.sleep(0.5)
+
+
+def ensure_swarm(docker: Docker, settings, steps):
+    state = docker.swarm_state()
+    if state == "active":
+        steps.info("Swarm active")
+        return
+    with steps.step("initialising a single-node Swarm"):
+        docker.run("swarm", "init", "--advertise-addr", settings["lab"]["advertise_addr"])

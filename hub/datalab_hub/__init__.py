@@ -1,0 +1,1 @@
+"""DataLab's JupyterHub glue, installed into the hub image."""

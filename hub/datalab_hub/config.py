@@ -1,0 +1,61 @@
+"""Turns the runtime settings that `datalab up` renders (hub.json) into
+JupyterHub configuration. Pure: reads the dict, sets traits on `c`."""
+
+from pathlib import Path
+
+SECRETS = Path("/run/secrets")
+
+
+def read_secret(name, secrets_dir=SECRETS):
+    return (Path(secrets_dir) / name).read_text().strip()
+
+
+def configure(c, runtime, secrets_dir=SECRETS):
+    hub, ldap, spawn = runtime["hub"], runtime["ldap"], runtime["spawner"]
+
+    c.JupyterHub.bind_url = "http://0.0.0.0:8000/"
+    c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
+    # Notebook containers reach the hub by its service name on the lab network.
+    c.JupyterHub.hub_connect_url = f"http://{hub['service_name']}:8081"
+    c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/data/jupyterhub.sqlite"
+    c.JupyterHub.cookie_secret_file = str(Path(secrets_dir) / "cookie_secret")
+    c.JupyterHub.pid_file = "/tmp/jupyterhub.pid"
+    c.ConfigurableHTTPProxy.auth_token = read_secret("proxy_token", secrets_dir)
+    c.ConfigurableHTTPProxy.pid_file = "/tmp/jupyterhub-proxy.pid"
+    # A hub restart must not stop anybody's server.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.upgrade_db = True
+    c.JupyterHub.template_vars = {"announcement_login": hub.get("login_banner", "")}
+
+    c.JupyterHub.authenticator_class = "datalab_hub.auth.DataLabLDAPAuthenticator"
+    c.Authenticator.manage_groups = True
+    auth = c.DataLabLDAPAuthenticator
+    auth.server_address = ldap["host"]
+    auth.server_port = ldap["port"]
+    auth.tls_strategy = ldap["tls_strategy"]
+    if ldap.get("ca_file"):
+        auth.tls_kwargs = {"ca_certs_file": ldap["ca_file"], "validate": 2}  # ssl.CERT_REQUIRED
+    auth.bind_dn_template = ldap["bind_dn_template"]
+    auth.allowed_groups = ldap["allowed_group_dns"]
+    auth.group_search_base = ldap["group_search_base"]
+    auth.group_membership_filter = ldap["group_membership_filter"]
+    auth.group_name_attribute = ldap["group_name_attribute"]
+    auth.admin_ldap_groups = set(ldap["admin_groups"])
+
+    c.JupyterHub.spawner_class = "datalab_hub.spawner.DataLabSpawner"
+    sp = c.DataLabSpawner
+    sp.image = spawn["image"]
+    sp.pull_policy = "never"
+    sp.network_name = spawn["network"]
+    sp.use_internal_ip = True
+    sp.prefix = spawn["prefix"]
+    sp.remove = True  # the container goes on stop; the user's volume stays
+    sp.volumes = {spawn["prefix"] + "-user-{username}": "/home/jovyan"}
+    sp.notebook_dir = "/home/jovyan"
+    sp.default_url = "/lab"
+    sp.cpu_limit = float(spawn["cpu_limit"])
+    sp.mem_limit = spawn["mem_limit"]
+    sp.pids_limit = int(spawn["pids_limit"])
+    sp.start_timeout = int(spawn["start_timeout"])
+    sp.http_timeout = int(spawn["start_timeout"])
+    sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}
