@@ -1,0 +1,95 @@
+"""The integration suite runs against a real lab of its own ("dltest", hub on
+port 18000, data in a temporary directory) that `datalab up` brings up once
+per session and `datalab down --purge` removes at the end. Set
+DATALAB_KEEP_TEST_LAB=1 to leave it running for a faster next run."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hubclient import HubSession  # noqa: E402
+
+from datalab import settings as settings_mod  # noqa: E402
+from datalab.docker import Docker  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DATALAB = [sys.executable, "-m", "datalab.cli"]
+TEST_DATA_DIR = Path(os.environ.get("DATALAB_TEST_DATA_DIR", "/tmp/datalab-test-lab"))
+
+
+class Lab:
+    def __init__(self, settings_path):
+        self.settings_path = settings_path
+        self.settings = settings_mod.load(settings_path)
+        self.name = self.settings.lab
+        self.url = self.settings.hub_url.rstrip("/")
+        self.docker = Docker(self.settings)
+        self.logins = json.loads((self.settings.data_dir / "secrets" / "demo-logins.json").read_text())
+
+    def datalab(self, *args, check=True, timeout=900):
+        proc = subprocess.run(
+            DATALAB + ["--settings", str(self.settings_path), *args],
+            capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"datalab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def session(self):
+        return HubSession(self.url)
+
+    def login(self, user):
+        s = self.session()
+        r = s.login(user, self.logins[user])
+        assert r.status_code == 200, f"{user} could not log in: {r.status_code} {r.text[:300]}"
+        return s
+
+    def service_container(self, service):
+        ids = self.docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
+        assert ids, f"no running container for {service}"
+        return ids[0]
+
+    def notebook_container(self, user, server=""):
+        name = f"{self.name}-{user}" + (f"--{server}" if server else "")
+        found = self.docker.inspect("container", name)
+        return found[0] if found else None
+
+    def wait_healthy(self, timeout=180):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = json.loads(self.datalab("status", "--json").stdout)["services"]
+            if rows and all(r["state"] == "running" and r["health"] == "healthy" for r in rows):
+                try:
+                    if HubSession(self.url).http.get(self.url + "/hub/health", timeout=3).ok:
+                        return rows
+                except OSError:
+                    pass
+            time.sleep(1)
+        raise TimeoutError(f"lab not healthy after {timeout}s: {rows}")
+
+
+@pytest.fixture(scope="session")
+def lab():
+    TEST_DATA_DIR.mkdir(parents=True, exist_ok=True)
+    settings_path = TEST_DATA_DIR.parent / "datalab-test-settings.toml"
+    settings_path.write_text(
+        "[lab]\n"
+        'name = "dltest"\n'
+        f'data_dir = "{TEST_DATA_DIR}"\n'
+        "[hub]\n"
+        "port = 18000\n"
+        "[spawner]\n"
+        'mem_limit = "1G"\n'
+    )
+    up = subprocess.run(DATALAB + ["--settings", str(settings_path), "up"], cwd=REPO)
+    assert up.returncode == 0, "datalab up failed for the test lab"
+    the_lab = Lab(settings_path)
+    yield the_lab
+    if not os.environ.get("DATALAB_KEEP_TEST_LAB"):
+        the_lab.datalab("down", "--purge", "--yes")

@@ -1,0 +1,86 @@
+"""Login through the real hub, proxy and slapd; servers in real containers."""
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DENIED = "Invalid username or password"
+
+
+def test_login_starts_own_container_and_contents_answer(lab):
+    alice = lab.login("alice")
+    alice.wait_server_ready("alice")
+    container = lab.notebook_container("alice")
+    assert container and container["State"]["Running"]
+    assert container["Config"]["User"] in ("1000", "jovyan", "")  # image's non-root user
+    assert lab.docker.out("exec", container["Id"], "id", "-u") == "1000"
+    host = container["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
+    assert host["Memory"] == 1024**3
+    mounts = {m["Destination"]: m for m in container["Mounts"]}
+    assert mounts["/home/jovyan"]["Name"] == f"{lab.name}-user-alice"
+    assert f"{lab.name}_lab" in container["NetworkSettings"]["Networks"]
+
+    lab_page = alice.open_server("alice")
+    assert lab_page.status_code == 200 and "/user/alice/lab" in lab_page.url
+    contents = alice.contents("alice")
+    assert contents.status_code == 200
+    assert contents.json()["type"] == "directory"
+
+
+def test_other_user_is_refused_on_alices_server(lab):
+    lab.login("alice").wait_server_ready("alice")
+    bob = lab.login("bob")
+    page = bob.open_server("alice")
+    assert page.status_code == 403
+    assert bob.contents("alice").status_code == 403
+    # and bob's own server is his, not alice's
+    bob.wait_server_ready("bob")
+    assert bob.open_server("bob").status_code == 200
+    assert bob.contents("bob").status_code == 200
+
+
+def test_ldap_groups_are_mirrored_and_lab_admins_are_admins(lab):
+    carol = lab.login("carol")
+    me = carol.hub_api("/user").json()
+    assert me["admin"] is True
+    assert set(me["groups"]) == {"datascientists", "lab-admins"}
+    groups = {g["name"]: set(g["users"]) for g in carol.hub_api("/groups").json()}
+    alice = lab.login("alice").hub_api("/user").json()
+    assert alice["admin"] is False
+    assert {"datascientists", "fraud-team", "model-approvers"} <= set(alice["groups"])
+    groups = {g["name"]: set(g["users"]) for g in carol.hub_api("/groups").json()}
+    assert {"alice"} <= groups["fraud-team"] and "carol" not in groups["fraud-team"]
+    assert groups["lab-admins"] == {"carol"}
+
+
+@pytest.mark.parametrize(
+    "username, password_of",
+    [
+        ("alice", None),                       # wrong password
+        ("alice", ""),                         # empty password
+        ("nobody", "alice"),                   # unknown user
+        ("eve", "eve"),                        # real user, in no allowed group
+        ("*", "alice"),                        # wildcard
+        ("alice)(uid=*", "alice"),             # filter injection
+        ("*)(|(objectClass=*)", "alice"),      # filter injection
+        ("bob\x00", "alice"),                  # NUL byte (tornado strips it: bob, wrong password)
+        ("alice\x00)(uid=*", "alice"),         # NUL byte + filter injection
+        ("alice,ou=people", "alice"),          # DN injection
+        ("uid=alice", "alice"),                # DN injection
+        ("a" * 300, "alice"),                  # overlong
+    ],
+)
+def test_refused_logins_get_the_login_error(lab, username, password_of):
+    if password_of is None:
+        password = "not-" + lab.logins["alice"]
+    elif password_of == "":
+        password = ""
+    else:
+        password = lab.logins[password_of]
+    s = lab.session()
+    r = s.login(username, password)
+    assert r.status_code == 403, (username, r.status_code)
+    assert DENIED in r.text
+    # no session was opened, as anybody
+    assert s.hub_api("/user").status_code == 403

@@ -1,0 +1,41 @@
+"""Faults: the directory goes away and comes back; the hub restarts.
+(Named to run last: these tests stop and restart services of the test lab.)"""
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_directory_down_gives_a_clear_error_and_recovers(lab):
+    directory = f"{lab.name}_directory"
+    lab.docker.run("service", "scale", "--detach=false", f"{directory}=0", timeout=120)
+    try:
+        r = lab.session().login("alice", lab.logins["alice"])
+        assert r.status_code == 503
+        assert "directory service cannot be reached" in r.text
+        assert lab.session().http.get(lab.url + "/hub/health", timeout=5).status_code == 200
+    finally:
+        lab.docker.run("service", "scale", "--detach=false", f"{directory}=1", timeout=120)
+    lab.wait_healthy()
+    assert lab.session().login("alice", lab.logins["alice"]).status_code == 200
+
+
+def test_hub_restart_keeps_users_groups_and_running_servers(lab):
+    alice = lab.login("alice")
+    alice.wait_server_ready("alice")
+    assert alice.open_server("alice").status_code == 200
+    container_before = lab.notebook_container("alice")["Id"]
+    hub_before = lab.service_container("hub")
+
+    lab.docker.run("service", "update", "--force", "--detach=false", f"{lab.name}_hub", timeout=180)
+    lab.wait_healthy()
+    assert lab.service_container("hub") != hub_before
+
+    carol = lab.login("carol")
+    users = {u["name"]: u for u in carol.hub_api("/users").json()}
+    assert {"alice", "carol"} <= set(users)
+    assert "fraud-team" in users["alice"]["groups"]
+    assert users["alice"]["servers"][""]["ready"] is True
+    assert lab.notebook_container("alice")["Id"] == container_before
+    # alice's existing browser session still reaches her running server
+    assert alice.contents("alice").status_code == 200

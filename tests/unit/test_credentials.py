@@ -1,0 +1,52 @@
+import base64
+import hashlib
+import json
+
+from cryptography import x509
+
+from datalab import credentials, settings as settings_mod
+
+
+def lab_settings(tmp_path):
+    return settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"lab": {"data_dir": str(tmp_path)}})
+
+
+def test_ssha_verifies_like_slapd():
+    hashed = credentials.ssha("s3cret")
+    raw = base64.b64decode(hashed.removeprefix("{SSHA}"))
+    digest, salt = raw[:20], raw[20:]
+    assert hashlib.sha1(b"s3cret" + salt).digest() == digest
+    assert credentials.ssha("s3cret") != hashed  # salted
+
+
+def test_seed_gets_a_hash_per_person_and_no_clear_password():
+    ldif = credentials.SEED_LDIF.read_text()
+    users = credentials.seed_users(ldif)
+    assert {"alice", "bob", "carol"} <= set(users)
+    rendered = credentials.render_seed(ldif, "dc=x", {u: f"pw-{u}" for u in users})
+    assert rendered.count("userPassword: {SSHA}") == len(users)
+    assert "pw-alice" not in rendered and "@SUFFIX@" not in rendered
+    for group in ("datascientists", "fraud-team", "gpu-users", "model-approvers", "lab-admins"):
+        assert f"dn: cn={group},ou=groups,dc=x" in rendered
+
+
+def test_ensure_generates_once_privately_and_reuses(tmp_path):
+    s = lab_settings(tmp_path)
+    files = credentials.ensure(s)
+    sdir = tmp_path / "secrets"
+    assert oct(sdir.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in sdir.iterdir())
+    first = {name: path.read_bytes() for name, path in files.items()}
+    again = credentials.ensure(s)
+    assert {name: path.read_bytes() for name, path in again.items()} == first
+    logins = json.loads(credentials.demo_logins_file(s).read_text())
+    assert len(set(logins.values())) == len(logins)  # one password each
+
+
+def test_directory_certificate_is_signed_by_the_lab_ca_for_its_names(tmp_path):
+    files = credentials.ensure(lab_settings(tmp_path))
+    ca = x509.load_pem_x509_certificate(files["ldap_ca_crt"].read_bytes())
+    server = x509.load_pem_x509_certificate(files["ldap_server_crt"].read_bytes())
+    server.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"directory", "tasks.directory"} <= set(sans.get_values_for_type(x509.DNSName))

@@ -1,0 +1,68 @@
+"""The hub glue (hub/datalab_hub) without a hub: config mapping and the
+authenticator's refusals before and around LDAP."""
+
+import asyncio
+import json
+import socket
+
+import pytest
+from tornado import web
+from traitlets.config import Config
+
+from datalab import settings as settings_mod, stack
+from datalab_hub.auth import DataLabLDAPAuthenticator
+from datalab_hub.config import configure
+
+
+def runtime(tmp_path):
+    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"lab": {"data_dir": str(tmp_path)}})
+    return json.loads(json.dumps(stack.hub_runtime(s, "datalab/notebook:abc", has_ca=True)))
+
+
+def test_configure_maps_runtime_settings_onto_traits(tmp_path):
+    (tmp_path / "proxy_token").write_text("tok\n")
+    c = Config()
+    configure(c, runtime(tmp_path), secrets_dir=tmp_path)
+    assert c.ConfigurableHTTPProxy.auth_token == "tok"
+    assert c.JupyterHub.cleanup_servers is False
+    assert c.JupyterHub.hub_connect_url == "http://hub:8081"
+    assert c.DataLabLDAPAuthenticator.allowed_groups == [
+        "cn=datascientists,ou=groups,dc=datalab,dc=example", "cn=lab-admins,ou=groups,dc=datalab,dc=example"]
+    assert c.DataLabLDAPAuthenticator.tls_strategy == "before_bind"
+    assert c.DataLabLDAPAuthenticator.admin_ldap_groups == {"lab-admins"}
+    assert c.DataLabSpawner.network_name == "datalab_lab"
+    assert c.DataLabSpawner.volumes == {"datalab-user-{username}": "/home/jovyan"}
+    assert c.DataLabSpawner.pull_policy == "never"
+
+
+def authenticator(port):
+    return DataLabLDAPAuthenticator(
+        server_address="127.0.0.1", server_port=port, tls_strategy="insecure",
+        bind_dn_template=["uid={username},ou=people,dc=x"],
+    )
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_overlong_name_is_refused_without_contacting_the_directory():
+    # the port is closed: reaching it would raise, not return None
+    auth = authenticator(closed_port())
+    assert asyncio.run(auth.authenticate(None, {"username": "a" * 65, "password": "x"})) is None
+
+
+@pytest.mark.parametrize("name", ["*", "alice)(uid=*", "alice\x00", "uid=alice,dc=x"])
+def test_injection_shaped_names_are_refused_before_any_bind(name):
+    auth = authenticator(closed_port())
+    assert asyncio.run(auth.authenticate(None, {"username": name, "password": "x"})) is None
+
+
+def test_unreachable_directory_is_a_503_with_a_clear_message():
+    auth = authenticator(closed_port())
+    with pytest.raises(web.HTTPError) as err:
+        asyncio.run(auth.authenticate(None, {"username": "alice", "password": "x"}))
+    assert err.value.status_code == 503
+    assert "directory service cannot be reached" in err.value.log_message

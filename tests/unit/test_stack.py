@@ -1,0 +1,72 @@
+import os
+
+from datalab import credentials, settings as settings_mod, stack
+
+REFS = {n: f"datalab/{n}:abc" for n in ("base", "directory", "mlflow", "hub", "notebook")}
+
+
+def rendered(tmp_path, monkeypatch, **overrides):
+    monkeypatch.setattr(stack, "DOCKER_SOCKET", tmp_path / "docker.sock")
+    (tmp_path / "docker.sock").write_text("")
+    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides(
+        {"lab": {"data_dir": str(tmp_path), "name": "lab1"}, **overrides}
+    )
+    files = credentials.ensure(s)
+    return s, stack.render(s, REFS, files)
+
+
+def test_services_are_dnsrr_and_only_the_hub_publishes_in_host_mode(tmp_path, monkeypatch):
+    _, spec = rendered(tmp_path, monkeypatch)
+    for name, svc in spec["services"].items():
+        assert svc["deploy"]["endpoint_mode"] == "dnsrr", name
+        assert svc["cap_drop"] == ["ALL"], name
+        if name != "hub":
+            assert "ports" not in svc, name
+    assert spec["services"]["hub"]["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
+    assert spec["networks"]["lab"]["attachable"] is True
+    # notebooks join only `lab`: MLflow and the directory are not on it
+    assert spec["services"]["hub"]["networks"] == ["backend", "lab"]
+    assert spec["services"]["mlflow"]["networks"] == spec["services"]["directory"]["networks"] == ["backend"]
+
+
+def test_hub_runs_unprivileged_in_the_sockets_group(tmp_path, monkeypatch):
+    _, spec = rendered(tmp_path, monkeypatch)
+    gid = os.stat(tmp_path / "docker.sock").st_gid
+    assert spec["services"]["hub"]["user"] == f"1000:{gid}"
+
+
+def test_secret_names_follow_content_so_rotation_makes_new_ones(tmp_path, monkeypatch):
+    s, spec = rendered(tmp_path, monkeypatch)
+    before = set(spec["secrets"])
+    (tmp_path / "secrets" / "cookie_secret").write_text("rotated")
+    after = set(stack.render(s, REFS, credentials.ensure(s))["secrets"])
+    changed = before ^ after
+    assert len(changed) == 2 and all(k.startswith("cookie_secret_") for k in changed)
+
+
+def test_corporate_directory_drops_the_builtin_one(tmp_path, monkeypatch):
+    ca = tmp_path / "corp-ca.pem"
+    ca.write_text("CA")
+    s, spec = rendered(tmp_path, monkeypatch, directory={
+        "builtin": False, "url": "ldaps://ldap.corp.example", "tls_strategy": "on_connect", "ca_file": str(ca),
+        "group_base": "ou=Groups,dc=corp",
+    })
+    assert "directory" not in spec["services"]
+    runtime = stack.hub_runtime(s, "nb", has_ca=True)["ldap"]
+    assert (runtime["host"], runtime["port"]) == ("ldap.corp.example", 636)
+    assert runtime["allowed_group_dns"] == ["cn=datascientists,ou=Groups,dc=corp", "cn=lab-admins,ou=Groups,dc=corp"]
+
+
+def test_mlflow_takes_postgres_and_s3_from_settings(tmp_path, monkeypatch):
+    creds = tmp_path / "aws"
+    creds.write_text("[default]\n")
+    _, spec = rendered(tmp_path, monkeypatch, mlflow={
+        "backend_store_uri": "postgresql://u@db/mlflow", "artifacts_destination": "s3://bucket/mlflow",
+        "s3_endpoint_url": "http://minio:9000", "aws_credentials_file": str(creds),
+    })
+    svc = spec["services"]["mlflow"]
+    assert svc["command"][svc["command"].index("--backend-store-uri") + 1] == "postgresql://u@db/mlflow"
+    assert svc["command"][svc["command"].index("--artifacts-destination") + 1] == "s3://bucket/mlflow"
+    assert svc["environment"] == {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
+                                  "AWS_SHARED_CREDENTIALS_FILE": "/run/secrets/aws_credentials"}
+    assert svc["secrets"][0]["target"] == "aws_credentials"
