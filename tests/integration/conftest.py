@@ -51,9 +51,19 @@ class Lab:
         return s
 
     def service_container(self, service):
-        ids = self.docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
+        ids = self.service_containers(service)
         assert ids, f"no running container for {service}"
         return ids[0]
+
+    def service_containers(self, service):
+        return self.docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
+
+    def wait_for(self, predicate, what, timeout=120):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not after {timeout}s")
+            time.sleep(0.5)
 
     def notebook_container(self, user, server=""):
         name = f"{self.name}-{user}" + (f"--{server}" if server else "")
