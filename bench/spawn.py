@@ -35,9 +35,13 @@ def directory(docker, settings, tool, ldif):
     """Run ldapadd/ldapdelete inside the directory container, as its admin, over StartTLS."""
     cid = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={settings.lab}_directory").split()[0]
     base = settings["directory"]["base_dn"]
-    script = (f'LDAPTLS_CACERT=/run/secrets/ldap_ca_crt {tool} -c -ZZ -H ldap://localhost:1389 '
+    script = (f'LDAPTLS_CACERT=/run/secrets/ldap_ca_crt {tool} -c -ZZ -H ldap://directory:1389 '
               f'-D "cn=admin,{base}" -y /run/secrets/ldap_admin_password')
-    return docker.run("exec", "-i", cid, "sh", "-c", script, input=ldif, check=False)
+    proc = docker.run("exec", "-i", cid, "sh", "-c", script, input=ldif, check=False)
+    # 68: already exists, 16/20: attribute value missing/present (a re-run after an aborted one)
+    if proc.returncode not in (0, 16, 20, 68):
+        raise SystemExit(f"{tool} in the directory failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
 
 
 def add_users(docker, settings, names):
