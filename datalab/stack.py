@@ -7,6 +7,7 @@ endpoint_mode dnsrr, and only the hub publishes a port, in host mode.
 import hashlib
 import json
 import os
+import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -306,9 +307,11 @@ def lab_volumes(docker: Docker, settings):
 
 
 def purge_data(docker: Docker, settings, steps):
-    import shutil
-
     with steps.step("deleting the lab's volumes and data directory"):
+        # Swarm keeps exited task containers around; they still hold the volumes.
+        exited = docker.out("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={settings.lab}").split()
+        if exited:
+            docker.run("rm", "-f", *exited)
         volumes = lab_volumes(docker, settings)
         if volumes:
             docker.run("volume", "rm", "-f", *volumes)
