@@ -4,7 +4,7 @@ VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down status test test-unit bench-spawn lint
+.PHONY: up down status test test-unit bench-spawn bench-images
 
 up: $(STAMP)
 	$(VENV)/bin/datalab up
@@ -27,7 +27,10 @@ test-unit: $(STAMP)
 bench-spawn: $(STAMP)
 	$(VENV)/bin/python bench/spawn.py
 
-$(STAMP): pyproject.toml
+bench-images: $(STAMP)
+	$(VENV)/bin/python bench/images.py
+
+$(STAMP): pyproject.toml hub/pyproject.toml images/constraints.txt
 	@./scripts/bootstrap-venv $(PYTHON) $(VENV)
 	PIP_CONSTRAINT=images/constraints.txt $(VENV)/bin/pip install -q -e '.[test]' -e ./hub
 	@touch $@

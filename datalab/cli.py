@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from . import credentials, images, settings as settings_mod, stack, system
+from . import credentials, images, manifest, settings as settings_mod, stack, system
 from .docker import Docker, DockerError
 from .settings import SettingsError
 from .steps import Steps
@@ -22,7 +22,11 @@ def cmd_up(settings, args):
     with steps.step("secrets and directory CA"):
         secret_files = credentials.ensure(settings)
     refs = images.build_all(docker, settings, steps)
-    stack.deploy(docker, settings, stack.render(settings, refs, secret_files), steps)
+    notebook_images = manifest.load()
+    # images built on request earlier (e.g. tensorflow-gpu) stay offered
+    built = {n: refs.get(n) or images.current_ref(docker, n) for n in notebook_images}
+    profile_list = stack.profiles(notebook_images, built)
+    stack.deploy(docker, settings, stack.render(settings, refs, profile_list, secret_files), steps)
     stack.wait_healthy(docker, settings, steps, timeout=args.timeout)
     print()
     print(f"DataLab is up: {settings.hub_url}")
@@ -94,6 +98,28 @@ def cmd_demo_logins(settings, args):
     return 0
 
 
+def cmd_images_build(settings, args):
+    steps = Steps()
+    docker = Docker(settings)
+    system.ensure_engine(docker, steps)
+    refs = images.build_all(docker, settings, steps, names=args.names or None)
+    for name, ref in refs.items():
+        print(f"{name:16} {ref}")
+    return 0
+
+
+def cmd_images_list(settings, args):
+    rows = images.listing(Docker(settings))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'IMAGE':16} {'KIND':9} {'SIZE':>8}  {'TAG':32} {'BUILD':11} DESCRIPTION")
+    for r in rows:
+        size = f"{r['size_mb']} MB" if r["built"] else "-"
+        print(f"{r['name']:16} {r['kind']:9} {size:>8}  {r['ref'] or '(not built)':32} {r['build']:11} {r['description']}")
+    return 0
+
+
 def cmd_install(settings, args):
     steps = Steps()
     system.install_packages(system.LAB_PACKAGES + (system.TEST_PACKAGES if args.test else ()), steps)
@@ -125,6 +151,14 @@ def parser():
     dl = sub.add_parser("demo-logins", help="the seeded demo users' passwords")
     dl.add_argument("--json", action="store_true")
     dl.set_defaults(func=cmd_demo_logins)
+    img = sub.add_parser("images", help="build or list the images")
+    img_sub = img.add_subparsers(dest="images_command", required=True)
+    ib = img_sub.add_parser("build", help="build images (default: platform + default notebook images)")
+    ib.add_argument("names", nargs="*", help="images to build, e.g. tensorflow-gpu")
+    ib.set_defaults(func=cmd_images_build)
+    il = img_sub.add_parser("list", help="every image with its tag, size and description")
+    il.add_argument("--json", action="store_true")
+    il.set_defaults(func=cmd_images_list)
     ins = sub.add_parser("install", help="system packages, Docker engine and Swarm only")
     ins.add_argument("--test", action="store_true", help="also what the tests need (chromium)")
     ins.set_defaults(func=cmd_install)

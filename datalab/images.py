@@ -2,16 +2,18 @@
 
 No registry is needed: when the base image cannot be pulled it is made with
 debootstrap. Each image is tagged `latest` and with its image ID, and the
-stack refers to the ID tag, so a service is updated exactly when its image
-changed.
+stack and the hub refer to the ID tag, so a service is updated exactly when
+its image changed. Notebook images come from images/manifest.toml.
 """
 
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+from . import __version__, manifest
 from .docker import Docker, DockerError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,11 +21,22 @@ IMAGES_DIR = REPO / "images"
 REPOSITORY = "datalab"
 # Platform images in build order; each builds FROM datalab/base.
 PLATFORM_IMAGES = ("directory", "mlflow", "hub")
-NOTEBOOK_IMAGES = ("notebook",)
 
 
 def image_ref(name, image_id):
     return f"{REPOSITORY}/{name}:{image_id.split(':')[-1][:12]}"
+
+
+def current_ref(docker: Docker, name):
+    """The ID tag of the latest build of `name`, or None if never built."""
+    found = docker.inspect("image", f"{REPOSITORY}/{name}:latest")
+    return image_ref(name, found[0]["Id"]) if found else None
+
+
+def git_revision():
+    proc = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=12"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
 
 
 def ensure_debian_base(docker: Docker, settings, steps):
@@ -48,12 +61,14 @@ def ensure_debian_base(docker: Docker, settings, steps):
     return tag
 
 
-def build(docker: Docker, name, steps, build_args, log_dir):
-    """docker build images/<name>, showing its step lines; returns the ID tag."""
+def build(docker: Docker, name, steps, build_args, log_dir, no_cache=False, durations=None):
+    """docker build images/<name> as datalab/<name>:build, showing the steps that run."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"build-{name}.log"
-    args = [docker.cli, "build", "-f", str(IMAGES_DIR / name / "Dockerfile"),
-            "-t", f"{REPOSITORY}/{name}:latest"]
+    args = [docker.cli, "build", "-f", str(IMAGES_DIR / name / "Dockerfile"), "-t", build_tag(name)]
+    if no_cache:
+        args.append("--no-cache")
+    started = time.monotonic()
     for key, value in build_args.items():
         args += ["--build-arg", f"{key}={value}"]
     with steps.step(f"building image {name}"), open(log_path, "w") as log:
@@ -70,20 +85,87 @@ def build(docker: Docker, name, steps, build_args, log_dir):
                 step_line = None
         if proc.wait() != 0:
             raise DockerError(f"building {name} failed; full log in {log_path}")
-    image_id = docker.out("image", "inspect", "-f", "{{.Id}}", f"{REPOSITORY}/{name}:latest")
+    if durations is not None:
+        durations[name] = time.monotonic() - started
+    return build_tag(name)
+
+
+def build_tag(name):
+    return f"{REPOSITORY}/{name}:build"
+
+
+def finish(docker: Docker, name, labels):
+    """Label the build (OCI labels, git revision) as datalab/<name>:latest and
+    its ID tag. Kept apart from the build itself so that a new revision does
+    not invalidate the layer cache of the images built FROM this one."""
+    args = ["build", "-q", "-t", f"{REPOSITORY}/{name}:latest"]
+    for key, value in labels.items():
+        args += ["--label", f"{key}={value}"]
+    image_id = docker.out(*args, "-", input=f"FROM {build_tag(name)}\n")
     ref = image_ref(name, image_id)
     docker.run("tag", image_id, ref)
     return ref
 
 
-def build_all(docker: Docker, settings, steps, names=PLATFORM_IMAGES + NOTEBOOK_IMAGES):
-    """Build the base and `names`; returns {name: id-tagged reference}."""
+def default_targets(images):
+    return list(PLATFORM_IMAGES) + [n for n, img in images.items() if img.built_by_default]
+
+
+def build_all(docker: Docker, settings, steps, names=None, no_cache=False, durations=None):
+    """Build the base and `names` (default: the platform and the default
+    notebook images), each after the images it builds FROM; returns
+    {name: ID-tagged reference} of what was built."""
+    images = manifest.load()
+    names = default_targets(images) if names is None else list(names)
+    unknown = [n for n in names if n not in PLATFORM_IMAGES and n not in images]
+    if unknown:
+        raise DockerError(f"no image named {', '.join(unknown)} "
+                          f"(have: {', '.join(list(PLATFORM_IMAGES) + list(images))})")
+    notebook = manifest.with_ancestors(images, [n for n in names if n in images])
     debian = ensure_debian_base(docker, settings, steps)
     staging = REPO / ".build"
     staging.mkdir(exist_ok=True)
     shutil.copyfile(settings["build"]["ca_bundle"], staging / "ca-bundle.crt")
     log_dir = settings.data_dir / "logs"
-    refs = {"base": build(docker, "base", steps, {"BASE_IMAGE": debian}, log_dir)}
-    for name in names:
-        refs[name] = build(docker, name, steps, {"BASE_IMAGE": refs["base"]}, log_dir)
+    labels = {
+        "org.opencontainers.image.vendor": "DataLab",
+        "org.opencontainers.image.version": __version__,
+        "org.opencontainers.image.revision": git_revision(),
+        "org.opencontainers.image.source": "https://datalab.example/datalab.git",
+    }
+    opts = {"no_cache": no_cache, "durations": durations}
+    base = build(docker, "base", steps, {"BASE_IMAGE": debian}, log_dir, **opts)
+    parents = {"base": base}
+    refs = {}
+    for name in [n for n in PLATFORM_IMAGES if n in names]:
+        build(docker, name, steps, {"BASE_IMAGE": base}, log_dir, **opts)
+        refs[name] = finish(docker, name, {**labels, "org.opencontainers.image.title": f"datalab-{name}"})
+    for name in notebook:
+        img = images[name]
+        parents[name] = build(docker, name, steps, {"BASE_IMAGE": parents[img.parent], "KERNEL": img.kernel},
+                              log_dir, **opts)
+        refs[name] = finish(docker, name, {
+            **labels, "org.opencontainers.image.title": f"datalab-{name}",
+            "org.opencontainers.image.description": img.description,
+        })
     return refs
+
+
+def listing(docker: Docker):
+    """Every image DataLab knows: name, reference, size, whether built, what it is."""
+    images = manifest.load()
+    rows = []
+    for name in list(PLATFORM_IMAGES) + list(images):
+        found = docker.inspect("image", f"{REPOSITORY}/{name}:latest")
+        img = images.get(name)
+        rows.append({
+            "name": name,
+            "kind": "notebook" if img else "platform",
+            "built": bool(found),
+            "ref": image_ref(name, found[0]["Id"]) if found else None,
+            "size_mb": round(found[0]["Size"] / 1e6) if found else None,
+            "revision": (found[0]["Config"].get("Labels") or {}).get("org.opencontainers.image.revision") if found else None,
+            "build": img.build if img else "default",
+            "description": img.description if img else f"DataLab {name} service",
+        })
+    return rows

@@ -36,7 +36,17 @@ def ldap_endpoint(settings):
     return url.hostname, url.port or default_port
 
 
-def hub_runtime(settings, notebook_ref, has_ca):
+def profiles(notebook_images, refs):
+    """Spawn profiles: the manifest's images, each with its built reference (or None)."""
+    return [
+        {"name": img.name, "description": img.description, "image": refs.get(img.name),
+         "kernel": img.kernel, "cpu": img.cpu, "memory": img.memory, "gpus": img.gpus,
+         "groups": list(img.groups)}
+        for img in notebook_images.values()
+    ]
+
+
+def hub_runtime(settings, profile_list, has_ca):
     d = settings["directory"]
     host, port = ldap_endpoint(settings)
     return {
@@ -54,14 +64,18 @@ def hub_runtime(settings, notebook_ref, has_ca):
             "admin_groups": list(settings["hub"]["admin_groups"]),
         },
         "spawner": {
-            "image": notebook_ref,
+            "profiles": profile_list,
             "network": lab_network(settings),
             "prefix": settings.lab,
-            "cpu_limit": settings["spawner"]["cpu_limit"],
-            "mem_limit": settings["spawner"]["mem_limit"],
             "pids_limit": settings["spawner"]["pids_limit"],
             "start_timeout": settings["spawner"]["start_timeout"],
+            "named_servers": settings["spawner"]["named_servers"],
+            "teams": list(settings["volumes"]["teams"]),
+            "team_mount": settings["volumes"]["team_mount"],
+            "datasets_mount": settings["volumes"]["datasets_mount"],
+            "volume_init_image": next((p["image"] for p in profile_list if p["image"]), ""),
         },
+        "culler": dict(settings["culler"]),
     }
 
 
@@ -98,13 +112,13 @@ def _service(image, networks, **extra):
     return spec
 
 
-def render(settings, refs, secret_files):
+def render(settings, refs, profile_list, secret_files):
     """The stack file (compose v3 for `docker stack deploy`) as a dict."""
     data_dir = settings.data_dir
     files = _Files()
     has_ca = "ldap_ca_crt" in secret_files
     hub_json = data_dir / "hub.json"
-    hub_json.write_text(json.dumps(hub_runtime(settings, refs["notebook"], has_ca), indent=2))
+    hub_json.write_text(json.dumps(hub_runtime(settings, profile_list, has_ca), indent=2))
     docker_gid = str(os.stat(DOCKER_SOCKET).st_gid)
 
     hub_secrets = [

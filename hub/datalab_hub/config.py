@@ -1,6 +1,7 @@
 """Turns the runtime settings that `datalab up` renders (hub.json) into
 JupyterHub configuration. Pure: reads the dict, sets traits on `c`."""
 
+import sys
 from pathlib import Path
 
 SECRETS = Path("/run/secrets")
@@ -43,19 +44,36 @@ def configure(c, runtime, secrets_dir=SECRETS):
     auth.admin_ldap_groups = set(ldap["admin_groups"])
 
     c.JupyterHub.spawner_class = "datalab_hub.spawner.DataLabSpawner"
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = int(spawn["named_servers"])
     sp = c.DataLabSpawner
-    sp.image = spawn["image"]
+    sp.profiles = spawn["profiles"]
+    sp.image = next((p["image"] for p in spawn["profiles"] if p.get("image")), "")
     sp.pull_policy = "never"
     sp.network_name = spawn["network"]
     sp.use_internal_ip = True
     sp.prefix = spawn["prefix"]
     sp.remove = True  # the container goes on stop; the user's volume stays
-    sp.volumes = {spawn["prefix"] + "-user-{username}": "/home/jovyan"}
     sp.notebook_dir = "/home/jovyan"
     sp.default_url = "/lab"
-    sp.cpu_limit = float(spawn["cpu_limit"])
-    sp.mem_limit = spawn["mem_limit"]
     sp.pids_limit = int(spawn["pids_limit"])
     sp.start_timeout = int(spawn["start_timeout"])
     sp.http_timeout = int(spawn["start_timeout"])
+    sp.team_groups = spawn["teams"]
+    sp.team_mount_template = spawn["team_mount"]
+    sp.datasets_mount = spawn["datasets_mount"]
+    sp.volume_init_image = spawn["volume_init_image"]
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}
+
+    culler = runtime["culler"]
+    if int(culler["timeout"]) > 0:
+        c.JupyterHub.services = [{
+            "name": "idle-culler",
+            "command": [sys.executable, "-m", "datalab_hub.culler",
+                        "--timeout", str(culler["timeout"]), "--every", str(culler["every"])],
+        }]
+        c.JupyterHub.load_roles = [{
+            "name": "idle-culler",
+            "services": ["idle-culler"],
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers", "access:servers"],
+        }]

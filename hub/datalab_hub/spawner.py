@@ -1,16 +1,64 @@
-"""DockerSpawner with DataLab's container hardening as the default."""
+"""DockerSpawner with DataLab's profiles (from images/manifest.toml, via the
+runtime settings), container hardening, GPUs and shared volumes."""
 
+from html import escape
+
+import docker.errors
+from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
-from traitlets import Int, default
+from tornado import web
+from traitlets import Dict, Int, List, Unicode, default
+
+NO_GPU_RUNTIME = (
+    "The profile '{name}' needs {gpus} GPU(s), but this lab's Docker engine has no GPU "
+    "runtime (the NVIDIA container runtime is not installed on this host). Pick a CPU "
+    "profile, or ask an admin to add a GPU node."
+)
 
 
 class DataLabSpawner(DockerSpawner):
+    profiles = List(
+        Dict(),
+        config=True,
+        help="Server profiles, in the order the form shows them: dicts with name, "
+        "description, image (None when not built), kernel, cpu, memory, gpus and "
+        "groups (LDAP groups allowed to use it). Rendered from images/manifest.toml.",
+    )
     pids_limit = Int(
         1024,
         config=True,
         help="Most processes (and threads) one notebook container may run; "
         "stops a fork bomb from taking the host down.",
     )
+    home_volume_template = Unicode(
+        "{prefix}-user-{username}",
+        config=True,
+        help="Name of the user's own volume, mounted at notebook_dir in every one "
+        "of the user's servers, whatever the image; kept when servers stop.",
+    )
+    team_groups = List(
+        Unicode(),
+        config=True,
+        help="Groups that are teams: each gets a volume that only its members mount, read-write.",
+    )
+    team_mount_template = Unicode(
+        "/home/jovyan/teams/{team}",
+        config=True,
+        help="Where a team's volume is mounted in its members' servers.",
+    )
+    datasets_mount = Unicode(
+        "/home/jovyan/datasets",
+        config=True,
+        help="Where the shared datasets volume is mounted: read-only, read-write "
+        "for hub admins (who curate it). Empty: not mounted.",
+    )
+    volume_init_image = Unicode(
+        "",
+        config=True,
+        help="Image used once per new shared volume to hand its root to the "
+        "notebook user (uid 1000); any image with chown will do.",
+    )
+    notebook_uid = Unicode("1000", config=True, help="uid:gid that owns new shared volumes.")
 
     @default("extra_host_config")
     def _hardened_host_config(self):
@@ -20,3 +68,130 @@ class DataLabSpawner(DockerSpawner):
             "security_opt": ["no-new-privileges"],
             "pids_limit": self.pids_limit,
         }
+
+    # ---- profiles -------------------------------------------------------
+    def user_group_names(self):
+        return {g.name for g in self.user.groups}
+
+    def allowed_profiles(self):
+        groups = self.user_group_names()
+        return [p for p in self.profiles if groups & set(p["groups"])]
+
+    async def profile_for(self, name):
+        """The profile called `name` if this user may start it here, else an
+        HTTP error saying why (before any container is made)."""
+        allowed = {p["name"]: p for p in self.allowed_profiles()}
+        if not allowed:
+            raise web.HTTPError(403, "None of your groups may start a notebook server.")
+        if name is None:
+            name = next(iter(allowed))
+        if name not in allowed:
+            known = {p["name"] for p in self.profiles}
+            why = "is not a profile of this lab" if name not in known else "is not allowed for your groups"
+            raise web.HTTPError(400, f"Profile '{name}' {why}. You may use: {', '.join(allowed)}.")
+        profile = allowed[name]
+        if profile["gpus"]:
+            await self.require_gpu_runtime(profile)
+        if not profile.get("image"):
+            raise web.HTTPError(
+                400, f"Profile '{name}' is not built on this lab yet "
+                f"(an admin runs: datalab images build {name}).")
+        return profile
+
+    @default("options_form")
+    def _profiles_form(self):
+        return self.render_form
+
+    def render_form(self, spawner):
+        rows = []
+        profiles = self.allowed_profiles()
+        first_built = next((p["name"] for p in profiles if p.get("image")), None)
+        for p in profiles:
+            gpu = f", {p['gpus']} GPU" if p["gpus"] else ""
+            disabled = "" if p.get("image") else " disabled"
+            note = "" if p.get("image") else " (not built on this lab)"
+            checked = " checked" if p["name"] == first_built else ""
+            rows.append(
+                f'<label class="datalab-profile list-group-item"{disabled}>'
+                f'<input type="radio" name="profile" value="{escape(p["name"])}"{checked}{disabled}> '
+                f'<strong>{escape(p["name"])}</strong>{note}'
+                f'<div class="text-muted">{escape(p["description"])}</div>'
+                f'<small>{p["cpu"]:g} CPU · {escape(p["memory"])} memory{gpu} · '
+                f'kernel “{escape(p["kernel"])}”</small></label>'
+            )
+        return '<div class="list-group" id="datalab-profiles">' + "".join(rows) + "</div>"
+
+    @default("options_from_form")
+    def _options_from_form(self):
+        async def options_from_form(formdata):
+            name = (formdata.get("profile") or [None])[0]
+            return {"profile": (await self.profile_for(name))["name"]}
+
+        return options_from_form
+
+    # ---- start ------------------------------------------------------------
+    async def start(self):
+        profile = await self.profile_for(self.user_options.get("profile"))
+        self.image = profile["image"]
+        self.cpu_limit = float(profile["cpu"])
+        self.mem_limit = profile["memory"]
+        self.extra_host_config = {
+            **self._hardened_host_config(),
+            **self.gpu_request(profile),
+            # memory + swap = memory: past its limit a kernel is killed, it does not swap the host
+            "memswap_limit": self.mem_limit,
+        }
+        self.volumes = await self.volume_mounts()
+        self.environment = {**self.environment, "DATALAB_PROFILE": profile["name"]}
+        return await super().start()
+
+    async def require_gpu_runtime(self, profile):
+        info = await self.docker("info")
+        if "nvidia" not in (info.get("Runtimes") or {}):
+            raise web.HTTPError(503, NO_GPU_RUNTIME.format(**profile))
+
+    @staticmethod
+    def gpu_request(profile):
+        if not profile["gpus"]:
+            return {}
+        return {"device_requests": [DeviceRequest(count=int(profile["gpus"]), capabilities=[["gpu"]])]}
+
+    async def volume_mounts(self):
+        home = self.home_volume_template.format(prefix=self.prefix, username=self.escaped_name)
+        mounts = {home: {"bind": self.notebook_dir or "/home/jovyan", "mode": "rw"}}
+        groups = self.user_group_names()
+        for team in self.team_groups:
+            if team in groups:
+                name = f"{self.prefix}-team-{team}"
+                await self.ensure_shared_volume(name)
+                mounts[name] = {"bind": self.team_mount_template.format(team=team), "mode": "rw"}
+        if self.datasets_mount:
+            name = f"{self.prefix}-datasets"
+            await self.ensure_shared_volume(name)
+            mounts[name] = {"bind": self.datasets_mount, "mode": "rw" if self.user.admin else "ro"}
+        return mounts
+
+    async def ensure_shared_volume(self, name):
+        """Create a shared volume on first use, owned by the notebook user."""
+        try:
+            await self.docker("inspect_volume", name)
+            return
+        except docker.errors.NotFound:
+            pass
+        await self.docker("create_volume", name=name, labels={"org.datalab.lab": self.prefix})
+        host_config = self.client.create_host_config(
+            binds={name: {"bind": "/volume", "mode": "rw"}},
+            cap_drop=["ALL"], cap_add=["CHOWN"], network_mode="none",
+        )
+        helper = await self.docker(
+            "create_container", image=self.volume_init_image or self.image, user="0",
+            entrypoint=["chown", f"{self.notebook_uid}:{self.notebook_uid}", "/volume"],
+            host_config=host_config, labels={"org.datalab.lab": self.prefix},
+        )
+        try:
+            await self.docker("start", helper["Id"])
+            result = await self.docker("wait", helper["Id"])
+            if result.get("StatusCode") != 0:
+                raise web.HTTPError(500, f"could not prepare shared volume {name}")
+        finally:
+            await self.docker("remove_container", helper["Id"], force=True)

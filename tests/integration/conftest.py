@@ -55,6 +55,19 @@ class Lab:
         assert ids, f"no running container for {service}"
         return ids[0]
 
+    def fresh_server(self, user, profile=None, server=""):
+        """Log in, stop `server` if it runs, start it with `profile`; returns the session."""
+        s = self.login(user)
+        if server in (s.hub_api(f"/users/{user}").json().get("servers") or {}):
+            s.stop(user, server)
+        s.start(user, profile, server)
+        return s
+
+    def exec(self, container, *cmd, check=True):
+        """Run a command in a container as its own user; returns the CompletedProcess."""
+        cid = container["Id"] if isinstance(container, dict) else container
+        return self.docker.run("exec", cid, *cmd, check=check)
+
     def service_containers(self, service):
         return self.docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
 
@@ -94,8 +107,6 @@ def lab():
         f'data_dir = "{TEST_DATA_DIR}"\n'
         "[hub]\n"
         "port = 18000\n"
-        "[spawner]\n"
-        'mem_limit = "1G"\n'
     )
     up = subprocess.run(DATALAB + ["--settings", str(settings_path), "up"], cwd=REPO)
     assert up.returncode == 0, "datalab up failed for the test lab"

@@ -29,23 +29,61 @@ class HubSession:
 
     def hub_api(self, path, method="GET", **kwargs):
         # the hub's _xsrf cookie; a single-user server sets its own under /user/
-        hub_xsrf = [c.value for c in self.http.cookies if c.name == "_xsrf" and c.path.startswith("/hub")]
-        headers = {"X-XSRFToken": hub_xsrf[0] if hub_xsrf else ""}
+        headers = {"X-XSRFToken": self.hub_xsrf()}
         return self.http.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=30, **kwargs)
 
-    def wait_server_ready(self, username, timeout=120):
+    def spawn(self, username, profile=None, server=""):
+        """Submit the spawn form (the profile picker) as a browser would."""
+        url = f"{self.base}/hub/spawn/{username}" + (f"/{server}" if server else "")
+        data = {"_xsrf": self.hub_xsrf()}
+        if profile:
+            data["profile"] = profile
+        return self.http.post(url, data=data, timeout=120, allow_redirects=True)
+
+    def start(self, username, profile=None, server=""):
+        """Spawn unless running, and wait until ready."""
+        info = self.hub_api(f"/users/{username}").json()
+        if not (info.get("servers") or {}).get(server):
+            r = self.spawn(username, profile, server)
+            assert r.status_code == 200, f"spawn of {username}/{server} failed: {r.status_code} {r.text[:500]}"
+        return self.wait_server_ready(username, server=server)
+
+    def stop(self, username, server="", timeout=60):
+        path = f"/users/{username}/servers/{server}" if server else f"/users/{username}/server"
+        self.hub_api(path, method="DELETE")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server not in (self.hub_api(f"/users/{username}").json().get("servers") or {}):
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"{username}/{server} did not stop")
+
+    def hub_xsrf(self):
+        found = [c.value for c in self.http.cookies if c.name == "_xsrf" and c.path.startswith("/hub")]
+        return found[0] if found else self.xsrf()
+
+    def wait_server_ready(self, username, server="", timeout=120):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             user = self.hub_api(f"/users/{username}").json()
-            server = user.get("servers", {}).get("")
-            if server and server.get("ready"):
-                return server
+            found = user.get("servers", {}).get(server)
+            if found and found.get("ready"):
+                return found
             time.sleep(0.25)
-        raise TimeoutError(f"{username}'s server not ready after {timeout}s")
+        raise TimeoutError(f"{username}/{server} not ready after {timeout}s")
 
-    def open_server(self, username):
+    def open_server(self, username, server=""):
         """Do the OAuth dance onto /user/<name>/ (GET lab first)."""
-        return self.http.get(f"{self.base}/user/{username}/lab", timeout=60, allow_redirects=True)
+        return self.http.get(f"{self.server_url(username, server)}lab", timeout=60, allow_redirects=True)
 
-    def contents(self, owner):
-        return self.http.get(f"{self.base}/user/{owner}/api/contents", timeout=30, allow_redirects=False)
+    def server_url(self, username, server=""):
+        return f"{self.base}/user/{username}/" + (f"{server}/" if server else "")
+
+    def contents(self, owner, path="", server=""):
+        return self.http.get(f"{self.server_url(owner, server)}api/contents/{path}", timeout=30, allow_redirects=False)
+
+    def token(self, username):
+        """A hub API token of this user (for REST and websocket calls)."""
+        r = self.hub_api(f"/users/{username}/tokens", method="POST", json={"note": "tests", "expires_in": 3600})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]

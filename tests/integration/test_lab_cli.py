@@ -18,7 +18,7 @@ def test_status_json_lists_every_service_healthy(lab):
 def test_hub_reaches_mlflow_and_notebooks_do_not(lab):
     hub = lab.service_container("hub")
     assert lab.docker.out("exec", hub, "curl", "-fsS", "http://mlflow:5000/health") == "OK"
-    lab.login("alice").wait_server_ready("alice")
+    lab.login("alice").start("alice")
     notebook = lab.notebook_container("alice")["Id"]
     probe = lab.docker.run("exec", notebook, "curl", "-sS", "--max-time", "3", "http://mlflow:5000/health", check=False)
     assert probe.returncode != 0  # not on the backend network: no name, no route

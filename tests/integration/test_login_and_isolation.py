@@ -8,15 +8,14 @@ DENIED = "Invalid username or password"
 
 
 def test_login_starts_own_container_and_contents_answer(lab):
-    alice = lab.login("alice")
-    alice.wait_server_ready("alice")
+    alice = lab.fresh_server("alice", "python")
     container = lab.notebook_container("alice")
     assert container and container["State"]["Running"]
     assert container["Config"]["User"] in ("1000", "jovyan", "")  # image's non-root user
     assert lab.docker.out("exec", container["Id"], "id", "-u") == "1000"
     host = container["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
-    assert host["Memory"] == 1024**3
+    assert host["Memory"] == 2 * 1024**3  # the default profile's (python) limit
     mounts = {m["Destination"]: m for m in container["Mounts"]}
     assert mounts["/home/jovyan"]["Name"] == f"{lab.name}-user-alice"
     assert f"{lab.name}_lab" in container["NetworkSettings"]["Networks"]
@@ -29,13 +28,13 @@ def test_login_starts_own_container_and_contents_answer(lab):
 
 
 def test_other_user_is_refused_on_alices_server(lab):
-    lab.login("alice").wait_server_ready("alice")
+    lab.login("alice").start("alice")
     bob = lab.login("bob")
     page = bob.open_server("alice")
     assert page.status_code == 403
     assert bob.contents("alice").status_code == 403
     # and bob's own server is his, not alice's
-    bob.wait_server_ready("bob")
+    bob.start("bob")
     assert bob.open_server("bob").status_code == 200
     assert bob.contents("bob").status_code == 200
 

@@ -23,7 +23,7 @@ def test_directory_down_gives_a_clear_error_and_recovers(lab):
 
 def test_hub_restart_keeps_users_groups_and_running_servers(lab):
     alice = lab.login("alice")
-    alice.wait_server_ready("alice")
+    alice.start("alice")
     assert alice.open_server("alice").status_code == 200
     container_before = lab.notebook_container("alice")["Id"]
     hub_before = lab.service_container("hub")

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.integration
 
 def test_down_keeps_data_and_purge_needs_confirmation(lab):
     alice = lab.login("alice")
-    alice.wait_server_ready("alice")
+    alice.start("alice")
     alice.open_server("alice")
     xsrf = [c.value for c in alice.http.cookies if c.name == "_xsrf" and c.path.startswith("/user/alice")]
     put = alice.http.put(
@@ -30,7 +30,7 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
 
     lab.datalab("up")
     alice = lab.login("alice")  # same password: the directory's data survived
-    alice.wait_server_ready("alice")
+    alice.start("alice")
     alice.open_server("alice")
     file = alice.http.get(f"{lab.url}/user/alice/api/contents/keep-me.txt", timeout=30)
     assert file.status_code == 200 and file.json()["content"] == "model notes"

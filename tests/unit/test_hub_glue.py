@@ -9,14 +9,14 @@ import pytest
 from tornado import web
 from traitlets.config import Config
 
-from datalab import settings as settings_mod, stack
+from datalab import manifest, settings as settings_mod, stack
 from datalab_hub.auth import DataLabLDAPAuthenticator
 from datalab_hub.config import configure
 
 
 def runtime(tmp_path):
     s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"lab": {"data_dir": str(tmp_path)}})
-    return json.loads(json.dumps(stack.hub_runtime(s, "datalab/notebook:abc", has_ca=True)))
+    return json.loads(json.dumps(stack.hub_runtime(s, stack.profiles(manifest.load(), {"python": "datalab/python:abc"}), has_ca=True)))
 
 
 def test_configure_maps_runtime_settings_onto_traits(tmp_path):
@@ -31,8 +31,12 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.DataLabLDAPAuthenticator.tls_strategy == "before_bind"
     assert c.DataLabLDAPAuthenticator.admin_ldap_groups == {"lab-admins"}
     assert c.DataLabSpawner.network_name == "datalab_lab"
-    assert c.DataLabSpawner.volumes == {"datalab-user-{username}": "/home/jovyan"}
+    assert c.DataLabSpawner.image == "datalab/python:abc"  # first built profile
+    assert [p["name"] for p in c.DataLabSpawner.profiles] == list(manifest.load())
     assert c.DataLabSpawner.pull_policy == "never"
+    assert c.JupyterHub.allow_named_servers is True
+    assert c.JupyterHub.services[0]["name"] == "idle-culler"
+    assert "delete:servers" in c.JupyterHub.load_roles[0]["scopes"]
 
 
 def authenticator(port):

@@ -2,7 +2,10 @@ import os
 
 from datalab import credentials, settings as settings_mod, stack
 
-REFS = {n: f"datalab/{n}:abc" for n in ("base", "directory", "mlflow", "hub", "notebook")}
+from datalab import manifest
+
+REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "python", "datascience", "tensorflow")}
+PROFILES = stack.profiles(manifest.load(), REFS)
 
 
 def rendered(tmp_path, monkeypatch, **overrides):
@@ -12,7 +15,7 @@ def rendered(tmp_path, monkeypatch, **overrides):
         {"lab": {"data_dir": str(tmp_path), "name": "lab1"}, **overrides}
     )
     files = credentials.ensure(s)
-    return s, stack.render(s, REFS, files)
+    return s, stack.render(s, REFS, PROFILES, files)
 
 
 def test_services_are_dnsrr_and_only_the_hub_publishes_in_host_mode(tmp_path, monkeypatch):
@@ -39,7 +42,7 @@ def test_secret_names_follow_content_so_rotation_makes_new_ones(tmp_path, monkey
     s, spec = rendered(tmp_path, monkeypatch)
     before = set(spec["secrets"])
     (tmp_path / "secrets" / "cookie_secret").write_text("rotated")
-    after = set(stack.render(s, REFS, credentials.ensure(s))["secrets"])
+    after = set(stack.render(s, REFS, PROFILES, credentials.ensure(s))["secrets"])
     changed = before ^ after
     assert len(changed) == 2 and all(k.startswith("cookie_secret_") for k in changed)
 
@@ -52,7 +55,7 @@ def test_corporate_directory_drops_the_builtin_one(tmp_path, monkeypatch):
         "group_base": "ou=Groups,dc=corp",
     })
     assert "directory" not in spec["services"]
-    runtime = stack.hub_runtime(s, "nb", has_ca=True)["ldap"]
+    runtime = stack.hub_runtime(s, PROFILES, has_ca=True)["ldap"]
     assert (runtime["host"], runtime["port"]) == ("ldap.corp.example", 636)
     assert runtime["allowed_group_dns"] == ["cn=datascientists,ou=Groups,dc=corp", "cn=lab-admins,ou=Groups,dc=corp"]
 
@@ -70,3 +73,11 @@ def test_mlflow_takes_postgres_and_s3_from_settings(tmp_path, monkeypatch):
     assert svc["environment"] == {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
                                   "AWS_SHARED_CREDENTIALS_FILE": "/run/secrets/aws_credentials"}
     assert svc["secrets"][0]["target"] == "aws_credentials"
+
+
+def test_profiles_follow_the_manifest_and_say_what_is_not_built():
+    by_name = {p["name"]: p for p in PROFILES}
+    assert list(by_name) == list(manifest.load())
+    assert by_name["tensorflow"]["image"] == "datalab/tensorflow:abc"
+    assert by_name["tensorflow-gpu"]["image"] is None  # on request only
+    assert by_name["tensorflow-gpu"]["gpus"] == 1 and by_name["tensorflow-gpu"]["groups"] == ["gpu-users"]

@@ -1,0 +1,205 @@
+"""The image picker, container isolation, volumes, named servers and the
+idle culler, against real notebook containers of the test lab."""
+
+import ipaddress
+import re
+import time
+
+import pytest
+from kernel import Kernel, KernelDied
+
+pytestmark = pytest.mark.integration
+
+GiB = 1024**3
+
+
+def offered_profiles(session, user):
+    page = session.http.get(f"{session.base}/hub/spawn/{user}/picker", timeout=30)
+    assert page.status_code == 200, page.status_code
+    return re.findall(r'name="profile" value="([^"]+)"', page.text)
+
+
+def test_form_offers_only_the_profiles_of_the_users_groups(lab):
+    assert offered_profiles(lab.login("alice"), "alice") == ["python", "datascience", "tensorflow"]
+    # bob is in gpu-users: the GPU profile is offered (not built here, so disabled)
+    bob = lab.login("bob")
+    assert offered_profiles(bob, "bob") == ["python", "datascience", "tensorflow", "tensorflow-gpu"]
+    page = bob.http.get(f"{lab.url}/hub/spawn/bob/picker", timeout=30).text
+    assert "6G memory" in page and "1 GPU" in page and "not built on this lab" in page
+
+
+@pytest.mark.parametrize("profile, message", [
+    ("tensorflow-gpu", "is not allowed for your groups"),
+    ("crypto-miner", "is not a profile of this lab"),
+])
+def test_profile_outside_the_users_groups_is_refused_with_no_container(lab, profile, message):
+    alice = lab.login("alice")
+    r = alice.spawn("alice", profile, server="refused")
+    assert r.status_code == 400 and message in r.text
+    assert lab.notebook_container("alice", "refused") is None
+    server = (alice.hub_api("/users/alice").json().get("servers") or {}).get("refused")
+    assert not server or not server["pending"]
+
+
+def test_gpu_profile_on_a_host_without_gpu_runtime_fails_at_once(lab):
+    bob = lab.login("bob")
+    r = bob.spawn("bob", "tensorflow-gpu", server="gpu")
+    assert r.status_code == 503
+    assert "no GPU runtime" in r.text
+    assert lab.notebook_container("bob", "gpu") is None
+
+
+def cgroup_value(lab, container, v1, v2):
+    found = lab.exec(container, "sh", "-c", f"cat {v1} 2>/dev/null || cat {v2}").stdout.split()
+    return found[0] if found else ""
+
+
+def test_notebook_container_is_locked_down(lab):
+    lab.fresh_server("alice", "python")
+    c = lab.notebook_container("alice")
+    assert lab.exec(c, "id", "-u").stdout.strip() == "1000"
+    status = lab.exec(c, "cat", "/proc/1/status").stdout
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    assert re.search(r"^CapEff:\s+0+$", status, re.M) and re.search(r"^CapBnd:\s+0+$", status, re.M)
+    assert c["HostConfig"]["PidsLimit"] == 1024
+    # the kernel enforces the profile's limits: 1 CPU, 2G, no swap on top
+    quota = cgroup_value(lab, c, "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max")
+    assert quota == "100000"
+    memory = cgroup_value(lab, c, "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
+    assert int(memory) == 2 * GiB
+    assert c["HostConfig"]["MemorySwap"] == 2 * GiB
+    assert lab.exec(c, "test", "-e", "/var/run/docker.sock", check=False).returncode != 0
+
+
+def routes(lab, container):
+    """The container's routing table (destination networks), from /proc/net/route."""
+    nets = []
+    for line in lab.exec(container, "cat", "/proc/net/route").stdout.splitlines()[1:]:
+        fields = line.split()
+        dest, mask = (ipaddress.IPv4Address(int(f, 16).to_bytes(4, "little")) for f in (fields[1], fields[7]))
+        nets.append(ipaddress.IPv4Network(f"{dest}/{mask}"))
+    return nets
+
+
+def test_no_route_from_notebooks_to_docker_api_directory_or_mlflow(lab):
+    lab.fresh_server("alice", "python")
+    c = lab.notebook_container("alice")
+    # only the lab network: no interface, and no route, into the backend network
+    assert set(c["NetworkSettings"]["Networks"]) == {f"{lab.name}_lab"}
+    backend = ipaddress.IPv4Network(lab.docker.inspect("network", f"{lab.name}_backend")[0]["IPAM"]["Config"][0]["Subnet"])
+    assert not [n for n in routes(lab, c) if n.prefixlen and n.overlaps(backend)]
+    # the services' names do not resolve, and the Docker API is not served on
+    # the host's side of the container's gateway (all probes stay on this host)
+    gateway = lab.docker.inspect("network", "docker_gwbridge")[0]["IPAM"]["Config"][0]["Gateway"]
+    targets = [("mlflow", 5000), ("directory", 1389), ("tasks.mlflow", 5000), ("tasks.directory", 1389),
+               (gateway, 2375), (gateway, 2376)]
+    probe = (
+        "import socket\n"
+        "for host, port in [%s]:\n"
+        "    try:\n"
+        "        socket.create_connection((host, port), timeout=2).close()\n"
+        "        print('REACHED', host, port)\n"
+        "    except OSError as e:\n"
+        "        print('blocked', host, port, type(e).__name__)\n"
+    ) % ", ".join(f"({h!r}, {p})" for h, p in targets)
+    out = lab.exec(c, "python3", "-c", probe).stdout
+    assert "REACHED" not in out, out
+    assert out.count("blocked") == len(targets), out
+
+
+def test_memory_hog_loses_its_kernel_not_the_server(lab):
+    alice = lab.fresh_server("alice", "python")
+    token = alice.token("alice")
+    kernel = Kernel(alice.server_url("alice"), token)
+    try:
+        try:
+            status, out = kernel.execute("hog = b'x' * (3 * 1024**3)", timeout=120)
+            assert status == "error" and "MemoryError" in out, (status, out)
+        except KernelDied:
+            pass  # killed by the container's OOM killer, as expected
+    finally:
+        kernel.ws.close()
+    container = lab.notebook_container("alice")
+    assert container["State"]["Running"]
+    assert alice.http.get(f"{alice.server_url('alice')}api/status",
+                          headers={"Authorization": f"token {token}"}, timeout=10).status_code == 200
+    fresh = Kernel(alice.server_url("alice"), token)
+    try:
+        assert fresh.execute("print(6 * 7)") == ("ok", "42\n")
+    finally:
+        fresh.close()
+
+
+def test_home_volume_survives_restarts_image_switches_and_is_shared_by_named_servers(lab):
+    lab.fresh_server("alice", "python")
+    lab.exec(lab.notebook_container("alice"), "sh", "-c", "echo fraud-notes > /home/jovyan/notes.txt")
+    alice = lab.fresh_server("alice", "datascience")  # stop, then another image
+    c = lab.notebook_container("alice")
+    assert "datalab/datascience:" in c["Config"]["Image"]
+    assert lab.exec(c, "cat", "/home/jovyan/notes.txt").stdout == "fraud-notes\n"
+    # a named server next to the default one, with another image, same home
+    alice.start("alice", "python", server="side")
+    side = lab.notebook_container("alice", "side")
+    assert side and "datalab/python:" in side["Config"]["Image"]
+    assert lab.exec(side, "cat", "/home/jovyan/notes.txt").stdout == "fraud-notes\n"
+    assert lab.notebook_container("alice")["State"]["Running"]
+    alice.stop("alice", server="side")
+    assert lab.notebook_container("alice", "side") is None
+    assert f"{lab.name}-user-alice" in lab.docker.out("volume", "ls", "-q").split()
+
+
+def test_team_volume_is_for_the_team_and_datasets_are_read_only(lab):
+    lab.fresh_server("alice", "python")
+    lab.fresh_server("bob", "python")
+    lab.fresh_server("carol", "python")
+    alice, bob, carol = (lab.notebook_container(u) for u in ("alice", "bob", "carol"))
+    team = "/home/jovyan/teams/fraud-team"
+    lab.exec(alice, "sh", "-c", f"echo from-alice > {team}/shared.txt")
+    assert lab.exec(bob, "cat", f"{team}/shared.txt").stdout == "from-alice\n"
+    assert lab.exec(carol, "test", "-e", team, check=False).returncode != 0  # carol is not in fraud-team
+    # datasets: read-only for scientists, curated by admins (carol is a lab admin)
+    denied = lab.exec(alice, "touch", "/home/jovyan/datasets/x.csv", check=False)
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    lab.exec(carol, "sh", "-c", "echo a,b > /home/jovyan/datasets/cards.csv")
+    assert lab.exec(alice, "cat", "/home/jovyan/datasets/cards.csv").stdout == "a,b\n"
+
+
+def test_admin_stops_a_server_and_the_volume_stays(lab):
+    lab.fresh_server("bob", "python")
+    carol = lab.login("carol")
+    servers = {u["name"]: u["servers"] for u in carol.hub_api("/users").json()}
+    assert "" in servers["bob"]
+    carol.stop("bob")
+    assert lab.notebook_container("bob") is None
+    assert f"{lab.name}-user-bob" in lab.docker.out("volume", "ls", "-q").split()
+
+
+def run_culler(lab, token, timeout):
+    proc = lab.docker.run(
+        "exec", "-e", f"JUPYTERHUB_API_TOKEN={token}", lab.service_container("hub"),
+        "python3", "-m", "datalab_hub.culler", "--once", "--timeout", str(timeout),
+    )
+    return proc.stdout.split()
+
+
+def test_culler_stops_idle_servers_but_not_busy_ones(lab):
+    carol = lab.login("carol")
+    assert "idle-culler" in {s["name"] for s in carol.hub_api("/services").json().values()}
+    admin_token = carol.token("carol")
+    alice = lab.fresh_server("alice", "python")
+    kernel = Kernel(alice.server_url("alice"), alice.token("alice"))
+    try:
+        msg = kernel.execute("import time; time.sleep(300)", wait=False)
+        time.sleep(3)
+        assert "alice/" not in run_culler(lab, admin_token, timeout=1)
+        assert lab.notebook_container("alice") is not None
+        kernel.interrupt()
+        status, _ = kernel.collect(msg, timeout=30)
+        assert status == "error"
+    finally:
+        kernel.close()
+    time.sleep(2)
+    assert "alice/" in run_culler(lab, admin_token, timeout=1)
+    lab.wait_for(lambda: lab.notebook_container("alice") is None, "culled container removed")
+    assert not (carol.hub_api("/users/alice").json().get("servers") or {})
+    assert f"{lab.name}-user-alice" in lab.docker.out("volume", "ls", "-q").split()

@@ -1,0 +1,32 @@
+import pytest
+
+from datalab import manifest
+from datalab.manifest import ManifestError
+
+
+def test_manifest_describes_the_image_family():
+    images = manifest.load()
+    assert list(images) == ["python", "datascience", "tensorflow", "tensorflow-gpu"]
+    assert images["tensorflow"].parent == "datascience"
+    assert images["tensorflow-gpu"].gpus == 1 and not images["tensorflow-gpu"].built_by_default
+    # every kernel an image installs is a kernelspec in kernels/
+    for img in images.values():
+        assert (manifest.MANIFEST.parent.parent / "kernels" / img.kernel / "kernel.json").exists()
+
+
+def test_ancestors_come_first():
+    images = manifest.load()
+    assert manifest.with_ancestors(images, ["tensorflow-gpu"]) == ["python", "datascience", "tensorflow-gpu"]
+    with pytest.raises(ManifestError, match="no image 'pytorch'"):
+        manifest.with_ancestors(images, ["pytorch"])
+
+
+def test_a_broken_manifest_says_what_is_wrong(tmp_path):
+    bad = tmp_path / "m.toml"
+    bad.write_text('[[image]]\nname = "x"\nfrom = "nowhere"\n')
+    with pytest.raises(ManifestError, match="missing"):
+        manifest.load(bad)
+    fields = 'description="d"\nkernel="k"\ncpu=1\nmemory="1G"\ngpus=0\ngroups=[]\nbuild="default"\n'
+    bad.write_text(f'[[image]]\nname = "x"\nfrom = "nowhere"\n{fields}')
+    with pytest.raises(ManifestError, match="not listed before it"):
+        manifest.load(bad)

@@ -1,0 +1,67 @@
+"""Profile checks of DataLabSpawner, with a stand-in user (groups only)."""
+
+from types import SimpleNamespace
+
+import asyncio
+
+import pytest
+from tornado import web
+
+from datalab import manifest, stack
+from datalab_hub.spawner import DataLabSpawner
+
+PROFILES = stack.profiles(manifest.load(), {"python": "p:1", "datascience": "d:1", "tensorflow": "t:1"})
+
+
+def spawner_for(*groups, runtimes=("runc",)):
+    sp = DataLabSpawner(profiles=PROFILES)
+    sp.user_group_names = lambda: set(groups)
+
+    async def docker(method, *args, **kwargs):  # the engine's `info`, faked
+        assert method == "info"
+        return {"Runtimes": {r: {} for r in runtimes}}
+
+    sp.docker = docker
+    return sp
+
+
+def form(sp, **data):
+    return asyncio.run(sp.options_from_form({k: [v] for k, v in data.items()}))
+
+
+def test_form_offers_only_what_the_groups_allow():
+    form = spawner_for("datascientists").render_form(None)
+    assert 'value="tensorflow"' in form and 'value="tensorflow-gpu"' not in form
+    gpu_form = spawner_for("datascientists", "gpu-users").render_form(None)
+    assert 'value="tensorflow-gpu"' in gpu_form and "not built on this lab" in gpu_form
+    assert "6G memory" in form and "TensorFlow 2.21 (CPU)" in form
+
+
+def test_posted_profile_outside_the_groups_is_a_clear_400():
+    sp = spawner_for("datascientists")
+    with pytest.raises(web.HTTPError) as err:
+        form(sp, profile="tensorflow-gpu")
+    assert err.value.status_code == 400
+    assert "not allowed for your groups" in err.value.log_message
+    with pytest.raises(web.HTTPError, match="not a profile of this lab"):
+        form(sp, profile="bitcoin-miner")
+    assert form(sp, profile="tensorflow") == {"profile": "tensorflow"}
+    assert form(sp) == {"profile": "python"}
+
+
+def test_gpu_profile_without_gpu_runtime_fails_before_anything_starts():
+    with pytest.raises(web.HTTPError) as err:
+        form(spawner_for("gpu-users"), profile="tensorflow-gpu")
+    assert err.value.status_code == 503 and "no GPU runtime" in err.value.log_message
+
+
+def test_unbuilt_profile_says_how_to_build_it():
+    with pytest.raises(web.HTTPError, match="datalab images build tensorflow-gpu"):
+        form(spawner_for("gpu-users", runtimes=("runc", "nvidia")), profile="tensorflow-gpu")
+
+
+def test_gpu_profiles_ask_docker_for_gpus():
+    gpu = next(p for p in PROFILES if p["name"] == "tensorflow-gpu")
+    request = DataLabSpawner.gpu_request(gpu)["device_requests"][0]
+    assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
+    assert DataLabSpawner.gpu_request(PROFILES[0]) == {}
