@@ -34,7 +34,9 @@ def current_ref(docker: Docker, name):
 
 
 def git_revision():
-    proc = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=12"],
+    # The commit alone (no "-dirty"): editing a file must not relabel, and so
+    # restart, every service; changed content gets new layers anyway.
+    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
                           capture_output=True, text=True)
     return proc.stdout.strip() or "unknown"
 

@@ -224,12 +224,17 @@ def services(docker: Docker, settings):
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _local_health(docker: Docker, service_name):
+def _local_health(docker: Docker, service_name, image):
+    """Health of the service's containers on this node; "updating" while any
+    still runs another image than the service's spec (a rollout under way)."""
     ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service_name}").split()
-    states = [c["State"].get("Health", {}).get("Status", c["State"]["Status"]) for c in docker.inspect("container", *ids)] if ids else []
-    if not states:
+    containers = docker.inspect("container", *ids) if ids else []
+    if not containers:
         return "no task"
-    return "healthy" if all(s == "healthy" for s in states) else ",".join(sorted(set(states)))
+    if any(c["Config"]["Image"] != image for c in containers):
+        return "updating"
+    states = {c["State"].get("Health", {}).get("Status", c["State"]["Status"]) for c in containers}
+    return "healthy" if states == {"healthy"} else ",".join(sorted(states))
 
 
 def service_url(settings, short_name):
@@ -247,7 +252,7 @@ def status(docker: Docker, settings):
     for svc in services(docker, settings):
         short = svc["Name"].removeprefix(f"{settings.lab}_")
         running, _, desired = svc["Replicas"].partition(" ")[0].partition("/")
-        health = _local_health(docker, svc["Name"])
+        health = _local_health(docker, svc["Name"], svc["Image"])
         rows.append({
             "service": short,
             "state": "running" if running == desired and desired != "0" else f"{running}/{desired} running",
