@@ -128,9 +128,11 @@ def ensure(settings):
     files = {
         "cookie_secret": sdir / "cookie_secret",
         "proxy_token": sdir / "proxy_token",
+        # the host's `datalab jobs` acts as the hub service "datalab-cli"
+        "cli_token": sdir / "cli_token",
     }
-    _ensure(files["cookie_secret"], lambda: secrets.token_hex(32))
-    _ensure(files["proxy_token"], lambda: secrets.token_hex(32))
+    for name in ("cookie_secret", "proxy_token", "cli_token"):
+        _ensure(files[name], lambda: secrets.token_hex(32))
     if settings["directory"]["builtin"]:
         ensure_directory_pki(sdir)
         _ensure(sdir / "ldap_admin_password", lambda: secrets.token_urlsafe(24))

@@ -96,14 +96,30 @@ def build_tag(name):
     return f"{REPOSITORY}/{name}:build"
 
 
-def finish(docker: Docker, name, labels):
+# The last layer of every notebook image: the `datalab` command (for `datalab
+# jobs ...` in a terminal, `from datalab.jobs_client import JobsClient` in
+# Python) and the `fraudlab` library of the reference workload.
+WITH_CLI = """
+USER root
+COPY datalab/ /opt/datalab-cli/datalab/
+COPY pipelines/fraudlab/ /opt/datalab-cli/fraudlab/
+ENV MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
+RUN echo /opt/datalab-cli > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/datalab-cli.pth" \\
+ && printf '#!/bin/sh\\nexec python3 -m datalab.cli "$@"\\n' > /usr/local/bin/datalab && chmod 755 /usr/local/bin/datalab
+USER 1000
+"""
+
+
+def finish(docker: Docker, name, labels, with_cli=False):
     """Label the build (OCI labels, git revision) as datalab/<name>:latest and
-    its ID tag. Kept apart from the build itself so that a new revision does
-    not invalidate the layer cache of the images built FROM this one."""
-    args = ["build", "-q", "-t", f"{REPOSITORY}/{name}:latest"]
+    its ID tag, adding the CLI to notebook images. Kept apart from the build
+    itself so that neither a new revision nor a CLI change invalidates the
+    layer cache of the images built FROM this one."""
+    args = ["build", "-q", "-t", f"{REPOSITORY}/{name}:latest", "-f", "-"]
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
-    image_id = docker.out(*args, "-", input=f"FROM {build_tag(name)}\n")
+    dockerfile = f"FROM {build_tag(name)}\n" + (WITH_CLI if with_cli else "")
+    image_id = docker.out(*args, str(REPO), input=dockerfile)
     ref = image_ref(name, image_id)
     docker.run("tag", image_id, ref)
     return ref
@@ -149,7 +165,7 @@ def build_all(docker: Docker, settings, steps, names=None, no_cache=False, durat
         refs[name] = finish(docker, name, {
             **labels, "org.opencontainers.image.title": f"datalab-{name}",
             "org.opencontainers.image.description": img.description,
-        })
+        }, with_cli=True)
     return refs
 
 

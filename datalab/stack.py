@@ -76,6 +76,16 @@ def hub_runtime(settings, profile_list, has_ca):
             "volume_init_image": next((p["image"] for p in profile_list if p["image"]), ""),
         },
         "culler": dict(settings["culler"]),
+        "jobs": {
+            **dict(settings["jobs"]),
+            "data_dir": "/srv/jupyterhub/data/jobs",
+            # Until the registry gateway exists, jobs reach MLflow on this network;
+            # notebook servers do not.
+            "extra_networks": [f"{settings.lab}_tracking"],
+            "environment": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+            "admin_services": ["datalab-cli"],
+            "url": "http://hub:8000/services/jobs/",
+        },
     }
 
 
@@ -124,6 +134,7 @@ def render(settings, refs, profile_list, secret_files):
     hub_secrets = [
         files.secret("cookie_secret", secret_files["cookie_secret"], HUB_UID),
         files.secret("proxy_token", secret_files["proxy_token"], HUB_UID),
+        files.secret("cli_token", secret_files["cli_token"], HUB_UID),
     ]
     if has_ca:
         hub_secrets.append(files.secret("ldap_ca_crt", secret_files["ldap_ca_crt"], HUB_UID, 0o444))
@@ -141,7 +152,7 @@ def render(settings, refs, profile_list, secret_files):
         ),
         "mlflow": _service(
             refs["mlflow"],
-            ["backend"],
+            ["backend", "tracking"],
             command=mlflow_command(settings),
             volumes=["mlflow-data:/mlflow"],
             environment=mlflow_environment(settings, secret_files),
@@ -171,6 +182,8 @@ def render(settings, refs, profile_list, secret_files):
             "backend": {"driver": "overlay"},
             # Notebook containers join this one; they never see `backend`.
             "lab": {"driver": "overlay", "attachable": True},
+            # MLflow for job containers (until the registry gateway puts it behind the hub).
+            "tracking": {"driver": "overlay", "attachable": True},
         },
         "volumes": {"hub-data": {}, "mlflow-data": {}, "directory-data": {}},
         "secrets": files.secrets,
@@ -193,7 +206,7 @@ def mlflow_command(settings):
 
 
 def mlflow_environment(settings, secret_files):
-    env = {}
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}  # a bank's lab does not call home
     if settings["mlflow"]["s3_endpoint_url"]:
         env["MLFLOW_S3_ENDPOINT_URL"] = settings["mlflow"]["s3_endpoint_url"]
     if "aws_credentials" in secret_files:

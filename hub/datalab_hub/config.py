@@ -65,15 +65,36 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.volume_init_image = spawn["volume_init_image"]
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}
 
+    jobs = runtime["jobs"]
+    sp.environment = {"DATALAB_JOBS_URL": jobs["url"]}
+    # The server's own token may call the jobs service, as its user.
+    sp.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=jobs"]
+    services = [
+        {
+            "name": "jobs",
+            "url": "http://127.0.0.1:8090",
+            "command": [sys.executable, "-m", "datalab_jobs.service"],
+            "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
+        },
+        {"name": "datalab-cli", "api_token": read_secret("cli_token", secrets_dir)},
+    ]
+    roles = [
+        {"name": "user", "scopes": ["self", "access:services!service=jobs"]},
+        {"name": "jobs", "services": ["jobs"], "scopes": ["read:users", "read:users:groups", "list:users"]},
+        {"name": "datalab-cli", "services": ["datalab-cli"],
+         "scopes": ["access:services!service=jobs", "read:users", "list:users"]},
+    ]
     culler = runtime["culler"]
     if int(culler["timeout"]) > 0:
-        c.JupyterHub.services = [{
+        services.append({
             "name": "idle-culler",
             "command": [sys.executable, "-m", "datalab_hub.culler",
                         "--timeout", str(culler["timeout"]), "--every", str(culler["every"])],
-        }]
-        c.JupyterHub.load_roles = [{
+        })
+        roles.append({
             "name": "idle-culler",
             "services": ["idle-culler"],
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers", "access:servers"],
-        }]
+        })
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles

@@ -9,6 +9,8 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Dict, Int, List, Unicode, default
 
+from . import profiles, volumes
+
 NO_GPU_RUNTIME = (
     "The profile '{name}' needs {gpus} GPU(s), but this lab's Docker engine has no GPU "
     "runtime (the NVIDIA container runtime is not installed on this host). Pick a CPU "
@@ -29,12 +31,6 @@ class DataLabSpawner(DockerSpawner):
         config=True,
         help="Most processes (and threads) one notebook container may run; "
         "stops a fork bomb from taking the host down.",
-    )
-    home_volume_template = Unicode(
-        "{prefix}-user-{username}",
-        config=True,
-        help="Name of the user's own volume, mounted at notebook_dir in every one "
-        "of the user's servers, whatever the image; kept when servers stop.",
     )
     team_groups = List(
         Unicode(),
@@ -74,29 +70,18 @@ class DataLabSpawner(DockerSpawner):
         return {g.name for g in self.user.groups}
 
     def allowed_profiles(self):
-        groups = self.user_group_names()
-        return [p for p in self.profiles if groups & set(p["groups"])]
+        return profiles.allowed(self.profiles, self.user_group_names())
 
     async def profile_for(self, name):
         """The profile called `name` if this user may start it here, else an
         HTTP error saying why (before any container is made)."""
-        allowed = {p["name"]: p for p in self.allowed_profiles()}
-        if not allowed:
-            raise web.HTTPError(403, "None of your groups may start a notebook server.")
-        if name is None:
-            name = next(iter(allowed))
-        if name not in allowed:
-            known = {p["name"] for p in self.profiles}
-            why = "is not a profile of this lab" if name not in known else "is not allowed for your groups"
-            raise web.HTTPError(400, f"Profile '{name}' {why}. You may use: {', '.join(allowed)}.")
-        profile = allowed[name]
-        if profile["gpus"]:
-            await self.require_gpu_runtime(profile)
-        if not profile.get("image"):
-            raise web.HTTPError(
-                400, f"Profile '{name}' is not built on this lab yet "
-                f"(an admin runs: datalab images build {name}).")
-        return profile
+        try:
+            profile = profiles.choose(self.profiles, self.user_group_names(), name)
+            if profile["gpus"]:
+                await self.require_gpu_runtime(profile)
+            return profiles.require_built(profile)
+        except profiles.ProfileError as e:
+            raise web.HTTPError(e.status, e.message) from None
 
     @default("options_form")
     def _profiles_form(self):
@@ -157,18 +142,13 @@ class DataLabSpawner(DockerSpawner):
         return {"device_requests": [DeviceRequest(count=int(profile["gpus"]), capabilities=[["gpu"]])]}
 
     async def volume_mounts(self):
-        home = self.home_volume_template.format(prefix=self.prefix, username=self.escaped_name)
-        mounts = {home: {"bind": self.notebook_dir or "/home/jovyan", "mode": "rw"}}
-        groups = self.user_group_names()
-        for team in self.team_groups:
-            if team in groups:
-                name = f"{self.prefix}-team-{team}"
-                await self.ensure_shared_volume(name)
-                mounts[name] = {"bind": self.team_mount_template.format(team=team), "mode": "rw"}
-        if self.datasets_mount:
-            name = f"{self.prefix}-datasets"
+        mounts = volumes.volume_mounts(
+            {"prefix": self.prefix, "teams": self.team_groups, "team_mount": self.team_mount_template,
+             "datasets_mount": self.datasets_mount},
+            self.user.name, self.user_group_names(), self.user.admin,
+        )
+        for name in volumes.shared(mounts, self.prefix):
             await self.ensure_shared_volume(name)
-            mounts[name] = {"bind": self.datasets_mount, "mode": "rw" if self.user.admin else "ro"}
         return mounts
 
     async def ensure_shared_volume(self, name):

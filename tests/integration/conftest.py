@@ -107,6 +107,9 @@ def lab():
         f'data_dir = "{TEST_DATA_DIR}"\n'
         "[hub]\n"
         "port = 18000\n"
+        "[jobs]\n"
+        "max_running = 3\n"
+        "max_running_per_user = 2\n"
     )
     up = subprocess.run(DATALAB + ["--settings", str(settings_path), "up"], cwd=REPO)
     assert up.returncode == 0, "datalab up failed for the test lab"

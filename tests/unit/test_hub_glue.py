@@ -21,6 +21,7 @@ def runtime(tmp_path):
 
 def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     (tmp_path / "proxy_token").write_text("tok\n")
+    (tmp_path / "cli_token").write_text("cli\n")
     c = Config()
     configure(c, runtime(tmp_path), secrets_dir=tmp_path)
     assert c.ConfigurableHTTPProxy.auth_token == "tok"
@@ -35,8 +36,13 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert [p["name"] for p in c.DataLabSpawner.profiles] == list(manifest.load())
     assert c.DataLabSpawner.pull_policy == "never"
     assert c.JupyterHub.allow_named_servers is True
-    assert c.JupyterHub.services[0]["name"] == "idle-culler"
-    assert "delete:servers" in c.JupyterHub.load_roles[0]["scopes"]
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert set(services) == {"jobs", "datalab-cli", "idle-culler"}
+    assert services["datalab-cli"]["api_token"] == "cli"
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert "delete:servers" in roles["idle-culler"]["scopes"]
+    assert "access:services!service=jobs" in roles["user"]["scopes"]
+    assert "access:services!service=jobs" in c.DataLabSpawner.server_token_scopes
 
 
 def authenticator(port):

@@ -29,7 +29,8 @@ def test_services_are_dnsrr_and_only_the_hub_publishes_in_host_mode(tmp_path, mo
     assert spec["networks"]["lab"]["attachable"] is True
     # notebooks join only `lab`: MLflow and the directory are not on it
     assert spec["services"]["hub"]["networks"] == ["backend", "lab"]
-    assert spec["services"]["mlflow"]["networks"] == spec["services"]["directory"]["networks"] == ["backend"]
+    assert spec["services"]["directory"]["networks"] == ["backend"]
+    assert spec["services"]["mlflow"]["networks"] == ["backend", "tracking"]  # tracking: for jobs
 
 
 def test_hub_runs_unprivileged_in_the_sockets_group(tmp_path, monkeypatch):
@@ -70,8 +71,8 @@ def test_mlflow_takes_postgres_and_s3_from_settings(tmp_path, monkeypatch):
     svc = spec["services"]["mlflow"]
     assert svc["command"][svc["command"].index("--backend-store-uri") + 1] == "postgresql://u@db/mlflow"
     assert svc["command"][svc["command"].index("--artifacts-destination") + 1] == "s3://bucket/mlflow"
-    assert svc["environment"] == {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
-                                  "AWS_SHARED_CREDENTIALS_FILE": "/run/secrets/aws_credentials"}
+    assert svc["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert svc["environment"]["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/aws_credentials"
     assert svc["secrets"][0]["target"] == "aws_credentials"
 
 

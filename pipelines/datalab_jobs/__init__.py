@@ -1,0 +1,1 @@
+"""DataLab notebook jobs: papermill runs in containers of the lab's images."""

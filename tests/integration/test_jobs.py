@@ -1,0 +1,214 @@
+"""Notebook jobs through the real hub, jobs service and job containers."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def notebook(*cells, params="", kernel="datascience-py3.11"):
+    def cell(source, tags=()):
+        return {"cell_type": "code", "execution_count": None, "metadata": {"tags": list(tags)},
+                "outputs": [], "source": source}
+    return {"nbformat": 4, "nbformat_minor": 5, "cells": [cell(params, ["parameters"])] + [cell(c) for c in cells],
+            "metadata": {"kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}}}
+
+
+SUM = notebook('total = sum(range(n + 1))\nprint(f"{label}: sum={total} rate={rate}")',
+               params='n = 3  # how many\nlabel = "demo"\nrate = 0.5\n')
+FAIL = notebook('print("before")', 'raise ValueError("card table is empty")', 'print("never")')
+SLEEP = notebook('import time\nprint("sleeping", flush=True)\ntime.sleep(seconds)', params="seconds = 60\n")
+
+
+@pytest.fixture
+def jobs(lab, tmp_path):
+    for user in ("alice", "bob"):  # users exist in the hub once they have logged in
+        lab.login(user)
+
+    class Jobs:
+        def write(self, name, nb):
+            path = tmp_path / name
+            path.write_text(json.dumps(nb))
+            return str(path)
+
+        def cli(self, *args, check=True):
+            return lab.datalab("jobs", *args, check=check)
+
+        def submit(self, name, nb, *args, user="alice", check=True):
+            proc = self.cli("submit", self.write(name, nb), "--as", user, "--json", *args, check=check)
+            return json.loads(proc.stdout) if proc.returncode == 0 else proc
+
+        def show(self, job_id):
+            return json.loads(self.cli("show", job_id, "--json").stdout)
+
+        def wait(self, job_id, statuses=("succeeded", "failed", "cancelled", "timed out"), timeout=240):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                job = self.show(job_id)
+                if job["status"] in statuses:
+                    return job
+                time.sleep(1)
+            raise TimeoutError(f"job {job_id} still {job['status']}")
+
+    return Jobs()
+
+
+def test_job_runs_with_parameters_and_keeps_output_and_log(lab, jobs):
+    job = jobs.submit("sum.ipynb", SUM, "-p", "n", "10", "-p", "label", "cards", "--profile", "datascience")
+    assert job["status"] == "queued" and job["params"] == {"n": 10, "label": "cards"}
+    done = jobs.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["user"] == "alice" and done["profile"] == "datascience" and done["duration_s"] > 0
+    output = json.loads(jobs.cli("output", job["id"]).stdout)
+    printed = "".join("".join(o.get("text", "")) for c in output["cells"] for o in c.get("outputs", []))
+    assert "cards: sum=55 rate=0.5" in printed
+    assert output["metadata"]["papermill"]["parameters"] == {"n": 10, "label": "cards"}
+    log = jobs.cli("logs", job["id"]).stdout
+    assert "Executing" in log and "cards: sum=55" in log
+    # the container is gone, the record stays
+    assert not lab.docker.out("ps", "-aq", "--filter", f"label=org.datalab.job={job['id']}")
+
+
+def test_failing_notebook_fails_with_the_cells_error_and_keeps_its_output(jobs):
+    job = jobs.submit("fail.ipynb", FAIL)
+    done = jobs.wait(job["id"])
+    assert done["status"] == "failed"
+    assert done["error"].startswith("ValueError: card table is empty")
+    output = json.loads(jobs.cli("output", job["id"]).stdout)
+    errors = [o for c in output["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert errors and errors[0]["evalue"] == "card table is empty"
+
+
+def test_timeout_stops_the_job(jobs):
+    job = jobs.submit("sleep.ipynb", SLEEP, "--timeout", "8")
+    done = jobs.wait(job["id"])
+    assert done["status"] == "timed out" and "8 s timeout" in done["exit_reason"]
+
+
+def test_cancel_stops_the_container_within_seconds(lab, jobs):
+    job = jobs.submit("sleep.ipynb", SLEEP, "-p", "seconds", "300")
+    jobs.wait(job["id"], statuses=("running",), timeout=60)
+    jobs.cli("cancel", job["id"])
+    done = jobs.wait(job["id"], timeout=30)
+    assert done["status"] == "cancelled"
+    assert not lab.docker.out("ps", "-aq", "--filter", f"label=org.datalab.job={job['id']}")
+    refused = jobs.cli("cancel", job["id"], check=False)
+    assert refused.returncode == 1 and "already cancelled" in refused.stderr
+
+
+@pytest.mark.parametrize("params, message", [
+    (["-p", "m", "3"], "unknown parameter(s) m; this notebook accepts: n (int, default 3), label (str"),
+    (["-p", "n", "three"], "parameter 'n' must be int, got 'three'"),
+    (["--profile", "tensorflow-gpu"], "is not allowed for your groups"),
+])
+def test_bad_submissions_are_refused_before_queueing(lab, jobs, params, message):
+    before = len(json.loads(jobs.cli("list", "--all", "--json").stdout))
+    proc = jobs.submit("sum.ipynb", SUM, *params, check=False)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert len(json.loads(jobs.cli("list", "--all", "--json").stdout)) == before
+
+
+def test_users_see_and_cancel_only_their_own_jobs(lab, jobs):
+    job = jobs.submit("sleep.ipynb", SLEEP, "-p", "seconds", "300", user="alice")
+    bob = lab.login("bob")
+    token = bob.token("bob")
+    base = f"{lab.url}/services/jobs/api/jobs"
+    headers = {"Authorization": f"token {token}"}
+    assert job["id"] not in {j["id"] for j in bob.http.get(base, headers=headers).json()["jobs"]}
+    assert bob.http.get(f"{base}/{job['id']}", headers=headers).status_code == 404
+    assert bob.http.post(f"{base}/{job['id']}/cancel", headers=headers).status_code == 404
+    assert bob.http.get(f"{base}/{job['id']}/output", headers=headers).status_code == 404
+    anonymous = bob.http.get(base)
+    assert anonymous.status_code == 403
+    carol = lab.login("carol")  # a hub admin sees everybody's
+    admin = {"Authorization": f"token {carol.token('carol')}"}
+    assert job["id"] in {j["id"] for j in carol.http.get(f"{base}?all=1", headers=admin).json()["jobs"]}
+    jobs.cli("cancel", job["id"])
+    assert jobs.wait(job["id"], timeout=30)["status"] == "cancelled"
+
+
+def test_per_user_limit_keeps_the_rest_queued(jobs):
+    ids = [jobs.submit("sleep.ipynb", SLEEP, "-p", "seconds", "300", user="bob")["id"] for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = [jobs.show(i)["status"] for i in ids]
+            if statuses.count("running") == 2:
+                break
+            time.sleep(1)
+        time.sleep(3)  # and it stays so
+        statuses = [jobs.show(i)["status"] for i in ids]
+        assert sorted(statuses) == ["queued", "running", "running"], statuses
+    finally:
+        for i in ids:
+            jobs.cli("cancel", i, check=False)
+    assert all(jobs.wait(i, timeout=60)["status"] == "cancelled" for i in ids)
+
+
+def test_schedule_fires_without_any_notebook_server(lab, jobs):
+    session = lab.login("bob")
+    if "" in (session.hub_api("/users/bob").json().get("servers") or {}):
+        session.stop("bob")
+    created = jobs.submit("sum.ipynb", SUM, "--schedule", "* * * * * */10", user="bob")
+    try:
+        deadline = time.monotonic() + 60
+        fired = []
+        while time.monotonic() < deadline and not fired:
+            fired = [j for j in json.loads(jobs.cli("list", "--all", "--json").stdout)
+                     if j["schedule_id"] == created["id"]]
+            time.sleep(1)
+        assert fired, "the schedule did not fire"
+        assert jobs.wait(fired[0]["id"])["status"] == "succeeded"
+        assert fired[0]["user"] == "bob"
+    finally:
+        jobs.cli("unschedule", created["id"])
+    assert created["id"] not in {s["id"] for s in json.loads(jobs.cli("schedules", "--json").stdout)}
+
+
+def test_jobs_from_inside_a_notebook_container_use_the_users_token(lab, jobs):
+    lab.fresh_server("alice", "datascience")
+    container = lab.notebook_container("alice")
+    lab.exec(container, "sh", "-c", f"cat > /home/jovyan/sum.ipynb <<'EOF'\n{json.dumps(SUM)}\nEOF")
+    proc = lab.exec(container, "datalab", "jobs", "submit", "sum.ipynb", "-p", "n", "4", "--wait", "--json")
+    job = json.loads(proc.stdout)
+    assert job["status"] == "succeeded" and job["user"] == "alice"
+    listed = json.loads(lab.exec(container, "datalab", "jobs", "list", "--json").stdout)
+    assert job["id"] in {j["id"] for j in listed} and {j["user"] for j in listed} == {"alice"}
+    python = lab.exec(container, "python3", "-c",
+                      "from datalab.jobs_client import JobsClient; "
+                      f"print(JobsClient.from_environment().show('{job['id']}')['status'])")
+    assert python.stdout.strip() == "succeeded"
+
+
+def mlflow_api(lab, path):
+    """GET MLflow's REST API from inside the hub's container (MLflow is not published)."""
+    script = ("import json, sys, urllib.request; "
+              f"print(urllib.request.urlopen('http://mlflow:5000/api/2.0/mlflow/{path}', timeout=30).read().decode())")
+    return json.loads(lab.docker.out("exec", lab.service_container("hub"), "python3", "-c", script))
+
+
+def test_reference_workload_trains_compares_and_registers_a_model(lab, jobs):
+    notebook = json.loads((REPO / "pipelines" / "notebooks" / "fraud_reference.ipynb").read_text())
+    job = jobs.submit("fraud_reference.ipynb", notebook, "--profile", "tensorflow", "--timeout", "1200",
+                      "-p", "n_customers", "400", "-p", "n_terminals", "800", "-p", "nb_days", "60",
+                      "-p", "train_start_day", "35", "-p", "epochs", "10", "-p", "batch_size", "64",
+                      "-p", "register_model", "fraud-test")
+    done = jobs.wait(job["id"], timeout=1200)
+    assert done["status"] == "succeeded", (done, jobs.cli("logs", job["id"]).stdout[-3000:])
+    model = mlflow_api(lab, "registered-models/get?name=fraud-test")["registered_model"]
+    version = model["latest_versions"][-1]
+    run = mlflow_api(lab, f"runs/get?run_id={version['run_id']}")["run"]
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    for name in ("auc_roc", "average_precision", "card_precision_at_100",
+                 "logistic_regression_auc_roc", "random_forest_auc_roc", "xgboost_auc_roc"):
+        assert 0 <= metrics[name] <= 1, name
+    assert metrics["auc_roc"] > 0.6  # it learned something, even at this size
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["mlflow.user"] == "alice"
+    artifacts = {a["path"] for a in mlflow_api(lab, f"artifacts/list?run_id={version['run_id']}")["files"]}
+    assert {"plots", "evaluation", "comparison.csv"} <= artifacts
