@@ -331,11 +331,14 @@ def remove(docker: Docker, settings, steps):
 
 
 def lab_volumes(docker: Docker, settings):
-    stack_volumes = docker.out("volume", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={settings.lab}").split()
+    """The stack's volumes, the users' homes and the shared (team, datasets) ones."""
+    found = set()
+    for label in (f"com.docker.stack.namespace={settings.lab}", f"org.datalab.lab={settings.lab}"):
+        found.update(docker.out("volume", "ls", "-q", "--filter", f"label={label}").split())
     user_prefix = f"{settings.lab}-user-"
-    user_volumes = [v for v in docker.out("volume", "ls", "-q", "--filter", f"name={user_prefix}").split()
-                    if v.startswith(user_prefix)]
-    return stack_volumes + user_volumes
+    found.update(v for v in docker.out("volume", "ls", "-q", "--filter", f"name={user_prefix}").split()
+                 if v.startswith(user_prefix))
+    return sorted(found)
 
 
 def purge_data(docker: Docker, settings, steps):

@@ -17,7 +17,7 @@ FEATURES = (
 
 def calendar_flags(df):
     return pd.DataFrame({
-        "TX_DURING_WEEKEND": (df["TX_DATETIME"].dt.dayofweek >= 5).astype(int),
+        "TX_DURING_WEEKEND": (df["TX_DATETIME"].dt.day_of_week >= 5).astype(int),
         "TX_DURING_NIGHT": (df["TX_DATETIME"].dt.hour <= 6).astype(int),
     }, index=df.index)
 

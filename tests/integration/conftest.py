@@ -117,3 +117,6 @@ def lab():
     yield the_lab
     if not os.environ.get("DATALAB_KEEP_TEST_LAB"):
         the_lab.datalab("down", "--purge", "--yes")
+        left = [v for v in the_lab.docker.out("volume", "ls", "-q").split() if v.startswith(the_lab.name)]
+        assert not left, f"purge left volumes behind: {left}"
+        assert not the_lab.settings.data_dir.exists()

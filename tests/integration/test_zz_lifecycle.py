@@ -25,7 +25,8 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     lab.datalab("down")
     assert not lab.service_containers("hub") and lab.notebook_container("alice") is None
     volumes = lab.docker.out("volume", "ls", "-q").split()
-    assert f"{lab.name}-user-alice" in volumes and f"{lab.name}_hub-data" in volumes
+    assert {f"{lab.name}-user-alice", f"{lab.name}_hub-data", f"{lab.name}-team-fraud-team",
+            f"{lab.name}-datasets"} <= set(volumes)
     assert (lab.settings.data_dir / "secrets" / "cookie_secret").exists()
 
     lab.datalab("up")
