@@ -48,6 +48,10 @@ class Runner:
 
     def start(self, job, notebook, user_groups, admin):
         name = f"{self.lab}-job-{job['id']}-{job['attempt']}"
+        # papermill runs it with the image's kernel: say so in the notebook, as a
+        # notebook saved in that image would (and papermill needs the language)
+        notebook = {**notebook, "metadata": {**notebook.get("metadata", {}), "kernelspec": {
+            "name": job["kernel"], "display_name": job["kernel"], "language": "python"}}}
         command = ["papermill", f"{WORKDIR}/input.ipynb", f"{WORKDIR}/output.ipynb",
                    "-k", job["kernel"], "-f", f"{WORKDIR}/params.yaml",
                    "--log-output", "--no-progress-bar", "--cwd", "/home/jovyan"]

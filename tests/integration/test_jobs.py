@@ -22,6 +22,7 @@ def notebook(*cells, params="", kernel="datascience-py3.11"):
 SUM = notebook('total = sum(range(n + 1))\nprint(f"{label}: sum={total} rate={rate}")',
                params='n = 3  # how many\nlabel = "demo"\nrate = 0.5\n')
 FAIL = notebook('print("before")', 'raise ValueError("card table is empty")', 'print("never")')
+FAIL["metadata"] = {}  # saved without kernel metadata: the profile's kernel runs it
 SLEEP = notebook('import time\nprint("sleeping", flush=True)\ntime.sleep(seconds)', params="seconds = 60\n")
 
 
