@@ -9,11 +9,6 @@ import uuid
 from pathlib import Path
 
 FINAL = ("succeeded", "failed", "cancelled", "timed out")
-JOB_FIELDS = ("id", "user", "notebook_name", "profile", "image", "kernel", "params", "cpu", "memory",
-              "gpus", "timeout_s", "retries", "attempt", "status", "exit_reason", "error", "submitted_at",
-              "started_at", "finished_at", "container_id", "schedule_id", "cancel_requested")
-SCHEDULE_FIELDS = ("id", "user", "cron", "notebook_name", "profile", "params", "cpu", "memory",
-                   "timeout_s", "retries", "created_at", "next_run_at", "last_job_id")
 
 
 class Store:
@@ -42,6 +37,16 @@ class Store:
     def schedule_notebook(self, schedule_id):
         return self.root / "schedules" / f"{schedule_id}.ipynb"
 
+    def _insert(self, table, row):
+        with self.lock, self.db:
+            self.db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                            tuple(row.values()))
+
+    def _update(self, table, key, fields):
+        with self.lock, self.db:
+            self.db.execute(f"UPDATE {table} SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                            (*fields.values(), key))
+
     @staticmethod
     def _write(path, data):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,9 +63,7 @@ class Store:
                "retries": retries, "attempt": 0, "status": "queued", "exit_reason": None, "error": None,
                "submitted_at": time.time(), "started_at": None, "finished_at": None,
                "container_id": None, "schedule_id": schedule_id, "cancel_requested": 0}
-        with self.lock, self.db:
-            self.db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                            tuple(row.values()))
+        self._insert("jobs", row)
         return self.job(job_id)
 
     def job(self, job_id):
@@ -80,9 +83,7 @@ class Store:
         return [self._job(r) for r in rows]
 
     def update_job(self, job_id, **fields):
-        with self.lock, self.db:
-            self.db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
-                            (*fields.values(), job_id))
+        self._update("jobs", job_id, fields)
         return self.job(job_id)
 
     @staticmethod
@@ -103,9 +104,7 @@ class Store:
                "profile": profile["name"], "params": json.dumps(params), "cpu": cpu, "memory": memory,
                "timeout_s": timeout_s, "retries": retries, "created_at": time.time(),
                "next_run_at": next_run_at, "last_job_id": None}
-        with self.lock, self.db:
-            self.db.execute(f"INSERT INTO schedules ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                            tuple(row.values()))
+        self._insert("schedules", row)
         return self.schedule(schedule_id)
 
     def schedule(self, schedule_id):
@@ -120,9 +119,7 @@ class Store:
         return [{**dict(r), "params": json.loads(r["params"])} for r in rows]
 
     def update_schedule(self, schedule_id, **fields):
-        with self.lock, self.db:
-            self.db.execute(f"UPDATE schedules SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
-                            (*fields.values(), schedule_id))
+        self._update("schedules", schedule_id, fields)
 
     def delete_schedule(self, schedule_id):
         with self.lock, self.db:

@@ -1,0 +1,49 @@
+"""The jobs store (SQLite + files) and the queue's limits, with a fake runner
+(the Docker boundary); the real containers are in tests/integration/test_jobs.py."""
+
+import time
+
+from datalab_jobs.service import Jobs
+from datalab_jobs.store import Store
+
+PROFILE = {"name": "python", "image": "datalab/python:abc", "kernel": "python-3.11", "gpus": 0,
+           "cpu": 1.0, "memory": "2G", "groups": ["datascientists"]}
+NOTEBOOK = {"cells": [], "metadata": {}}
+SETTINGS = {"jobs": {"max_running": 2, "max_running_per_user": 1, "default_timeout": 60, "max_timeout": 600,
+                     "max_cpu": 4}, "spawner": {"profiles": [PROFILE]}}
+
+
+class FakeRunner:
+    def __init__(self):
+        self.started = []
+
+    def start(self, job, notebook, groups, admin):
+        self.started.append(job["id"])
+        return f"container-{job['id']}"
+
+    def state(self, container_id):
+        return True, None
+
+
+def queue(tmp_path, *users):
+    store = Store(tmp_path)
+    jobs = Jobs(SETTINGS, store, FakeRunner(), lambda name: {"name": name, "groups": ["datascientists"], "admin": False})
+    ids = [jobs.submit(u, ["datascientists"], False, {"notebook": NOTEBOOK})[1]["id"] for u in users]
+    return jobs, store, ids
+
+
+def test_history_survives_a_new_store_on_the_same_directory(tmp_path):
+    _, store, ids = queue(tmp_path, "alice")
+    store.update_job(ids[0], status="succeeded", started_at=time.time() - 5, finished_at=time.time())
+    again = Store(tmp_path).job(ids[0])
+    assert again["status"] == "succeeded" and again["user"] == "alice" and again["duration_s"] >= 5
+    assert (tmp_path / "runs" / ids[0] / "input.ipynb").exists()
+
+
+def test_limits_per_user_and_overall_keep_the_rest_queued(tmp_path):
+    jobs, store, ids = queue(tmp_path, "alice", "alice", "bob", "carol")
+    jobs.tick()
+    status = {i: store.job(i)["status"] for i in ids}
+    # one per user, two overall: alice's first and bob's run; alice's second and carol's wait
+    assert [status[i] for i in ids] == ["running", "queued", "running", "queued"]
+    assert jobs.runner.started == [ids[0], ids[2]]
