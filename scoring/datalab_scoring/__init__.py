@@ -1,0 +1,1 @@
+"""Real-time fraud scoring: one registered model version per deployment."""

@@ -1,0 +1,46 @@
+"""Micro-batching: requests that arrive while the model is busy (or within a
+short window) are scored together in one call of the compiled model."""
+
+import asyncio
+
+
+class Batcher:
+    def __init__(self, predict, max_batch=256, window_s=0.0005, on_batch=None):
+        self.predict = predict          # list of rows -> list of probabilities (blocking, fast)
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.on_batch = on_batch or (lambda size: None)
+        self.queue = asyncio.Queue()
+        self.task = None
+
+    async def score(self, rows):
+        if self.task is None:  # started by the first request, on the server's loop
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((rows, future))
+        return await future
+
+    async def _run(self):
+        while True:
+            pending = [await self.queue.get()]
+            size = len(pending[0][0])
+            if self.window_s and self.queue.empty():
+                await asyncio.sleep(self.window_s)
+            while not self.queue.empty() and size < self.max_batch:
+                item = self.queue.get_nowait()
+                pending.append(item)
+                size += len(item[0])
+            rows = [row for item, _ in pending for row in item]
+            try:
+                scores = self.predict(rows)
+            except Exception as e:  # a model failure fails these requests, not the server
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.on_batch(len(rows))
+            start = 0
+            for item, future in pending:
+                if not future.done():
+                    future.set_result(scores[start:start + len(item)])
+                start += len(item)

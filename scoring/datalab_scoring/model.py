@@ -1,0 +1,95 @@
+"""The model a deployment serves: an MLflow model directory baked into the
+image at rollout. TensorFlow models registered by the reference workload (a
+pyfunc over a saved Keras model) are served through a compiled tf.function,
+not model.predict; any other MLflow model falls back to its pyfunc."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+
+@dataclass
+class Model:
+    name: str
+    version: str
+    fields: list        # [(name, type)] from the signature, in order
+    example: list       # transactions (dicts) from the input example
+    predict: Callable   # rows (lists of floats) -> fraud probabilities
+    engine: str
+
+
+def signature_fields(mlmodel):
+    inputs = (mlmodel.get("signature") or {}).get("inputs")
+    if not inputs:
+        raise ValueError("the model has no input signature: register it with one (infer_signature)")
+    fields = [(i["name"], i["type"]) for i in json.loads(inputs)]
+    if any(name is None for name, _ in fields):
+        raise ValueError("the model's signature has unnamed inputs: a scoring request needs named fields")
+    return fields
+
+
+def input_example(model_dir, mlmodel):
+    path = Path(model_dir) / (mlmodel.get("saved_input_example_info") or {}).get("artifact_path", "input_example.json")
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "columns" in data:  # pandas "split" orient
+        return [dict(zip(data["columns"], row)) for row in data["data"]]
+    return data if isinstance(data, list) else [data]
+
+
+def _compiled_keras(path, width):
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(path, compile=False)
+    graph = tf.function(lambda x: model(x, training=False),
+                        input_signature=[tf.TensorSpec([None, width], tf.float32)]).get_concrete_function()
+
+    def predict(rows):
+        return graph(tf.constant(rows, dtype=tf.float32)).numpy().reshape(-1).tolist()
+
+    return predict
+
+
+def _pyfunc(model_dir, names):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+
+    def predict(rows):
+        return [float(v) for v in pd.Series(list(model.predict(pd.DataFrame(rows, columns=names)))).to_list()]
+
+    return predict
+
+
+def load(model_dir, name, version):
+    model_dir = Path(model_dir)
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    fields = signature_fields(mlmodel)
+    artifacts = (mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+    keras_model = artifacts.get("keras_model", {}).get("path")
+    if keras_model:
+        predict, engine = _compiled_keras(str(model_dir / keras_model), len(fields)), "tf.function"
+    else:
+        predict, engine = _pyfunc(model_dir, [n for n, _ in fields]), "pyfunc"
+    example = input_example(model_dir, mlmodel)
+    model = Model(name, str(version), fields, example, predict, engine)
+    warm_up(model)
+    return model
+
+
+def warm_up(model):
+    """Trace and run the graph for the batch sizes it will see, with the input example."""
+    if not model.example:
+        return
+    row = [float(model.example[0][n]) for n, _ in model.fields]
+    for size in (1, 2, 8, 64):
+        scores = model.predict([row] * size)
+        if len(scores) != size or not all(0.0 <= s <= 1.0 for s in scores):
+            raise ValueError(f"the model's warm-up answered {scores[:3]}... for {size} transactions: "
+                             "expected one probability (0-1) each")
