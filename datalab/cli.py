@@ -9,6 +9,7 @@ import sys
 from . import settings as settings_mod
 from .docker import Docker, DockerError
 from .jobs_client import JobsClient, JobsError
+from .deploy import DeployError
 from .settings import SettingsError
 from .steps import Steps
 
@@ -17,7 +18,7 @@ from .steps import Steps
 
 
 def cmd_up(settings, args):
-    from . import credentials, images, manifest, stack, system
+    from . import credentials, images, system
 
     steps = Steps()
     steps.info(f"DataLab lab '{settings.lab}', data in {settings.data_dir}"
@@ -28,18 +29,36 @@ def cmd_up(settings, args):
     system.ensure_swarm(docker, settings, steps)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with steps.step("secrets and directory CA"):
-        secret_files = credentials.ensure(settings)
-    refs = images.build_all(docker, settings, steps)
-    notebook_images = manifest.load()
-    # images built on request earlier (e.g. tensorflow-gpu) stay offered
-    built = {n: refs.get(n) or images.current_ref(docker, n) for n in notebook_images}
-    profile_list = stack.profiles(notebook_images, built)
-    stack.deploy(docker, settings, stack.render(settings, refs, profile_list, secret_files), steps)
-    stack.wait_healthy(docker, settings, steps, timeout=args.timeout)
+        credentials.ensure(settings)
+    images.build_all(docker, settings, steps)
+    apply_stack(docker, settings, steps)
+    wait_healthy(docker, settings, steps, args.timeout)
     print()
     print(f"DataLab is up: {settings.hub_url}")
+    print(f"Scoring edge: http://127.0.0.1:{settings['scoring']['port']}/v1/score")
     print_logins(settings)
     return 0
+
+
+def apply_stack(docker, settings, steps):
+    """Render the stack from the settings, the built images and the current
+    model deployment, and deploy it (Swarm changes only what changed)."""
+    from . import credentials, deploy, images, manifest, stack
+
+    notebook_images = manifest.load()
+    refs = {n: images.current_ref(docker, n) for n in list(images.PLATFORM_IMAGES) + list(notebook_images)}
+    missing = [n for n in images.PLATFORM_IMAGES if not refs[n]]
+    if missing:
+        raise DockerError(f"images not built: {', '.join(missing)} (datalab up builds them)")
+    spec = stack.render(settings, refs, stack.profiles(notebook_images, refs), credentials.ensure(settings),
+                        deploy.current(settings))
+    stack.deploy(docker, settings, spec, steps)
+
+
+def wait_healthy(docker, settings, steps, timeout):
+    from . import stack
+
+    stack.wait_healthy(docker, settings, steps, timeout=timeout)
 
 
 def print_logins(settings):
@@ -151,6 +170,69 @@ def cmd_install(settings, args):
     return 0
 
 
+def cmd_deploy(settings, args):
+    from . import deploy
+
+    name, _, ref = args.model.partition("@")
+    if not name or not ref:
+        print("say which version: MODEL@ALIAS or MODEL@VERSION, e.g. fraud-detector@production", file=sys.stderr)
+        return 2
+    steps = Steps()
+    docker = Docker(settings)
+    previous = deploy.current(settings)
+    defaults = previous or settings["scoring"]
+    replicas = args.replicas or defaults["replicas"]
+    threshold = args.threshold if args.threshold is not None else defaults["threshold"]
+    if not 0 <= threshold <= 100 or replicas < 1:
+        print("threshold must be within 0-100 and replicas at least 1", file=sys.stderr)
+        return 2
+    from . import images
+
+    try:
+        baked = deploy.bake(docker, settings, images.current_ref(docker, "scoring"), name, ref, steps)
+    except deploy.DeployError as e:
+        print(f"datalab: {e}; nothing changed, {describe(previous)} still serving", file=sys.stderr)
+        return 1
+    target = {**baked, "replicas": replicas, "threshold": threshold}
+    deploy.save(settings, target)
+    apply_stack(docker, settings, steps)
+    with steps.step(f"rolling out {name} v{target['version']} to {replicas} replica(s)"):
+        outcome, why = deploy.wait_rollout(docker, settings, target, timeout=args.timeout)
+    if outcome != "completed":
+        deploy.save(settings, previous)
+        apply_stack(docker, settings, steps)  # the stack file says what runs again
+        print(f"datalab: {name} v{target['version']} was rolled back ({why or 'it never became ready'}); "
+              f"{describe(previous)} serving", file=sys.stderr)
+        return 1
+    print(f"{name} v{target['version']} serves all traffic on http://127.0.0.1:{settings['scoring']['port']}/v1/score "
+          f"(threshold {threshold}, {replicas} replica(s))")
+    return 0
+
+
+def describe(deployment):
+    return f"{deployment['model']} v{deployment['version']}" if deployment else "no model"
+
+
+def cmd_scoring_status(settings, args):
+    from . import deploy, stack
+
+    docker = Docker(settings)
+    deployment = deploy.current(settings)
+    rows = {r["service"]: r for r in stack.status(docker, settings)} if docker.engine_running() else {}
+    out = {"deployment": deployment, "url": f"http://127.0.0.1:{settings['scoring']['port']}/v1/score",
+           "scoring": rows.get("scoring"), "edge": rows.get("scoring-edge")}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if not deployment:
+        print(f"no model deployed (datalab deploy MODEL@ALIAS); edge: {out['url']}")
+        return 0
+    svc = out["scoring"] or {}
+    print(f"{deployment['model']} v{deployment['version']}  threshold {deployment['threshold']}  "
+          f"replicas {svc.get('replicas', '?')}  health {svc.get('health', '?')}  {out['url']}")
+    return 0
+
+
 def jobs_client(settings):
     if os.environ.get("DATALAB_JOBS_URL"):
         return JobsClient.from_environment()  # inside a notebook container: the user's own token
@@ -246,7 +328,7 @@ def parser():
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
     lg = sub.add_parser("logs", help="a service's logs")
-    lg.add_argument("service", choices=["hub", "mlflow", "directory"])
+    lg.add_argument("service", choices=["hub", "mlflow", "directory", "scoring", "scoring-edge"])
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("--tail", type=int, default=200)
     lg.set_defaults(func=cmd_logs)
@@ -292,6 +374,17 @@ def parser():
     unschedule = jsub.add_parser("unschedule", help="delete a schedule")
     unschedule.add_argument("id")
     jobs.set_defaults(func=cmd_jobs)
+    dep = sub.add_parser("deploy", help="roll a registered model version out to the scoring service")
+    dep.add_argument("model", help="MODEL@ALIAS or MODEL@VERSION, e.g. fraud-detector@production")
+    dep.add_argument("--replicas", type=int, help="scoring replicas (default: as now, or [scoring] replicas)")
+    dep.add_argument("--threshold", type=float, help="block at or above this score, 0-100")
+    dep.add_argument("--timeout", type=int, default=300, help="seconds to wait for the rollout")
+    dep.set_defaults(func=cmd_deploy)
+    sc = sub.add_parser("scoring", help="the scoring service")
+    sc_sub = sc.add_subparsers(dest="scoring_command", required=True)
+    scs = sc_sub.add_parser("status", help="version, replicas, health, threshold")
+    scs.add_argument("--json", action="store_true")
+    scs.set_defaults(func=cmd_scoring_status)
     ins = sub.add_parser("install", help="system packages, Docker engine and Swarm only")
     ins.add_argument("--test", action="store_true", help="also what the tests need (chromium)")
     ins.set_defaults(func=cmd_install)
@@ -303,7 +396,7 @@ def main(argv=None):
     try:
         settings = settings_mod.load(args.settings)
         return args.func(settings, args)
-    except (SettingsError, DockerError, JobsError) as e:
+    except (SettingsError, DockerError, JobsError, DeployError) as e:
         print(f"datalab: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,8 +19,10 @@ from .docker import Docker, DockerError
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO / "images"
 REPOSITORY = "datalab"
-# Platform images in build order; each builds FROM datalab/base.
-PLATFORM_IMAGES = ("directory", "mlflow", "hub")
+# Platform images in build order; each builds FROM datalab/base, except those
+# in SERVING, built after the notebook image they build FROM.
+PLATFORM_IMAGES = ("directory", "mlflow", "hub", "edge", "scoring")
+SERVING = {"scoring": "tensorflow"}
 
 
 def image_ref(name, image_id):
@@ -139,7 +141,8 @@ def build_all(docker: Docker, settings, steps, names=None, no_cache=False, durat
     if unknown:
         raise DockerError(f"no image named {', '.join(unknown)} "
                           f"(have: {', '.join(list(PLATFORM_IMAGES) + list(images))})")
-    notebook = manifest.with_ancestors(images, [n for n in names if n in images])
+    notebook = manifest.with_ancestors(images, [n for n in names if n in images] + [
+        SERVING[n] for n in names if n in SERVING])
     debian = ensure_debian_base(docker, settings, steps)
     staging = REPO / ".build"
     staging.mkdir(exist_ok=True)
@@ -155,7 +158,7 @@ def build_all(docker: Docker, settings, steps, names=None, no_cache=False, durat
     base = build(docker, "base", steps, {"BASE_IMAGE": debian}, log_dir, **opts)
     parents = {"base": base}
     refs = {}
-    for name in [n for n in PLATFORM_IMAGES if n in names]:
+    for name in [n for n in PLATFORM_IMAGES if n in names and n not in SERVING]:
         build(docker, name, steps, {"BASE_IMAGE": base}, log_dir, **opts)
         refs[name] = finish(docker, name, {**labels, "org.opencontainers.image.title": f"datalab-{name}"})
     for name in notebook:
@@ -166,6 +169,10 @@ def build_all(docker: Docker, settings, steps, names=None, no_cache=False, durat
             **labels, "org.opencontainers.image.title": f"datalab-{name}",
             "org.opencontainers.image.description": img.description,
         }, with_cli=True)
+    for name, parent in SERVING.items():
+        if name in names:
+            build(docker, name, steps, {"BASE_IMAGE": parents[parent]}, log_dir, **opts)
+            refs[name] = finish(docker, name, {**labels, "org.opencontainers.image.title": f"datalab-{name}"})
     return refs
 
 

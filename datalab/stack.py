@@ -122,7 +122,27 @@ def _service(image, networks, **extra):
     return spec
 
 
-def render(settings, refs, profile_list, secret_files):
+def scoring_services(settings, refs, deployment):
+    """The scoring edge, and the scoring service once a model is deployed."""
+    edge = _service(refs["edge"], ["scoring"], ports=[
+        {"target": 8500, "published": settings["scoring"]["port"], "protocol": "tcp", "mode": "host"}])
+    edge["deploy"]["update_config"] = {"order": "stop-first"}  # host-mode port (design.md)
+    services = {"scoring-edge": edge}
+    if deployment:
+        scoring = _service(deployment["image"], ["scoring"], environment={
+            "SCORING_THRESHOLD": str(deployment["threshold"])}, stop_grace_period="5s")
+        scoring["deploy"].update(
+            replicas=int(deployment["replicas"]),
+            update_config={"parallelism": 1, "delay": "1s", "order": "start-first",
+                           "failure_action": "rollback", "monitor": "5s"},
+            rollback_config={"parallelism": 1, "order": "start-first"},
+        )
+        scoring["deploy"]["labels"]["org.datalab.model"] = f"{deployment['model']}@{deployment['version']}"
+        services["scoring"] = scoring
+    return services
+
+
+def render(settings, refs, profile_list, secret_files, deployment=None):
     """The stack file (compose v3 for `docker stack deploy`) as a dict."""
     data_dir = settings.data_dir
     files = _Files()
@@ -175,6 +195,7 @@ def render(settings, refs, profile_list, secret_files):
                 for name in ("ldap_admin_password", "ldap_seed", "ldap_server_crt", "ldap_server_key", "ldap_ca_crt")
             ],
         )
+    services.update(scoring_services(settings, refs, deployment))
     return {
         "version": "3.8",
         "services": services,
@@ -184,6 +205,8 @@ def render(settings, refs, profile_list, secret_files):
             "lab": {"driver": "overlay", "attachable": True},
             # MLflow for job containers (until the registry gateway puts it behind the hub).
             "tracking": {"driver": "overlay", "attachable": True},
+            # The scoring edge and the scoring tasks.
+            "scoring": {"driver": "overlay"},
         },
         "volumes": {"hub-data": {}, "mlflow-data": {}, "directory-data": {}},
         "secrets": files.secrets,
@@ -253,9 +276,12 @@ def _local_health(docker: Docker, service_name, image):
 def service_url(settings, short_name):
     if short_name == "hub":
         return settings.hub_url
+    if short_name == "scoring-edge":
+        return f"http://127.0.0.1:{settings['scoring']['port']}/v1/score"
     return {
         "mlflow": "http://mlflow:5000/ (lab network only)",
         "directory": f"{settings['directory']['url']} (lab network only)",
+        "scoring": "tasks.scoring:8080 (behind the edge)",
     }.get(short_name, "")
 
 

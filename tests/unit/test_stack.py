@@ -4,7 +4,7 @@ from datalab import credentials, settings as settings_mod, stack
 
 from datalab import manifest
 
-REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "python", "datascience", "tensorflow")}
+REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "edge", "scoring", "python", "datascience", "tensorflow")}
 PROFILES = stack.profiles(manifest.load(), REFS)
 
 
@@ -18,14 +18,29 @@ def rendered(tmp_path, monkeypatch, **overrides):
     return s, stack.render(s, REFS, PROFILES, files)
 
 
-def test_services_are_dnsrr_and_only_the_hub_publishes_in_host_mode(tmp_path, monkeypatch):
+def test_services_are_dnsrr_and_only_the_edges_publish_in_host_mode(tmp_path, monkeypatch):
     _, spec = rendered(tmp_path, monkeypatch)
     for name, svc in spec["services"].items():
         assert svc["deploy"]["endpoint_mode"] == "dnsrr", name
         assert svc["cap_drop"] == ["ALL"], name
-        if name != "hub":
+        if name not in ("hub", "scoring-edge"):
             assert "ports" not in svc, name
     assert spec["services"]["hub"]["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
+    assert spec["services"]["scoring-edge"]["ports"] == [{"target": 8500, "published": 8500, "protocol": "tcp", "mode": "host"}]
+    assert "scoring" not in spec["services"]  # nothing deployed yet
+
+
+def test_a_deployment_is_a_start_first_service_that_rolls_back(tmp_path, monkeypatch):
+    s, _ = rendered(tmp_path, monkeypatch)
+    deployment = {"model": "fraud", "version": "3", "image": "datalab/scoring-model:fraud-v3-abc",
+                  "replicas": 2, "threshold": 70.0}
+    spec = stack.render(s, REFS, PROFILES, credentials.ensure(s), deployment)
+    svc = spec["services"]["scoring"]
+    assert svc["image"] == deployment["image"] and svc["deploy"]["replicas"] == 2
+    assert svc["environment"] == {"SCORING_THRESHOLD": "70.0"}
+    assert svc["deploy"]["update_config"]["order"] == "start-first"
+    assert svc["deploy"]["update_config"]["failure_action"] == "rollback"
+    assert svc["networks"] == ["scoring"] and "ports" not in svc
     assert spec["networks"]["lab"]["attachable"] is True
     # notebooks join only `lab`: MLflow and the directory are not on it
     assert spec["services"]["hub"]["networks"] == ["backend", "lab"]
