@@ -143,9 +143,13 @@ async def main_async():
     try:
         model = await asyncio.to_thread(model_mod.load, env.get("SCORING_MODEL_DIR", "/model"),
                                         state.metrics.model[0], state.metrics.model[1])
-    except Exception as e:  # stay up, unready, saying why: the rollout rolls back
+    except Exception as e:
+        # Say why, answer /readyz with it for a moment, then exit: the task
+        # fails at once and Swarm rolls the update back to the serving version.
         state.load_error = f"{type(e).__name__}: {e}"
         log.error("model failed to load: %s", state.load_error)
+        await asyncio.sleep(float(env.get("SCORING_FAIL_GRACE_S", "2")))
+        raise SystemExit(3)
     else:
         state.serve(model)
         log.info("model %s v%s ready (%s) in %.1f s", model.name, model.version, model.engine,

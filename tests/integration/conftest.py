@@ -55,6 +55,14 @@ class Lab:
         assert ids, f"no running container for {service}"
         return ids[0]
 
+    repo = REPO
+
+    def mlflow_api(self, path):
+        """GET MLflow's REST API from inside the hub's container (MLflow is not published)."""
+        script = ("import urllib.request; "
+                  f"print(urllib.request.urlopen('http://mlflow:5000/api/2.0/mlflow/{path}', timeout=30).read().decode())")
+        return json.loads(self.docker.out("exec", self.service_container("hub"), "python3", "-c", script))
+
     def fresh_server(self, user, profile=None, server=""):
         """Log in, stop `server` if it runs, start it with `profile`; returns the session."""
         s = self.login(user)
@@ -107,6 +115,8 @@ def lab():
         f'data_dir = "{TEST_DATA_DIR}"\n'
         "[hub]\n"
         "port = 18000\n"
+        "[scoring]\n"
+        "port = 18500\n"
         "[jobs]\n"
         "max_running = 3\n"
         "max_running_per_user = 2\n"

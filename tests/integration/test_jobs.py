@@ -186,13 +186,6 @@ def test_jobs_from_inside_a_notebook_container_use_the_users_token(lab, jobs):
     assert python.stdout.strip() == "succeeded"
 
 
-def mlflow_api(lab, path):
-    """GET MLflow's REST API from inside the hub's container (MLflow is not published)."""
-    script = ("import json, sys, urllib.request; "
-              f"print(urllib.request.urlopen('http://mlflow:5000/api/2.0/mlflow/{path}', timeout=30).read().decode())")
-    return json.loads(lab.docker.out("exec", lab.service_container("hub"), "python3", "-c", script))
-
-
 def test_reference_workload_trains_compares_and_registers_a_model(lab, jobs):
     notebook = json.loads((REPO / "pipelines" / "notebooks" / "fraud_reference.ipynb").read_text())
     job = jobs.submit("fraud_reference.ipynb", notebook, "--profile", "tensorflow", "--timeout", "1200",
@@ -201,9 +194,9 @@ def test_reference_workload_trains_compares_and_registers_a_model(lab, jobs):
                       "-p", "register_model", "fraud-test")
     done = jobs.wait(job["id"], timeout=1200)
     assert done["status"] == "succeeded", (done, jobs.cli("logs", job["id"]).stdout[-3000:])
-    model = mlflow_api(lab, "registered-models/get?name=fraud-test")["registered_model"]
+    model = lab.mlflow_api("registered-models/get?name=fraud-test")["registered_model"]
     version = model["latest_versions"][-1]
-    run = mlflow_api(lab, f"runs/get?run_id={version['run_id']}")["run"]
+    run = lab.mlflow_api(f"runs/get?run_id={version['run_id']}")["run"]
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     for name in ("auc_roc", "average_precision", "card_precision_at_100",
                  "logistic_regression_auc_roc", "random_forest_auc_roc", "xgboost_auc_roc"):
@@ -211,5 +204,5 @@ def test_reference_workload_trains_compares_and_registers_a_model(lab, jobs):
     assert metrics["auc_roc"] > 0.6  # it learned something, even at this size
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["mlflow.user"] == "alice"
-    artifacts = {a["path"] for a in mlflow_api(lab, f"artifacts/list?run_id={version['run_id']}")["files"]}
+    artifacts = {a["path"] for a in lab.mlflow_api(f"artifacts/list?run_id={version['run_id']}")["files"]}
     assert {"plots", "evaluation", "comparison.csv"} <= artifacts

@@ -1,0 +1,103 @@
+"""Rollouts of registered models to the scoring service on the Swarm, and the
+scoring API through the edge."""
+
+import json
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+MODEL = "fraud-test"  # registered by the reference workload (test_jobs.py), or here if missing
+
+
+
+def edge(lab):
+    return f"http://127.0.0.1:{lab.settings['scoring']['port']}"
+
+
+def registered_versions(lab, name):
+    found = lab.mlflow_api(f"registered-models/search?filter=name%3D%27{name}%27")
+    models = found.get("registered_models", [])
+    return {v["version"] for v in models[0].get("latest_versions", [])} if models else set()
+
+
+def run_job(lab, notebook, *params, timeout=1200):
+    path = lab.settings.data_dir / f"job-{time.monotonic_ns()}.ipynb"
+    path.write_text(json.dumps(notebook))
+    proc = lab.datalab("jobs", "submit", str(path), "--as", "alice", "--profile", "tensorflow", "--timeout",
+                       str(timeout), "--wait", "--json", *params, timeout=timeout + 60)
+    job = json.loads(proc.stdout)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+@pytest.fixture(scope="module")
+def model_v1(lab):
+    lab.login("alice")
+    if not registered_versions(lab, MODEL):
+        notebook = json.loads((lab.repo / "pipelines" / "notebooks" / "fraud_reference.ipynb").read_text())
+        run_job(lab, notebook, "-p", "n_customers", "400", "-p", "n_terminals", "800", "-p", "nb_days", "60",
+                "-p", "train_start_day", "35", "-p", "epochs", "5", "-p", "register_model", MODEL)
+    return min(registered_versions(lab, MODEL), key=int)
+
+
+def test_deploy_serves_the_version_through_the_edge(lab, model_v1):
+    out = lab.datalab("deploy", f"{MODEL}@{model_v1}", "--replicas", "2", "--threshold", "50").stdout
+    assert f"{MODEL} v{model_v1} serves all traffic" in out
+    status = json.loads(lab.datalab("scoring", "status", "--json").stdout)
+    assert status["deployment"]["version"] == model_v1 and status["scoring"]["replicas"] == "2/2"
+    schema = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()
+    assert schema["version"] == model_v1 and len(schema["fields"]) == 15
+    one = requests.post(f"{edge(lab)}/v1/score", json=schema["example"], timeout=10).json()
+    assert set(one) == {"score", "decision", "model", "version"} and 0 <= one["score"] <= 100
+    assert one["decision"] == ("block" if one["score"] >= 50 else "allow") and one["version"] == model_v1
+    many = requests.post(f"{edge(lab)}/v1/score", json=[schema["example"]] * 3, timeout=10).json()
+    assert [r["score"] for r in many["results"]] == [one["score"]] * 3
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ('{"TX_AMOUNT": 1', 400, "not valid JSON"),
+    ({"TX_AMOUNT": 1}, 422, "missing field(s): TX_DURING_WEEKEND"),
+    ([], 422, "the list is empty"),
+])
+def test_bad_requests_through_the_edge_are_4xx_and_it_keeps_serving(lab, model_v1, body, status, message):
+    data = body if isinstance(body, str) else json.dumps(body)
+    r = requests.post(f"{edge(lab)}/v1/score", data=data, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == status and message in r.json()["error"]
+    example = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()["example"]
+    assert requests.post(f"{edge(lab)}/v1/score", json=example, timeout=10).status_code == 200
+
+
+BROKEN = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+    {"cell_type": "code", "execution_count": None, "metadata": {"tags": ["parameters"]}, "outputs": [],
+     "source": f'name = "{MODEL}"'},
+    {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source":
+     "import mlflow\n"
+     "class Broken(mlflow.pyfunc.PythonModel):\n"
+     "    def predict(self, context, model_input, params=None):\n"
+     "        return model_input\n"
+     "mlflow.set_experiment('broken-models')\n"
+     "with mlflow.start_run():\n"
+     "    mlflow.pyfunc.log_model(name='model', python_model=Broken(), registered_model_name=name)  # no signature\n"}]}
+
+
+def test_a_version_that_cannot_load_is_rolled_back_and_the_old_one_keeps_answering(lab, model_v1):
+    before = registered_versions(lab, MODEL)
+    run_job(lab, BROKEN, timeout=600)
+    broken = max(registered_versions(lab, MODEL) - before, key=int)
+    proc = lab.datalab("deploy", f"{MODEL}@{broken}", check=False, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"v{broken} was rolled back" in proc.stderr and f"{MODEL} v{model_v1} serving" in proc.stderr
+    status = json.loads(lab.datalab("scoring", "status", "--json").stdout)
+    assert status["deployment"]["version"] == model_v1
+    example = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()["example"]
+    answer = requests.post(f"{edge(lab)}/v1/score", json=example, timeout=10).json()
+    assert answer["version"] == model_v1
+
+
+def test_unknown_model_changes_nothing(lab, model_v1):
+    proc = lab.datalab("deploy", "no-such-model@production", check=False)
+    assert proc.returncode == 1 and "cannot fetch model no-such-model@production" in proc.stderr
+    assert f"{MODEL} v{model_v1} still serving" in proc.stderr
