@@ -220,7 +220,8 @@ def cmd_scoring_status(settings, args):
     deployment = deploy.current(settings)
     rows = {r["service"]: r for r in stack.status(docker, settings)} if docker.engine_running() else {}
     out = {"deployment": deployment, "url": f"http://127.0.0.1:{settings['scoring']['port']}/v1/score",
-           "scoring": rows.get("scoring"), "edge": rows.get("scoring-edge")}
+           "scoring": rows.get("scoring"), "edge": rows.get("scoring-edge"),
+           "replicas": deploy.replica_figures(docker, settings) if deployment else []}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -230,6 +231,8 @@ def cmd_scoring_status(settings, args):
     svc = out["scoring"] or {}
     print(f"{deployment['model']} v{deployment['version']}  threshold {deployment['threshold']}  "
           f"replicas {svc.get('replicas', '?')}  health {svc.get('health', '?')}  {out['url']}")
+    for r in out["replicas"]:
+        print(f"  {r['task']}: {r['memory_mb']} MB, model ready {r['startup_s']} s after start")
     return 0
 
 

@@ -91,3 +91,26 @@ def task_failures(docker: Docker, service):
     lines = docker.out("service", "ps", "--no-trunc", "--format", "{{.Image}} {{.CurrentState}} {{.Error}}",
                        service, check=False).splitlines()
     return "; ".join(sorted({l for l in lines if "Failed" in l or "Rejected" in l or "unhealthy" in l.lower()}))[:800]
+
+
+def replica_figures(docker: Docker, settings):
+    """Memory and start-up time (process start -> model warm) of the scoring tasks on this node."""
+    figures = []
+    ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={settings.lab}_scoring").split()
+    for cid in ids:
+        name = docker.out("inspect", "-f", "{{.Name}}", cid).lstrip("/")
+        usage = docker.out("stats", "--no-stream", "--format", "{{.MemUsage}}", cid).split("/")[0].strip()
+        logs = docker.run("logs", cid, check=False)
+        ready = [line for line in (logs.stdout + logs.stderr).splitlines() if " ready (" in line]
+        startup = ready[-1].rsplit(" in ", 1)[-1].removesuffix(" s") if ready else None
+        figures.append({"task": name.split(".")[1] if "." in name else name, "memory_mb": _megabytes(usage),
+                        "startup_s": float(startup) if startup else None})
+    return figures
+
+
+def _megabytes(usage):
+    units = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "B": 1 / 2**20}
+    for unit, factor in units.items():
+        if usage.endswith(unit):
+            return round(float(usage[: -len(unit)]) * factor, 1)
+    return None

@@ -357,13 +357,12 @@ def remove(docker: Docker, settings, steps):
 
 
 def lab_volumes(docker: Docker, settings):
-    """The stack's volumes, the users' homes and the shared (team, datasets) ones."""
-    found = set()
-    for label in (f"com.docker.stack.namespace={settings.lab}", f"org.datalab.lab={settings.lab}"):
-        found.update(docker.out("volume", "ls", "-q", "--filter", f"label={label}").split())
-    user_prefix = f"{settings.lab}-user-"
-    found.update(v for v in docker.out("volume", "ls", "-q", "--filter", f"name={user_prefix}").split()
-                 if v.startswith(user_prefix))
+    """The stack's volumes and the ones named after the lab (homes, teams, datasets)."""
+    found = set(docker.out("volume", "ls", "-q", "--filter",
+                           f"label=com.docker.stack.namespace={settings.lab}").split())
+    prefix = f"{settings.lab}-"
+    found.update(v for v in docker.out("volume", "ls", "-q", "--filter", f"name={prefix}").split()
+                 if v.startswith(prefix))
     return sorted(found)
 
 

@@ -1,9 +1,9 @@
 """DockerSpawner with DataLab's profiles (from images/manifest.toml, via the
 runtime settings), container hardening, GPUs and shared volumes."""
 
+import asyncio
 from html import escape
 
-import docker.errors
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
@@ -154,24 +154,7 @@ class DataLabSpawner(DockerSpawner):
     async def ensure_shared_volume(self, name):
         """Create a shared volume on first use, owned by the notebook user."""
         try:
-            await self.docker("inspect_volume", name)
-            return
-        except docker.errors.NotFound:
-            pass
-        await self.docker("create_volume", name=name, labels={"org.datalab.lab": self.prefix})
-        host_config = self.client.create_host_config(
-            binds={name: {"bind": "/volume", "mode": "rw"}},
-            cap_drop=["ALL"], cap_add=["CHOWN"], network_mode="none",
-        )
-        helper = await self.docker(
-            "create_container", image=self.volume_init_image or self.image, user="0",
-            entrypoint=["chown", f"{self.notebook_uid}:{self.notebook_uid}", "/volume"],
-            host_config=host_config, labels={"org.datalab.lab": self.prefix},
-        )
-        try:
-            await self.docker("start", helper["Id"])
-            result = await self.docker("wait", helper["Id"])
-            if result.get("StatusCode") != 0:
-                raise web.HTTPError(500, f"could not prepare shared volume {name}")
-        finally:
-            await self.docker("remove_container", helper["Id"], force=True)
+            await asyncio.to_thread(volumes.ensure_shared, self.client, name, self.prefix,
+                                    self.volume_init_image or self.image, self.notebook_uid)
+        except RuntimeError as e:
+            raise web.HTTPError(500, str(e)) from None

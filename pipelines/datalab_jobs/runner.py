@@ -9,6 +9,8 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest
 
+from datalab_hub.volumes import ensure_shared, shared
+
 WORKDIR = "/tmp/job"
 NOTEBOOK_UID = 1000
 
@@ -61,10 +63,13 @@ class Runner:
         )
         if job["gpus"]:
             host["device_requests"] = [DeviceRequest(count=int(job["gpus"]), capabilities=[["gpu"]])]
+        mounts = self.volumes(job["user"], user_groups, admin)
+        for volume in shared(mounts, self.lab):  # as a notebook server would, owned by the user
+            ensure_shared(self.client.api, volume, self.lab, job["image"])
         container = self.client.containers.create(
             job["image"], command=command, name=name, user=f"{NOTEBOOK_UID}", working_dir="/home/jovyan",
             entrypoint=["tini", "--"], network=self.networks[0],
-            volumes=self.volumes(job["user"], user_groups, admin),
+            volumes=mounts,
             # USER/LOGNAME: MLflow records runs under the submitting user's name
             environment={**self.environment, "DATALAB_JOB_ID": job["id"], "DATALAB_USER": job["user"],
                          "USER": job["user"], "LOGNAME": job["user"]},

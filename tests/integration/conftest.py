@@ -1,7 +1,8 @@
 """The integration suite runs against a real lab of its own ("dltest", hub on
-port 18000, data in a temporary directory) that `datalab up` brings up once
-per session and `datalab down --purge` removes at the end. Set
-DATALAB_KEEP_TEST_LAB=1 to leave it running for a faster next run."""
+port 18000, scoring edge on 18500, data in a temporary directory) that
+`datalab up` brings up, clean, once per session and `datalab down --purge`
+removes at the end. Set DATALAB_KEEP_TEST_LAB=1 to leave it running after
+the tests, to look at it."""
 
 import json
 import os
@@ -121,6 +122,9 @@ def lab():
         "max_running = 3\n"
         "max_running_per_user = 2\n"
     )
+    # a clean lab every session: whatever an earlier (kept or aborted) run left goes first
+    subprocess.run(DATALAB + ["--settings", str(settings_path), "down", "--purge", "--yes"], cwd=REPO,
+                   capture_output=True)
     up = subprocess.run(DATALAB + ["--settings", str(settings_path), "up"], cwd=REPO)
     assert up.returncode == 0, "datalab up failed for the test lab"
     the_lab = Lab(settings_path)

@@ -2,6 +2,7 @@
 scoring API through the edge."""
 
 import json
+import threading
 import time
 
 import pytest
@@ -68,6 +69,39 @@ def test_bad_requests_through_the_edge_are_4xx_and_it_keeps_serving(lab, model_v
     assert r.status_code == status and message in r.json()["error"]
     example = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()["example"]
     assert requests.post(f"{edge(lab)}/v1/score", json=example, timeout=10).status_code == 200
+
+
+def test_a_task_killed_under_load_is_replaced_and_the_edge_routes_around_it(lab, model_v1):
+    example = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()["example"]
+    tasks = lab.service_containers("scoring")
+    assert len(tasks) == 2
+    failures, answered, stop = [], [], threading.Event()
+
+    def steady_load():  # about 50 requests/s, bounded
+        http = requests.Session()
+        for _ in range(2000):
+            if stop.is_set():
+                return
+            try:
+                r = http.post(f"{edge(lab)}/v1/score", json=example, timeout=10)
+                (answered if r.status_code == 200 else failures).append(r.status_code)
+            except requests.RequestException as e:
+                failures.append(str(e))
+            time.sleep(0.02)
+
+    load = threading.Thread(target=steady_load)
+    load.start()
+    try:
+        time.sleep(2)
+        lab.docker.run("kill", tasks[0])
+        lab.wait_for(lambda: len(lab.service_containers("scoring")) == 2 and tasks[0] not in lab.service_containers("scoring"),
+                     "Swarm replaced the killed task", timeout=120)
+        time.sleep(3)
+    finally:
+        stop.set()
+        load.join()
+    assert len(answered) > 100
+    assert failures == []
 
 
 BROKEN = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [

@@ -1,0 +1,114 @@
+"""A small HTTP/1.1 load generator on asyncio streams, for the benchmarks.
+
+Fixed-rate runs time each request from the moment it was due, not from when
+it was sent, so a stalled server shows up in the latencies (no coordinated
+omission). Saturation runs keep `connections` requests in flight.
+"""
+
+import asyncio
+import time
+from urllib.parse import urlparse
+
+
+class Connection:
+    def __init__(self, url):
+        u = urlparse(url)
+        self.host, self.port, self.path = u.hostname, u.port or 80, u.path or "/"
+        self.reader = self.writer = None
+
+    async def request(self, body, content_type="application/json"):
+        """(status, response body); reconnects once if the server closed the connection."""
+        for attempt in (1, 2):
+            try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                self.writer.write(
+                    f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                await self.writer.drain()
+                status_line = await self.reader.readline()
+                if not status_line:
+                    raise ConnectionResetError("closed")
+                status = int(status_line.split()[1])
+                length, close = 0, False
+                while True:
+                    line = await self.reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.decode().partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                    elif name.lower() == "connection" and "close" in value.lower():
+                        close = True
+                payload = await self.reader.readexactly(length)
+                if close:
+                    self.close()
+                return status, payload
+            except (ConnectionError, asyncio.IncompleteReadError, OSError):
+                self.close()
+                if attempt == 2:
+                    return None, b""
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def fixed_rate(url, body, rate, seconds, connections=64, on_response=None):
+    """Send `rate` requests/s for `seconds`; returns latencies (s) and failures."""
+    pool = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(Connection(url))
+    latencies, failures = [], 0
+    start = time.perf_counter()
+
+    async def one(due):
+        nonlocal failures
+        conn = await pool.get()
+        try:
+            status, payload = await conn.request(body)
+        finally:
+            pool.put_nowait(conn)
+        if status != 200:
+            failures += 1
+        else:
+            latencies.append(time.perf_counter() - due)
+        if on_response:
+            on_response(status, payload)
+
+    tasks = []
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
+    return latencies, failures
+
+
+async def saturate(url, body, seconds, connections=16):
+    """As many requests as `connections` clients can send in `seconds`: (throughput, latencies, failures)."""
+    latencies, failures, end = [], 0, time.perf_counter() + seconds
+
+    async def client():
+        nonlocal failures
+        conn = Connection(url)
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            status, _ = await conn.request(body)
+            if status == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                failures += 1
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return len(latencies) / (time.perf_counter() - t0), latencies, failures
