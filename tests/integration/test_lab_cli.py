@@ -10,9 +10,11 @@ pytestmark = pytest.mark.integration
 def test_status_json_lists_every_service_healthy(lab):
     out = json.loads(lab.datalab("status", "--json").stdout)
     rows = {r["service"]: r for r in out["services"]}
-    assert set(rows) == {"hub", "mlflow", "directory"}
+    assert {"hub", "mlflow", "directory", "scoring-edge"} <= set(rows) <= {"hub", "mlflow", "directory",
+                                                                          "scoring-edge", "scoring"}
     assert all(r["state"] == "running" and r["health"] == "healthy" for r in rows.values())
     assert rows["hub"]["url"] == "http://127.0.0.1:18000/"
+    assert rows["scoring-edge"]["url"] == "http://127.0.0.1:18500/v1/score"
 
 
 def test_hub_reaches_mlflow_and_notebooks_do_not(lab):
@@ -25,7 +27,7 @@ def test_hub_reaches_mlflow_and_notebooks_do_not(lab):
 
 
 def test_platform_containers_are_hardened(lab):
-    for service in ("hub", "mlflow", "directory"):
+    for service in ("hub", "mlflow", "directory", "scoring-edge"):
         info = lab.docker.inspect("container", lab.service_container(service))[0]
         assert info["HostConfig"]["CapDrop"] == ["ALL"], service
         assert lab.docker.out("exec", info["Id"], "id", "-u") != "0", service

@@ -44,9 +44,14 @@ def model_v1(lab):
     return min(registered_versions(lab, MODEL), key=int)
 
 
-def test_deploy_serves_the_version_through_the_edge(lab, model_v1):
-    out = lab.datalab("deploy", f"{MODEL}@{model_v1}", "--replicas", "2", "--threshold", "50").stdout
-    assert f"{MODEL} v{model_v1} serves all traffic" in out
+@pytest.fixture(scope="module")
+def serving(lab, model_v1):
+    """model_v1 deployed on 2 replicas; the deploy command's output."""
+    return lab.datalab("deploy", f"{MODEL}@{model_v1}", "--replicas", "2", "--threshold", "50").stdout
+
+
+def test_deploy_serves_the_version_through_the_edge(lab, model_v1, serving):
+    assert f"{MODEL} v{model_v1} serves all traffic" in serving
     status = json.loads(lab.datalab("scoring", "status", "--json").stdout)
     assert status["deployment"]["version"] == model_v1 and status["scoring"]["replicas"] == "2/2"
     schema = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()
@@ -63,7 +68,7 @@ def test_deploy_serves_the_version_through_the_edge(lab, model_v1):
     ({"TX_AMOUNT": 1}, 422, "missing field(s): TX_DURING_WEEKEND"),
     ([], 422, "the list is empty"),
 ])
-def test_bad_requests_through_the_edge_are_4xx_and_it_keeps_serving(lab, model_v1, body, status, message):
+def test_bad_requests_through_the_edge_are_4xx_and_it_keeps_serving(lab, serving, body, status, message):
     data = body if isinstance(body, str) else json.dumps(body)
     r = requests.post(f"{edge(lab)}/v1/score", data=data, headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == status and message in r.json()["error"]
@@ -71,10 +76,13 @@ def test_bad_requests_through_the_edge_are_4xx_and_it_keeps_serving(lab, model_v
     assert requests.post(f"{edge(lab)}/v1/score", json=example, timeout=10).status_code == 200
 
 
-def test_a_task_killed_under_load_is_replaced_and_the_edge_routes_around_it(lab, model_v1):
+@pytest.mark.parametrize("round_", [1, 2])
+def test_a_task_killed_under_load_is_replaced_and_the_edge_routes_around_it(lab, serving, round_):
     example = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()["example"]
+    lab.wait_for(lambda: len(lab.service_containers("scoring")) == 2, "two scoring tasks", timeout=120)
+    lab.wait_for(lambda: json.loads(lab.datalab("scoring", "status", "--json").stdout)["scoring"]["health"] == "healthy",
+                 "both tasks healthy", timeout=120)
     tasks = lab.service_containers("scoring")
-    assert len(tasks) == 2
     failures, answered, stop = [], [], threading.Event()
 
     def steady_load():  # about 50 requests/s, bounded
@@ -117,7 +125,7 @@ BROKEN = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
      "    mlflow.pyfunc.log_model(name='model', python_model=Broken(), registered_model_name=name)  # no signature\n"}]}
 
 
-def test_a_version_that_cannot_load_is_rolled_back_and_the_old_one_keeps_answering(lab, model_v1):
+def test_a_version_that_cannot_load_is_rolled_back_and_the_old_one_keeps_answering(lab, model_v1, serving):
     before = registered_versions(lab, MODEL)
     run_job(lab, BROKEN, timeout=600)
     broken = max(registered_versions(lab, MODEL) - before, key=int)
@@ -131,7 +139,7 @@ def test_a_version_that_cannot_load_is_rolled_back_and_the_old_one_keeps_answeri
     assert answer["version"] == model_v1
 
 
-def test_unknown_model_changes_nothing(lab, model_v1):
+def test_unknown_model_changes_nothing(lab, model_v1, serving):
     proc = lab.datalab("deploy", "no-such-model@production", check=False)
     assert proc.returncode == 1 and "cannot fetch model no-such-model@production" in proc.stderr
     assert f"{MODEL} v{model_v1} still serving" in proc.stderr
