@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -27,6 +28,17 @@ from .store import FINAL, Store
 
 log = logging.getLogger("datalab.jobs")
 ACCESS_SCOPES = {"access:services", "access:services!service=jobs"}
+
+
+def number(body, key, kind, default):
+    """body[key] as an int or float (default when absent), else a 400 naming it."""
+    value = body.get(key)
+    if value in (None, ""):
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise web.HTTPError(400, f"{key} must be a number, got {value!r}") from None
 
 
 class Jobs:
@@ -56,16 +68,18 @@ class Jobs:
             params = check(notebook, body.get("params") or {})
         except ParameterError as e:
             raise web.HTTPError(400, str(e)) from None
-        timeout = int(body.get("timeout") or self.settings["default_timeout"])
+        timeout = number(body, "timeout", int, self.settings["default_timeout"])
         if not 0 < timeout <= self.settings["max_timeout"]:
             raise web.HTTPError(400, f"timeout must be between 1 and {self.settings['max_timeout']} seconds")
-        retries = int(body.get("retries") or 0)
+        retries = number(body, "retries", int, 0)
         if not 0 <= retries <= 5:
             raise web.HTTPError(400, "retries must be between 0 and 5")
-        cpu = float(body.get("cpu") or profile["cpu"])
-        memory = str(body.get("memory") or profile["memory"])
+        cpu = number(body, "cpu", float, profile["cpu"])
         if cpu <= 0 or cpu > self.settings["max_cpu"]:
             raise web.HTTPError(400, f"cpu must be > 0 and at most {self.settings['max_cpu']}")
+        memory = str(body.get("memory") or profile["memory"])
+        if not re.fullmatch(r"\d+(\.\d+)?[kKmMgG]?", memory):
+            raise web.HTTPError(400, f"memory must look like 512M or 4G, got {memory!r}")
         common = dict(user=user, notebook=notebook, notebook_name=body.get("notebook_name") or "notebook.ipynb",
                       profile=profile, params=params, cpu=cpu, memory=memory, timeout_s=timeout, retries=retries)
         if body.get("schedule"):

@@ -47,3 +47,15 @@ def test_limits_per_user_and_overall_keep_the_rest_queued(tmp_path):
     # one per user, two overall: alice's first and bob's run; alice's second and carol's wait
     assert [status[i] for i in ids] == ["running", "queued", "running", "queued"]
     assert jobs.runner.started == [ids[0], ids[2]]
+
+
+def test_resource_fields_are_checked_with_a_400_naming_them(tmp_path):
+    import pytest
+    from tornado import web
+
+    jobs, _, _ = queue(tmp_path)
+    for body, message in (({"timeout": "soon"}, "timeout must be a number"), ({"cpu": "lots"}, "cpu must be a number"),
+                          ({"memory": "4 gigs"}, "memory must look like"), ({"retries": 9}, "retries must be")):
+        with pytest.raises(web.HTTPError) as err:
+            jobs.submit("alice", ["datascientists"], False, {"notebook": NOTEBOOK, **body})
+        assert err.value.status_code == 400 and message in err.value.log_message
