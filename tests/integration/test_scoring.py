@@ -7,6 +7,8 @@ import time
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +88,11 @@ def test_a_task_killed_under_load_is_replaced_and_the_edge_routes_around_it(lab,
     failures, answered, stop = [], [], threading.Event()
 
     def steady_load():  # about 50 requests/s, bounded
+        # Like a payment switch calling an idempotent API: one reconnect-and-retry
+        # when a connection drops (a request in flight on the killed task can be).
         http = requests.Session()
+        http.mount("http://", HTTPAdapter(max_retries=Retry(total=1, connect=1, read=1, status=0,
+                                                            allowed_methods={"POST"})))
         for _ in range(2000):
             if stop.is_set():
                 return
