@@ -9,7 +9,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Dict, Int, List, Unicode, default
 
-from . import profiles, volumes
+from . import containers, profiles, volumes
 
 NO_GPU_RUNTIME = (
     "The profile '{name}' needs {gpus} GPU(s), but this lab's Docker engine has no GPU "
@@ -59,11 +59,7 @@ class DataLabSpawner(DockerSpawner):
     @default("extra_host_config")
     def _hardened_host_config(self):
         # Notebook code never needs Linux capabilities or setuid escalation.
-        return {
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "pids_limit": self.pids_limit,
-        }
+        return containers.hardened(self.pids_limit)
 
     # ---- profiles -------------------------------------------------------
     def user_group_names(self):

@@ -9,10 +9,10 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest
 
+from datalab_hub.containers import NOTEBOOK_UID, hardened
 from datalab_hub.volumes import ensure_shared, shared
 
 WORKDIR = "/tmp/job"
-NOTEBOOK_UID = 1000
 
 
 def _tar(files):
@@ -38,8 +38,9 @@ def error_of(output_notebook):
 
 
 class Runner:
-    def __init__(self, lab, networks, volumes, environment=None):
+    def __init__(self, lab, networks, volumes, environment=None, pids_limit=1024):
         self.client = docker.from_env()
+        self.pids_limit = pids_limit
         self.lab = lab
         self.networks = networks          # first: created with it; others: connected before start
         self.volumes = volumes            # callable(user, groups, admin) -> {name: {"bind", "mode"}}
@@ -58,7 +59,7 @@ class Runner:
                    "-k", job["kernel"], "-f", f"{WORKDIR}/params.yaml",
                    "--log-output", "--no-progress-bar", "--cwd", "/home/jovyan"]
         host = dict(
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=1024,
+            **hardened(self.pids_limit),  # as the user's notebook servers
             nano_cpus=int(float(job["cpu"]) * 1e9), mem_limit=job["memory"], memswap_limit=job["memory"],
         )
         if job["gpus"]:

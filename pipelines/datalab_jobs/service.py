@@ -348,7 +348,7 @@ def main():
         return volume_mounts(spawn, user, groups, admin)
 
     runner = Runner(spawn["prefix"], [spawn["network"]] + settings["jobs"]["extra_networks"], volumes,
-                    settings["jobs"]["environment"])
+                    settings["jobs"]["environment"], pids_limit=int(spawn["pids_limit"]))
     hub_auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
 
     def user_info(name):  # with the service's own token: the user's groups and admin flag now

@@ -94,6 +94,10 @@ def test_timeout_stops_the_job(jobs):
 def test_cancel_stops_the_container_within_seconds(lab, jobs):
     job = jobs.submit("sleep.ipynb", SLEEP, "-p", "seconds", "300")
     jobs.wait(job["id"], statuses=("running",), timeout=60)
+    running = lab.docker.out("ps", "-q", "--filter", f"label=org.datalab.job={job['id']}")
+    info = lab.docker.inspect("container", running)[0]  # locked down like a notebook server
+    assert info["Config"]["User"] == "1000" and info["HostConfig"]["CapDrop"] == ["ALL"]
+    assert info["HostConfig"]["PidsLimit"] == 1024 and "no-new-privileges" in info["HostConfig"]["SecurityOpt"]
     jobs.cli("cancel", job["id"])
     done = jobs.wait(job["id"], timeout=30)
     assert done["status"] == "cancelled"
