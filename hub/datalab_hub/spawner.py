@@ -54,7 +54,7 @@ class DataLabSpawner(DockerSpawner):
         help="Image used once per new shared volume to hand its root to the "
         "notebook user (uid 1000); any image with chown will do.",
     )
-    notebook_uid = Unicode("1000", config=True, help="uid:gid that owns new shared volumes.")
+    notebook_uid = Unicode(str(containers.NOTEBOOK_UID), config=True, help="uid:gid that owns new shared volumes.")
 
     @default("extra_host_config")
     def _hardened_host_config(self):
