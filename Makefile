@@ -30,7 +30,7 @@ bench-spawn: $(STAMP)
 bench-images: $(STAMP)
 	$(VENV)/bin/python bench/images.py
 
-$(STAMP): pyproject.toml hub/pyproject.toml pipelines/pyproject.toml scoring/pyproject.toml images/constraints.txt
+$(STAMP): pyproject.toml hub/pyproject.toml pipelines/pyproject.toml scoring/pyproject.toml model_registry/pyproject.toml images/constraints.txt
 	@./scripts/bootstrap-venv $(PYTHON) $(VENV)
-	PIP_CONSTRAINT=images/constraints.txt $(VENV)/bin/pip install -q -e '.[test]' -e ./hub -e ./pipelines -e ./scoring
+	PIP_CONSTRAINT=images/constraints.txt $(VENV)/bin/pip install -q -e '.[test]' -e ./hub -e ./pipelines -e ./scoring -e ./model_registry
 	@touch $@

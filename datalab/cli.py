@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import settings as settings_mod
 from .docker import Docker, DockerError
@@ -12,6 +13,8 @@ from .jobs_client import JobsClient, JobsError
 from .deploy import DeployError
 from .settings import SettingsError
 from .steps import Steps
+
+REPO = Path(__file__).resolve().parent.parent
 
 # The host-side modules (builds, stack, secrets) are imported by the commands
 # that need them: inside a notebook container only `datalab jobs` is used.
@@ -33,11 +36,33 @@ def cmd_up(settings, args):
     images.build_all(docker, settings, steps)
     apply_stack(docker, settings, steps)
     wait_healthy(docker, settings, steps, args.timeout)
+    curl = run_demo(settings, steps) if settings["lab"]["demo"] and not args.no_demo else None
     print()
     print(f"DataLab is up: {settings.hub_url}")
+    print(f"Registry (MLflow, behind the hub's login): {settings.hub_url}services/registry/")
     print(f"Scoring edge: http://127.0.0.1:{settings['scoring']['port']}/v1/score")
+    if curl:
+        print(f"Score a transaction:\n  {curl}")
     print_logins(settings)
     return 0
+
+
+def run_demo(settings, steps):
+    from . import demo
+
+    try:
+        return demo.run(settings, steps, REPO)
+    except (demo.DemoError, OSError, RuntimeError) as e:
+        # the lab is up either way; say what the demo could not do
+        print(f"datalab: the demo loop stopped: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_demo(settings, args):
+    curl = run_demo(settings, Steps())
+    if curl:
+        print(curl)
+    return 0 if curl else 1
 
 
 def apply_stack(docker, settings, steps):
@@ -50,6 +75,7 @@ def apply_stack(docker, settings, steps):
     missing = [n for n in images.PLATFORM_IMAGES if not refs[n]]
     if missing:
         raise DockerError(f"images not built: {', '.join(missing)} (datalab up builds them)")
+    deploy.ensure_deployments_dir(settings)
     spec = stack.render(settings, refs, stack.profiles(notebook_images, refs), credentials.ensure(settings),
                         deploy.current(settings))
     stack.deploy(docker, settings, spec, steps)
@@ -188,24 +214,66 @@ def cmd_deploy(settings, args):
         return 2
     from . import images
 
+    scoring_ref = images.current_ref(docker, "scoring")
     try:
-        baked = deploy.bake(docker, settings, images.current_ref(docker, "scoring"), name, ref, steps)
+        with steps.step(f"fetching {name}@{ref} from the registry and baking it into an image"):
+            _, baked = deploy.prepare(docker, settings, scoring_ref, name, ref)
+        target = {**baked, "replicas": replicas, "threshold": threshold}
+        with steps.step(f"rolling out {name} v{target['version']} to {replicas} replica(s)"):
+            outcome, why = deploy.rollout(docker, settings, target, timeout=args.timeout)
     except deploy.DeployError as e:
         print(f"datalab: {e}; nothing changed, {describe(previous)} still serving", file=sys.stderr)
         return 1
-    target = {**baked, "replicas": replicas, "threshold": threshold}
-    deploy.save(settings, target)
-    apply_stack(docker, settings, steps)
-    with steps.step(f"rolling out {name} v{target['version']} to {replicas} replica(s)"):
-        outcome, why = deploy.wait_rollout(docker, settings, target, timeout=args.timeout)
     if outcome != "completed":
-        deploy.save(settings, previous)
-        apply_stack(docker, settings, steps)  # the stack file says what runs again
         print(f"datalab: {name} v{target['version']} was rolled back ({why or 'it never became ready'}); "
               f"{describe(previous)} serving", file=sys.stderr)
         return 1
     print(f"{name} v{target['version']} serves all traffic on http://127.0.0.1:{settings['scoring']['port']}/v1/score "
           f"(threshold {threshold}, {replicas} replica(s))")
+    return 0
+
+
+def cmd_promote(settings, args):
+    from . import audit, promotion
+
+    seen = len(audit.records(settings))
+    try:
+        promotion.set_production_alias(settings, args.as_user, args.model, args.version)
+    except promotion.PromotionError as e:
+        print(f"datalab: {e}", file=sys.stderr)
+        return 1
+    alias = settings["registry"]["production_alias"]
+    print(f"{args.as_user} set '{alias}' on {args.model} v{args.version}; waiting for the gate and the rollout")
+    if not args.wait:
+        return 0
+    try:
+        record = promotion.wait_outcome(settings, args.model, args.version, seen, timeout=args.timeout)
+    except promotion.PromotionError as e:
+        print(f"datalab: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(record, indent=2) if args.json else audit_line(record))
+    return 0 if record["outcome"] in ("deployed", "adopted") else 1
+
+
+def audit_line(r):
+    gate = (r.get("gate") or {}).get("candidate") or {}
+    figures = " ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in gate.items())
+    why = f"  ({'; '.join(r['reasons'])})" if r.get("reasons") else ""
+    rollout = f" rollout {r['rollout_s']} s" if r.get("rollout_s") is not None else ""
+    return (f"{r['at']}  {r['model']} v{r['version']} (from {r['from'] or 'nothing'}) by {r['by']}: "
+            f"{r['outcome'].upper()}{rollout}  {figures}{why}")
+
+
+def cmd_audit(settings, args):
+    from . import audit
+
+    records = audit.records(settings)
+    if args.model:
+        records = [r for r in records if r["model"] == args.model]
+    for r in records[-args.last:] if args.last else records:
+        print(json.dumps(r, sort_keys=True) if args.json else audit_line(r))
+    if not records and not args.json:
+        print("no promotion attempted yet (set the production alias on a model version in the registry)")
     return 0
 
 
@@ -322,6 +390,7 @@ def parser():
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="install what is missing, build, deploy, wait until healthy")
     up.add_argument("--timeout", type=int, default=300, help="seconds to wait for health")
+    up.add_argument("--no-demo", action="store_true", help="skip the demo loop (see [lab] demo)")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the lab; data is kept unless --purge")
     down.add_argument("--purge", action="store_true", help="also delete all data (asks first)")
@@ -331,7 +400,7 @@ def parser():
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
     lg = sub.add_parser("logs", help="a service's logs")
-    lg.add_argument("service", choices=["hub", "mlflow", "directory", "scoring", "scoring-edge"])
+    lg.add_argument("service", choices=["hub", "mlflow", "directory", "controller", "scoring", "scoring-edge"])
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("--tail", type=int, default=200)
     lg.set_defaults(func=cmd_logs)
@@ -383,6 +452,21 @@ def parser():
     dep.add_argument("--threshold", type=float, help="block at or above this score, 0-100")
     dep.add_argument("--timeout", type=int, default=300, help="seconds to wait for the rollout")
     dep.set_defaults(func=cmd_deploy)
+    dm = sub.add_parser("demo", help="train, register, promote and score the reference model (as up does)")
+    dm.set_defaults(func=cmd_demo)
+    pro = sub.add_parser("promote", help="set the production alias on a version, as USER (what the registry UI does)")
+    pro.add_argument("model")
+    pro.add_argument("version")
+    pro.add_argument("--as", dest="as_user", required=True, help="the user who promotes (an approver)")
+    pro.add_argument("--wait", action="store_true", help="wait for the controller's decision")
+    pro.add_argument("--timeout", type=int, default=600)
+    pro.add_argument("--json", action="store_true")
+    pro.set_defaults(func=cmd_promote)
+    aud = sub.add_parser("audit", help="every promotion attempt: who, when, from/to, gate figures, outcome")
+    aud.add_argument("--model", help="only this registered model's")
+    aud.add_argument("--last", type=int, help="only the last N")
+    aud.add_argument("--json", action="store_true", help="JSON lines (for export)")
+    aud.set_defaults(func=cmd_audit)
     sc = sub.add_parser("scoring", help="the scoring service")
     sc_sub = sc.add_subparsers(dest="scoring_command", required=True)
     scs = sc_sub.add_parser("status", help="version, replicas, health, threshold")

@@ -130,9 +130,14 @@ def ensure(settings):
         "proxy_token": sdir / "proxy_token",
         # the host's `datalab jobs` acts as the hub service "datalab-cli"
         "cli_token": sdir / "cli_token",
+        # MLflow signs the alias webhook with it; the controller checks the signature
+        "webhook_secret": sdir / "webhook_secret",
+        # MLflow keeps webhook secrets encrypted with this Fernet key (else they are lost at restart)
+        "mlflow_webhook_key": sdir / "mlflow_webhook_key",
     }
-    for name in ("cookie_secret", "proxy_token", "cli_token"):
+    for name in ("cookie_secret", "proxy_token", "cli_token", "webhook_secret"):
         _ensure(files[name], lambda: secrets.token_hex(32))
+    _ensure(files["mlflow_webhook_key"], lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)))
     if settings["directory"]["builtin"]:
         ensure_directory_pki(sdir)
         _ensure(sdir / "ldap_admin_password", lambda: secrets.token_urlsafe(24))

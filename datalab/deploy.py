@@ -2,27 +2,52 @@
 
 The version is baked into an image (FROM datalab/scoring) at rollout: once
 built, serving depends on nothing but the image, MLflow may be down, and
-rolling back is pointing the service at the previous image. The deployment
-(model, version, image, replicas, threshold) is kept in <data_dir>/scoring.json
-and rendered into the stack like every other service; Swarm rolls it out
-start-first, gated on /readyz, and rolls back on failure.
+rolling back is pointing the service at the previous image. The scoring
+service always exists in the stack (0 replicas until a first deployment); a
+rollout is a `docker service update` of its image, replicas and threshold,
+start-first and gated on /readyz, which Swarm rolls back on failure. What
+serves is kept in <data_dir>/deployments/scoring.json, so that `datalab up`
+renders the same service again. `datalab deploy` and the promotion
+controller both go through rollout() here.
 """
 
+import contextlib
 import json
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from .docker import Docker, DockerError
+
+MLFLOW_URL = "http://mlflow:5000"
+# Owner of the deployments folder: the promotion controller's uid writes it too.
+CONTROLLER_UID = 1000
 
 
 class DeployError(RuntimeError):
     pass
 
 
+def deployments_dir(settings):
+    return settings.data_dir / "deployments"
+
+
 def state_file(settings):
-    return settings.data_dir / "scoring.json"
+    return deployments_dir(settings) / "scoring.json"
+
+
+def ensure_deployments_dir(settings):
+    path = deployments_dir(settings)
+    path.mkdir(parents=True, exist_ok=True)
+    legacy = settings.data_dir / "scoring.json"  # before the controller existed
+    if legacy.exists() and not state_file(settings).exists():
+        legacy.rename(state_file(settings))
+    if os.geteuid() == 0:
+        for item in [path, *path.iterdir()]:
+            os.chown(item, CONTROLLER_UID, CONTROLLER_UID)
+    return path
 
 
 def current(settings):
@@ -34,51 +59,105 @@ def save(settings, deployment):
     path = state_file(settings)
     if deployment is None:
         path.unlink(missing_ok=True)
-    else:
-        path.write_text(json.dumps(deployment, indent=2))
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(deployment, indent=2))
+    tmp.replace(path)
 
 
-def bake(docker: Docker, settings, scoring_ref, name, ref, steps):
-    """Fetch name@ref from the registry and build the image that serves it."""
-    with tempfile.TemporaryDirectory(prefix="datalab-model-") as work:
-        os.chmod(work, 0o777)  # the fetcher runs as uid 1000
-        with steps.step(f"fetching {name}@{ref} from the registry"):
-            proc = docker.run("run", "--rm", "--network", f"{settings.lab}_tracking",
-                              "-e", "MLFLOW_TRACKING_URI=http://mlflow:5000", "-v", f"{work}:/out",
-                              "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                              scoring_ref, "python3", "-m", "datalab_scoring.fetch", name, ref, "/out/model",
-                              check=False, timeout=600)
-            if proc.returncode != 0:
-                raise DeployError((proc.stderr.strip().splitlines() or ["fetch failed"])[-1])
-            fetched = json.loads(proc.stdout.strip().splitlines()[-1])
-        version = fetched["version"]
-        Path(work, "Dockerfile").write_text(
-            f"FROM {scoring_ref}\nCOPY model /model\n"
-            f"ENV SCORING_MODEL_NAME={name} SCORING_MODEL_VERSION={version}\n")
-        tag = f"datalab/scoring-model:{name}-v{version}"
-        with steps.step(f"baking {name} v{version} into {tag}"):
-            docker.run("build", "-q", "--label", f"org.datalab.model={name}",
-                       "--label", f"org.datalab.model-version={version}",
-                       "--label", f"org.datalab.run-id={fetched['run_id']}", "-t", tag, work, timeout=600)
+@contextlib.contextmanager
+def fetched(docker: Docker, settings, scoring_ref, name, ref, evaluate_against=None, threshold=50.0):
+    """Fetch name@ref from the registry in a one-shot container of the scoring
+    image (with evaluate_against: also measure it against that NAME/VERSION, or
+    alone for ""); yields (the fetcher's answer, a folder holding model/)."""
+    container = f"{settings.lab}-fetch-{uuid.uuid4().hex[:10]}"
+    command = ["python3", "-m", "datalab_scoring.fetch", name, ref, "/tmp/fetched/model"]
+    if evaluate_against is not None:
+        command += ["--evaluate-against", evaluate_against, "--threshold", str(threshold)]
+    try:
+        proc = docker.run("run", "--name", container, "--network", f"{settings.lab}_tracking",
+                          "-e", f"MLFLOW_TRACKING_URI={MLFLOW_URL}", "--cap-drop", "ALL",
+                          "--security-opt", "no-new-privileges", scoring_ref, *command, check=False, timeout=900)
+        if proc.returncode != 0:
+            raise DeployError((proc.stderr.strip().splitlines() or ["fetch failed"])[-1])
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        with tempfile.TemporaryDirectory(prefix="datalab-model-") as work:
+            docker.run("cp", f"{container}:/tmp/fetched/model", str(Path(work) / "model"), timeout=600)
+            yield answer, Path(work)
+    finally:
+        docker.run("rm", "-f", container, check=False)
+
+
+def bake(docker: Docker, scoring_ref, answer, work):
+    """Build the image that serves the fetched version (work/model)."""
+    name, version = answer["name"], answer["version"]
+    Path(work, "Dockerfile").write_text(
+        f"FROM {scoring_ref}\nCOPY --chown=1000:1000 model /model\n"
+        f"ENV SCORING_MODEL_NAME={name} SCORING_MODEL_VERSION={version}\n")
+    tag = f"datalab/scoring-model:{name}-v{version}"
+    docker.run("build", "-q", "--label", f"org.datalab.model={name}",
+               "--label", f"org.datalab.model-version={version}",
+               "--label", f"org.datalab.run-id={answer['run_id']}", "-t", tag, str(work), timeout=600)
     image_id = docker.out("image", "inspect", "-f", "{{.Id}}", tag)
     image = f"{tag}-{image_id.split(':')[-1][:12]}"  # a rebuilt version is a new image: a rollout
     docker.run("tag", image_id, image)
-    return {"model": name, "version": version, "run_id": fetched["run_id"], "image": image}
+    return {"model": name, "version": version, "run_id": answer["run_id"], "image": image}
+
+
+def prepare(docker: Docker, settings, scoring_ref, name, ref, evaluate_against=None, threshold=50.0,
+            accept=lambda answer: True):
+    """Fetch (and with evaluate_against, evaluate) name@ref, then bake it if
+    accept(answer) says so: (answer, baked image dict or None)."""
+    with fetched(docker, settings, scoring_ref, name, ref, evaluate_against, threshold) as (answer, work):
+        return answer, (bake(docker, scoring_ref, answer, work) if accept(answer) else None)
+
+
+def scoring_service(settings):
+    return f"{settings.lab}_scoring"
+
+
+def start_rollout(docker: Docker, settings, target):
+    """Point the scoring service at target (returns at once; wait_rollout follows it)."""
+    if not docker.inspect("service", scoring_service(settings)):
+        raise DeployError(f"no scoring service in lab {settings.lab}: run `datalab up` first")
+    docker.run("service", "update", "--detach", "--image", target["image"],
+               "--replicas", str(int(target["replicas"])),
+               "--env-add", f"SCORING_THRESHOLD={target['threshold']}",
+               "--label-add", f"org.datalab.model={target['model']}@{target['version']}",
+               "--label-add", f"com.docker.stack.image={target['image']}",
+               scoring_service(settings), timeout=120)
+
+
+def service_image(docker: Docker, settings):
+    found = docker.inspect("service", scoring_service(settings))
+    return found[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] if found else None
+
+
+def rollout(docker: Docker, settings, target, timeout=300, started=False):
+    """Roll target out; ('completed', '') and target saved as what serves, or
+    ('rolled back', why) with the previous deployment still serving and saved."""
+    if not started:
+        start_rollout(docker, settings, target)
+    outcome, why = wait_rollout(docker, settings, target, timeout=timeout)
+    if outcome == "completed":
+        save(settings, target)
+    return outcome, why
 
 
 def wait_rollout(docker: Docker, settings, deployment, timeout=300):
     """'completed' when every replica serves deployment's image, 'rolled back' (with why) otherwise."""
-    service = f"{settings.lab}_scoring"
+    service = scoring_service(settings)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = docker.inspect("service", service)
         if info:
             status = (info[0].get("UpdateStatus") or {}).get("State")
             spec_image = info[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-            if status in ("rollback_completed", "rollback_paused", "paused") or (
-                    status is None and spec_image != deployment["image"] and info[0].get("PreviousSpec")):
+            # The spec was just set to the target: only Swarm's rollback sets it back.
+            # (An UpdateStatus left over from an earlier rollout says nothing yet.)
+            if spec_image != deployment["image"]:
                 return "rolled back", task_failures(docker, service)
-            if spec_image == deployment["image"] and status in (None, "completed"):
+            if status in (None, "completed"):
                 tasks = docker.out("service", "ps", "--filter", "desired-state=running",
                                    "--format", "{{.Image}} {{.CurrentState}}", service).splitlines()
                 if tasks and all(t.startswith(deployment["image"]) and " Running" in f" {t}" for t in tasks):

@@ -4,6 +4,7 @@ Settings are read once and never mutated; code that needs a variant builds a
 new one with `Settings.with_overrides`.
 """
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -22,7 +23,8 @@ def _merge(base, override, path=""):
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise SettingsError(f"setting '{where}' must be a table")
-            merged[key] = _merge(base[key], value, where + ".")
+            # An empty table in the defaults is a free-form map (e.g. team -> group).
+            merged[key] = _merge(base[key], value, where + ".") if base[key] else dict(value)
         else:
             merged[key] = value
     return merged
@@ -56,6 +58,10 @@ class Settings:
         for part in dotted.split("."):
             value = value[part]
         return value
+
+    def table(self, name=None):
+        """A plain (mutable, JSON-ready) copy of one table, or of all settings."""
+        return json.loads(json.dumps(self._raw if name is None else self._raw[name]))
 
     def with_overrides(self, overrides):
         return Settings(_merge(self._raw, overrides), self.source)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,10 @@ from .docker import Docker, DockerError
 
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 HUB_UID = "1000"
+MLFLOW_URL = "http://mlflow:5000"  # on the backend and tracking networks only
+# MLflow as notebook and job containers see it: behind the hub's login.
+REGISTRY_URL = "http://hub:8000/services/registry"
+CONTROLLER_DATA_DIR = "/var/lib/datalab"
 LDAP_UID = "1001"
 
 
@@ -79,12 +84,16 @@ def hub_runtime(settings, profile_list, has_ca):
         "jobs": {
             **dict(settings["jobs"]),
             "data_dir": "/srv/jupyterhub/data/jobs",
-            # Until the registry gateway exists, jobs reach MLflow on this network;
-            # notebook servers do not.
-            "extra_networks": [f"{settings.lab}_tracking"],
-            "environment": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+            "extra_networks": [],
+            "environment": {"MLFLOW_TRACKING_URI": REGISTRY_URL},
             "admin_services": ["datalab-cli"],
             "url": "http://hub:8000/services/jobs/",
+        },
+        "registry": {
+            **settings.table("registry"),
+            "teams": list(settings["volumes"]["teams"]),
+            "mlflow_url": MLFLOW_URL,
+            "url": REGISTRY_URL,
         },
     }
 
@@ -123,23 +132,45 @@ def _service(image, networks, **extra):
 
 
 def scoring_services(settings, refs, deployment):
-    """The scoring edge, and the scoring service once a model is deployed."""
+    """The scoring edge, and the scoring service: 0 replicas of the bare runtime
+    until a model is deployed, so that a rollout is always a service update."""
     edge = _service(refs["edge"], ["scoring"], ports=[
         {"target": 8500, "published": settings["scoring"]["port"], "protocol": "tcp", "mode": "host"}])
     edge["deploy"]["update_config"] = {"order": "stop-first"}  # host-mode port (design.md)
-    services = {"scoring-edge": edge}
-    if deployment:
-        scoring = _service(deployment["image"], ["scoring"], environment={
-            "SCORING_THRESHOLD": str(deployment["threshold"])}, stop_grace_period="5s")
-        scoring["deploy"].update(
-            replicas=int(deployment["replicas"]),
-            update_config={"parallelism": 1, "delay": "1s", "order": "start-first",
-                           "failure_action": "rollback", "monitor": "5s"},
-            rollback_config={"parallelism": 1, "order": "start-first"},
-        )
-        scoring["deploy"]["labels"]["org.datalab.model"] = f"{deployment['model']}@{deployment['version']}"
-        services["scoring"] = scoring
-    return services
+    deployment = deployment or {"image": refs["scoring"], "replicas": 0, "threshold": settings["scoring"]["threshold"],
+                                "model": "", "version": ""}
+    scoring = _service(deployment["image"], ["scoring"], environment={
+        "SCORING_THRESHOLD": str(deployment["threshold"])}, stop_grace_period="5s")
+    scoring["deploy"].update(
+        replicas=int(deployment["replicas"]),
+        update_config={"parallelism": 1, "delay": "1s", "order": "start-first",
+                       "failure_action": "rollback", "monitor": "5s"},
+        rollback_config={"parallelism": 1, "order": "start-first"},
+    )
+    scoring["deploy"]["labels"]["org.datalab.model"] = f"{deployment['model']}@{deployment['version']}"
+    return {"scoring-edge": edge, "scoring": scoring}
+
+
+def controller_service(settings, refs, files, secret_files, docker_gid):
+    """The promotion controller: hears MLflow's alias webhook, gates and rolls out.
+    It drives the engine (bakes images, updates the scoring service) like `datalab
+    deploy`, and shares the deployments folder with the host's CLI."""
+    deployments = settings.data_dir / "deployments"
+    in_container = settings.with_overrides({"lab": {"data_dir": CONTROLLER_DATA_DIR}})
+    settings_json = settings.data_dir / "controller.json"
+    settings_json.write_text(json.dumps(in_container.table(), indent=2))
+    service = _service(
+        refs["controller"], ["backend"],
+        user=f"{HUB_UID}:{docker_gid}",
+        environment={"MLFLOW_TRACKING_URI": MLFLOW_URL, "DATALAB_CONTROLLER_SETTINGS": "/etc/datalab/controller.json"},
+        volumes=[f"{DOCKER_SOCKET}:{DOCKER_SOCKET}", f"{deployments}:{CONTROLLER_DATA_DIR}/deployments"],
+        configs=[files.config("controller_settings", settings_json, "/etc/datalab/controller.json")],
+        secrets=[files.secret("webhook_secret", secret_files["webhook_secret"], HUB_UID)],
+        stop_grace_period="3s",
+    )
+    # The deployments folder is on this machine.
+    service["deploy"]["placement"] = {"constraints": [f"node.hostname == {socket.gethostname()}"]}
+    return service
 
 
 def render(settings, refs, profile_list, secret_files, deployment=None):
@@ -176,7 +207,7 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             command=mlflow_command(settings),
             volumes=["mlflow-data:/mlflow"],
             environment=mlflow_environment(settings, secret_files),
-            secrets=(
+            secrets=[files.secret("mlflow_webhook_key", secret_files["mlflow_webhook_key"], HUB_UID)] + (
                 [files.secret("aws_credentials", secret_files["aws_credentials"], HUB_UID)]
                 if "aws_credentials" in secret_files else []
             ),
@@ -196,6 +227,7 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             ],
         )
     services.update(scoring_services(settings, refs, deployment))
+    services["controller"] = controller_service(settings, refs, files, secret_files, docker_gid)
     return {
         "version": "3.8",
         "services": services,
@@ -203,7 +235,7 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             "backend": {"driver": "overlay"},
             # Notebook containers join this one; they never see `backend`.
             "lab": {"driver": "overlay", "attachable": True},
-            # MLflow for job containers (until the registry gateway puts it behind the hub).
+            # MLflow for the one-shot fetchers of rollouts (users reach it through the hub).
             "tracking": {"driver": "overlay", "attachable": True},
             # The scoring edge and the scoring tasks.
             "scoring": {"driver": "overlay"},
@@ -229,7 +261,9 @@ def mlflow_command(settings):
 
 
 def mlflow_environment(settings, secret_files):
-    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}  # a bank's lab does not call home
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",  # a bank's lab does not call home
+           # the alias webhook goes to the controller: http, on the lab's private network
+           "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true"}
     if settings["mlflow"]["s3_endpoint_url"]:
         env["MLFLOW_S3_ENDPOINT_URL"] = settings["mlflow"]["s3_endpoint_url"]
     if "aws_credentials" in secret_files:
@@ -282,6 +316,7 @@ def service_url(settings, short_name):
         "mlflow": "http://mlflow:5000/ (lab network only)",
         "directory": f"{settings['directory']['url']} (lab network only)",
         "scoring": "tasks.scoring:8080 (behind the edge)",
+        "controller": "http://controller:8080/webhook (MLflow's alias webhook)",
     }.get(short_name, "")
 
 
@@ -291,10 +326,11 @@ def status(docker: Docker, settings):
     for svc in services(docker, settings):
         short = svc["Name"].removeprefix(f"{settings.lab}_")
         running, _, desired = svc["Replicas"].partition(" ")[0].partition("/")
-        health = _local_health(docker, svc["Name"], svc["Image"])
+        idle = desired == "0"  # the scoring service before a first deployment
+        health = "idle" if idle else _local_health(docker, svc["Name"], svc["Image"])
         rows.append({
             "service": short,
-            "state": "running" if running == desired and desired != "0" else f"{running}/{desired} running",
+            "state": "scaled to 0" if idle else "running" if running == desired else f"{running}/{desired} running",
             "replicas": svc["Replicas"],
             "health": health,
             "url": service_url(settings, short),
@@ -317,7 +353,8 @@ def wait_healthy(docker: Docker, settings, steps, timeout=300):
         last = None
         while True:
             rows = status(docker, settings)
-            pending = [r["service"] for r in rows if r["state"] != "running" or r["health"] != "healthy"]
+            pending = [r["service"] for r in rows
+                       if r["health"] != "idle" and (r["state"] != "running" or r["health"] != "healthy")]
             if rows and not pending and hub_answers(settings):
                 return rows
             if pending != last:

@@ -65,10 +65,11 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.volume_init_image = spawn["volume_init_image"]
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}
 
-    jobs = runtime["jobs"]
-    sp.environment = {"DATALAB_JOBS_URL": jobs["url"]}
-    # The server's own token may call the jobs service, as its user.
-    sp.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=jobs"]
+    jobs, registry = runtime["jobs"], runtime["registry"]
+    sp.environment = {"DATALAB_JOBS_URL": jobs["url"], "MLFLOW_TRACKING_URI": registry["url"]}
+    # The server's own token may call the jobs service and the registry, as its user.
+    sp.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=jobs",
+                              "access:services!service=registry"]
     services = [
         {
             "name": "jobs",
@@ -76,13 +77,25 @@ def configure(c, runtime, secrets_dir=SECRETS):
             "command": [sys.executable, "-m", "datalab_jobs.service"],
             "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
         },
+        {
+            "name": "registry",
+            "url": "http://127.0.0.1:8091",
+            "command": [sys.executable, "-m", "datalab_registry.gateway"],
+            "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
+            "oauth_no_confirm": True,
+        },
         {"name": "datalab-cli", "api_token": read_secret("cli_token", secrets_dir)},
     ]
     roles = [
-        {"name": "user", "scopes": ["self", "access:services!service=jobs"]},
-        {"name": "jobs", "services": ["jobs"], "scopes": ["read:users", "read:users:groups", "list:users"]},
-        {"name": "datalab-cli", "services": ["datalab-cli"],
-         "scopes": ["access:services!service=jobs", "read:users", "list:users"]},
+        {"name": "user", "scopes": ["self", "access:services!service=jobs", "access:services!service=registry"]},
+        # jobs: the submitter's groups, and a registry-only token of theirs for each job
+        {"name": "jobs", "services": ["jobs"], "scopes": [
+            "read:users", "read:users:groups", "list:users", "tokens", "access:services!service=registry"]},
+        {"name": "registry", "services": ["registry"], "scopes": ["read:users", "read:users:groups", "list:users"]},
+        # the CLI: `datalab jobs --as`, and `datalab promote --as` (a short-lived token of that user)
+        {"name": "datalab-cli", "services": ["datalab-cli"], "scopes": [
+            "access:services!service=jobs", "read:users", "list:users", "tokens",
+            "access:services!service=registry"]},
     ]
     culler = runtime["culler"]
     if int(culler["timeout"]) > 0:

@@ -126,6 +126,13 @@ class DataLabSpawner(DockerSpawner):
         self.environment = {**self.environment, "DATALAB_PROFILE": profile["name"]}
         return await super().start()
 
+    def get_env(self):
+        env = super().get_env()
+        # The MLflow client in the server runs as its user, through the registry
+        # gateway, with the server's token (its scopes include the registry).
+        env["MLFLOW_TRACKING_TOKEN"] = self.api_token
+        return env
+
     async def require_gpu_runtime(self, profile):
         info = await self.docker("info")
         if "nvidia" not in (info.get("Runtimes") or {}):

@@ -49,7 +49,7 @@ class Runner:
     def has_gpu_runtime(self):
         return "nvidia" in (self.client.info().get("Runtimes") or {})
 
-    def start(self, job, notebook, user_groups, admin):
+    def start(self, job, notebook, user_groups, admin, environment=None):
         name = f"{self.lab}-job-{job['id']}-{job['attempt']}"
         # papermill runs it with the image's kernel: say so in the notebook, as a
         # notebook saved in that image would (and papermill needs the language)
@@ -72,7 +72,7 @@ class Runner:
             entrypoint=["tini", "--"], network=self.networks[0],
             volumes=mounts,
             # USER/LOGNAME: MLflow records runs under the submitting user's name
-            environment={**self.environment, "DATALAB_JOB_ID": job["id"], "DATALAB_USER": job["user"],
+            environment={**self.environment, **(environment or {}), "DATALAB_JOB_ID": job["id"], "DATALAB_USER": job["user"],
                          "USER": job["user"], "LOGNAME": job["user"]},
             labels={"org.datalab.lab": self.lab, "org.datalab.job": job["id"], "org.datalab.user": job["user"]},
             **host,

@@ -14,12 +14,12 @@ import re
 import time
 from pathlib import Path
 
-import requests
 from croniter import croniter
 from jupyterhub.services.auth import HubAuth
 from tornado import ioloop, web
 
 from datalab_hub import profiles as profile_policy
+from datalab_hub.identity import HubUsers
 from datalab_hub.volumes import volume_mounts
 
 from .params import ParameterError, check
@@ -28,6 +28,7 @@ from .store import FINAL, Store
 
 log = logging.getLogger("datalab.jobs")
 ACCESS_SCOPES = {"access:services", "access:services!service=jobs"}
+REGISTRY_SCOPE = "access:services!service=registry"
 
 
 def number(body, key, kind, default):
@@ -44,12 +45,23 @@ def number(body, key, kind, default):
 class Jobs:
     """Queue, limits, watching and schedules; the HTTP handlers call into it."""
 
-    def __init__(self, settings, store, runner, user_info):
+    def __init__(self, settings, store, runner, users):
         self.settings = settings["jobs"]
         self.profiles = settings["spawner"]["profiles"]
         self.store = store
         self.runner = runner
-        self.user_info = user_info  # name -> {"name", "groups", "admin"} as the hub knows them now
+        self.users = users  # datalab_hub.identity.HubUsers
+
+    def user_info(self, name):
+        """{"name", "groups", "admin"} as the hub knows them now, or None."""
+        return self.users.info(name)
+
+    def registry_environment(self, job):
+        """The MLflow client in the job runs as its user, through the registry gateway,
+        with a token good for the registry only and for no longer than the job may run."""
+        token = self.users.issue_token(job["user"], [REGISTRY_SCOPE], job["timeout_s"] + 600,
+                                       f"job {job['id']}: MLflow as {job['user']}")
+        return {"MLFLOW_TRACKING_TOKEN": token}
 
     # ---- submit ----
     def submit(self, user, groups, admin, body):
@@ -145,7 +157,8 @@ class Jobs:
         notebook = json.loads((self.store.job_dir(job["id"]) / "input.ipynb").read_text())
         attempt = job["attempt"] + 1
         try:
-            container_id = self.runner.start({**job, "attempt": attempt}, notebook, who["groups"], who["admin"])
+            container_id = self.runner.start({**job, "attempt": attempt}, notebook, who["groups"], who["admin"],
+                                             self.registry_environment(job))
         except Exception as e:  # a job that cannot start fails, with the reason; the queue goes on
             log.exception("job %s could not start", job["id"])
             self.store.update_job(job["id"], status="failed", exit_reason="could not start",
@@ -350,16 +363,7 @@ def main():
     runner = Runner(spawn["prefix"], [spawn["network"]] + settings["jobs"]["extra_networks"], volumes,
                     settings["jobs"]["environment"], pids_limit=int(spawn["pids_limit"]))
     hub_auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
-
-    def user_info(name):  # with the service's own token: the user's groups and admin flag now
-        r = requests.get(f"{hub_auth.api_url}/users/{name}",
-                         headers={"Authorization": f"token {hub_auth.api_token}"}, timeout=10)
-        if r.status_code != 200:
-            return None
-        found = r.json()
-        return {"name": found["name"], "admin": bool(found.get("admin")), "groups": found.get("groups", [])}
-
-    jobs = Jobs(settings, store, runner, user_info)
+    jobs = Jobs(settings, store, runner, HubUsers(hub_auth.api_url, hub_auth.api_token))
     jobs.recover()
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/jobs/")

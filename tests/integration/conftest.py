@@ -114,6 +114,7 @@ def lab():
         "[lab]\n"
         'name = "dltest"\n'
         f'data_dir = "{TEST_DATA_DIR}"\n'
+        "demo = false\n"  # the tests train and promote their own models
         "[hub]\n"
         "port = 18000\n"
         "[scoring]\n"

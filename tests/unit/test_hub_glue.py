@@ -37,7 +37,7 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.DataLabSpawner.pull_policy == "never"
     assert c.JupyterHub.allow_named_servers is True
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert set(services) == {"jobs", "datalab-cli", "idle-culler"}
+    assert set(services) == {"jobs", "registry", "datalab-cli", "idle-culler"}
     assert services["datalab-cli"]["api_token"] == "cli"
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "delete:servers" in roles["idle-culler"]["scopes"]

@@ -17,17 +17,26 @@ class FakeRunner:
     def __init__(self):
         self.started = []
 
-    def start(self, job, notebook, groups, admin):
+    def start(self, job, notebook, groups, admin, environment=None):
         self.started.append(job["id"])
+        self.environment = environment
         return f"container-{job['id']}"
 
     def state(self, container_id):
         return True, None
 
 
+class FakeHubUsers:
+    def info(self, name):
+        return {"name": name, "groups": ["datascientists"], "admin": False}
+
+    def issue_token(self, name, scopes, expires_in, note):
+        return f"token-of-{name}-for-{','.join(scopes)}-{expires_in}s"
+
+
 def queue(tmp_path, *users):
     store = Store(tmp_path)
-    jobs = Jobs(SETTINGS, store, FakeRunner(), lambda name: {"name": name, "groups": ["datascientists"], "admin": False})
+    jobs = Jobs(SETTINGS, store, FakeRunner(), FakeHubUsers())
     ids = [jobs.submit(u, ["datascientists"], False, {"notebook": NOTEBOOK})[1]["id"] for u in users]
     return jobs, store, ids
 
@@ -59,3 +68,10 @@ def test_resource_fields_are_checked_with_a_400_naming_them(tmp_path):
         with pytest.raises(web.HTTPError) as err:
             jobs.submit("alice", ["datascientists"], False, {"notebook": NOTEBOOK, **body})
         assert err.value.status_code == 400 and message in err.value.log_message
+
+
+def test_a_started_job_gets_a_registry_only_token_of_its_user_that_outlives_its_timeout(tmp_path):
+    jobs, store, ids = queue(tmp_path, "alice")
+    jobs.tick()
+    token = jobs.runner.environment["MLFLOW_TRACKING_TOKEN"]
+    assert token == "token-of-alice-for-access:services!service=registry-660s"

@@ -1,10 +1,12 @@
+import json
 import os
 
 from datalab import credentials, settings as settings_mod, stack
 
 from datalab import manifest
 
-REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "edge", "scoring", "python", "datascience", "tensorflow")}
+REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "controller", "edge", "scoring", "python",
+                                        "datascience", "tensorflow")}
 PROFILES = stack.profiles(manifest.load(), REFS)
 
 
@@ -27,7 +29,9 @@ def test_services_are_dnsrr_and_only_the_edges_publish_in_host_mode(tmp_path, mo
             assert "ports" not in svc, name
     assert spec["services"]["hub"]["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
     assert spec["services"]["scoring-edge"]["ports"] == [{"target": 8500, "published": 8500, "protocol": "tcp", "mode": "host"}]
-    assert "scoring" not in spec["services"]  # nothing deployed yet
+    # nothing deployed yet: the bare runtime at 0 replicas, so that a rollout is a service update
+    assert spec["services"]["scoring"]["deploy"]["replicas"] == 0
+    assert spec["services"]["scoring"]["image"] == REFS["scoring"]
 
 
 def test_a_deployment_is_a_start_first_service_that_rolls_back(tmp_path, monkeypatch):
@@ -88,7 +92,19 @@ def test_mlflow_takes_postgres_and_s3_from_settings(tmp_path, monkeypatch):
     assert svc["command"][svc["command"].index("--artifacts-destination") + 1] == "s3://bucket/mlflow"
     assert svc["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert svc["environment"]["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/aws_credentials"
-    assert svc["secrets"][0]["target"] == "aws_credentials"
+    assert [x["target"] for x in svc["secrets"]] == ["mlflow_webhook_key", "aws_credentials"]
+    # the webhook key reaches MLflow as a secret file, never as a value in the service's spec
+    assert not any("ENCRYPTION_KEY" in k for k in svc["environment"])
+
+
+def test_the_controller_shares_the_deployments_folder_and_drives_the_engine(tmp_path, monkeypatch):
+    s, spec = rendered(tmp_path, monkeypatch)
+    svc = spec["services"]["controller"]
+    assert f"{tmp_path}/deployments:/var/lib/datalab/deployments" in svc["volumes"]
+    assert svc["user"].startswith("1000:") and svc["cap_drop"] == ["ALL"] and svc["networks"] == ["backend"]
+    assert [x["target"] for x in svc["secrets"]] == ["webhook_secret"]
+    inside = json.loads((tmp_path / "controller.json").read_text())
+    assert inside["lab"]["data_dir"] == "/var/lib/datalab" and inside["lab"]["name"] == "lab1"
 
 
 def test_profiles_follow_the_manifest_and_say_what_is_not_built():

@@ -1,0 +1,70 @@
+"""The demo loop `datalab up` ends with (and `datalab demo` runs again): the
+reference workload trains at a small size as alice, registers the model,
+alice (an approver) promotes it through the registry gateway, the controller
+gates and rolls it out, and a curl that scores a transaction is printed."""
+
+import http.cookiejar
+import json
+import re
+import urllib.parse
+import urllib.request
+
+from . import audit, credentials, deploy, promotion
+from .jobs_client import JobsClient
+
+REPO_NOTEBOOK = "pipelines/notebooks/fraud_reference.ipynb"
+MODEL = "fraud-detector"
+USER = "alice"  # in fraud-team and model-approvers in the demo directory
+SMALL = {"n_customers": 400, "n_terminals": 800, "nb_days": 60, "train_start_day": 35, "epochs": 5,
+         "register_model": MODEL}
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def log_in(settings, user, password):
+    """Log in through the hub's form once, so the hub knows the user and their groups."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    page = opener.open(f"{settings.hub_url}hub/login", timeout=30).read().decode()
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"username": user, "password": password, "_xsrf": xsrf}).encode()
+    answer = opener.open(f"{settings.hub_url}hub/login?next=", data=form, timeout=60)
+    if "/hub/login" in answer.geturl():
+        raise DemoError(f"{user} could not log in to the hub")
+
+
+def run(settings, steps, repo):
+    if deploy.current(settings):
+        steps.info(f"demo: {deploy.current(settings)['model']} already serves; demo loop skipped")
+        return None
+    password = credentials.demo_logins(settings).get(USER)
+    if not password:
+        steps.info("demo: no demo user (corporate directory); demo loop skipped")
+        return None
+    log_in(settings, USER, password)
+    jobs = JobsClient.for_lab(settings)
+    with steps.step(f"demo: {USER} trains the reference model (small size) as a job"):
+        job = jobs.submit(str(repo / REPO_NOTEBOOK), params=SMALL, profile="tensorflow", as_user=USER, timeout=1800)
+        job = jobs.wait(job["id"], timeout=1800, every=2)
+        if job["status"] != "succeeded":
+            raise DemoError(f"the training job {job['id']} {job['status']}: {job.get('error')} "
+                            f"(datalab jobs logs {job['id']})")
+    token = promotion.user_token(settings, USER)
+    found = promotion.registry_api(settings, token, "GET",
+                                   f"registered-models/get?name={urllib.parse.quote(MODEL)}")
+    version = max((v["version"] for v in found["registered_model"].get("latest_versions", [])), key=int)
+    seen = len(audit.records(settings))
+    with steps.step(f"demo: {USER} promotes {MODEL} v{version} (gate, then rollout)"):
+        promotion.set_production_alias(settings, USER, MODEL, version)
+        record = promotion.wait_outcome(settings, MODEL, version, seen)
+    if record["outcome"] != "deployed":
+        raise DemoError(f"{MODEL} v{version} was {record['outcome']}: {'; '.join(record['reasons'])}")
+    return curl_example(settings)
+
+
+def curl_example(settings):
+    edge = f"http://127.0.0.1:{settings['scoring']['port']}"
+    schema = json.loads(urllib.request.urlopen(f"{edge}/v1/schema", timeout=10).read())
+    body = json.dumps(schema["example"])
+    return f"curl -s {edge}/v1/score -H 'Content-Type: application/json' -d '{body}'"

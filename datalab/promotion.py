@@ -1,0 +1,63 @@
+"""Promotions from the host's shell: set the production alias through the
+registry gateway as a given user (exactly what the MLflow UI does for them),
+then follow the controller's decision in the audit log. Standard library only.
+"""
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from . import audit
+
+
+class PromotionError(RuntimeError):
+    pass
+
+
+def _call(url, token, method, body=None, scheme="token"):
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"{scheme} {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            found = json.loads(e.read())
+            message = found.get("message") or found.get("error") or e.reason
+        except ValueError:
+            message = e.reason
+        raise PromotionError(f"{method} {url.split('?')[0]}: {e.code} {message}") from None
+    except urllib.error.URLError as e:
+        raise PromotionError(f"cannot reach {url}: {e.reason}") from None
+
+
+def user_token(settings, user, minutes=10):
+    """A short-lived registry-only token of `user`, issued with the lab's CLI token."""
+    cli = (settings.data_dir / "secrets" / "cli_token").read_text().strip()
+    found = _call(f"{settings.hub_url}hub/api/users/{user}/tokens", cli, "POST", {
+        "scopes": ["access:services!service=registry"], "expires_in": minutes * 60,
+        "note": "datalab promote (CLI)"})
+    return found["token"]
+
+
+def registry_api(settings, token, method, endpoint, body=None):
+    return _call(f"{settings.hub_url}services/registry/api/2.0/mlflow/{endpoint}", token, method, body,
+                 scheme="Bearer")
+
+
+def set_production_alias(settings, user, model, version):
+    token = user_token(settings, user)
+    registry_api(settings, token, "POST", "registered-models/alias",
+                 {"name": model, "alias": settings["registry"]["production_alias"], "version": str(version)})
+
+
+def wait_outcome(settings, model, version, seen, timeout=600):
+    """The first audit record for model/version after the `seen` first ones."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in audit.records(settings)[seen:]:
+            if record["model"] == model and record["version"] == str(version):
+                return record
+        time.sleep(1)
+    raise PromotionError(f"no decision on {model} v{version} after {timeout} s (datalab logs controller)")

@@ -1,0 +1,1 @@
+"""The registry gateway (MLflow behind the hub) and the promotion controller."""

@@ -1,0 +1,144 @@
+"""The registry gateway's team rules, the promotion gate and webhook
+signatures, without a server; the real gateway, MLflow and controller are in
+tests/integration/test_registry.py."""
+
+import time
+
+import pytest
+
+from datalab_registry import gate, tenancy, webhooks
+from datalab import settings as settings_mod
+
+POLICY = tenancy.Policy(teams=frozenset({"fraud-team", "aml-team"}))
+ALICE = tenancy.Identity("alice", frozenset({"datascientists", "fraud-team", "model-approvers"}))
+BOB = tenancy.Identity("bob", frozenset({"datascientists", "fraud-team"}))
+DAVE = tenancy.Identity("dave", frozenset({"datascientists", "aml-team"}))
+CAROL = tenancy.Identity("carol", frozenset({"lab-admins"}), admin=True)
+EVE = tenancy.Identity("eve", frozenset({"datascientists"}))
+
+
+def req(method, endpoint, body=None, **args):
+    return tenancy.Request(method, f"api/2.0/mlflow/{endpoint}", {k: [v] for k, v in args.items()}, body)
+
+
+def test_a_new_experiment_gets_the_creators_team():
+    body = tenancy.authorize(BOB, req("POST", "experiments/create", {"name": "x"}), {}, POLICY)
+    assert {"key": "datalab.team", "value": "fraud-team"} in body["tags"]
+
+
+def test_creating_needs_one_team_or_says_which():
+    with pytest.raises(tenancy.Refused, match="in no team"):
+        tenancy.authorize(EVE, req("POST", "registered-models/create", {"name": "m"}), {}, POLICY)
+    both = tenancy.Identity("zoe", frozenset({"fraud-team", "aml-team"}))
+    with pytest.raises(tenancy.Refused, match="several teams .* datalab.team=<team>") as e:
+        tenancy.authorize(both, req("POST", "experiments/create", {"name": "x"}), {}, POLICY)
+    assert e.value.status == 400
+    body = {"name": "x", "tags": [{"key": "datalab.team", "value": "aml-team"}]}
+    assert tenancy.authorize(both, req("POST", "experiments/create", body), {}, POLICY) == body
+    with pytest.raises(tenancy.Refused, match="not in team aml-team"):
+        tenancy.authorize(BOB, req("POST", "experiments/create", body), {}, POLICY)
+
+
+def test_writes_go_to_the_owning_team_and_reads_follow_the_others_setting():
+    log_metric = req("POST", "runs/log-metric", {"run_id": "r1", "key": "auc", "value": 0.9})
+    owners = {("run", "r1"): "fraud-team"}
+    assert tenancy.authorize(BOB, log_metric, owners, POLICY) is log_metric.body
+    with pytest.raises(tenancy.Refused, match="may not change what team fraud-team owns"):
+        tenancy.authorize(DAVE, log_metric, owners, POLICY)
+    assert tenancy.authorize(CAROL, log_metric, owners, POLICY) is log_metric.body  # hub admin
+    read = req("GET", "runs/get", run_id="r1")
+    assert tenancy.authorize(DAVE, read, owners, POLICY) is None
+    closed = tenancy.Policy(teams=POLICY.teams, others="none")
+    with pytest.raises(tenancy.Refused, match="not in team fraud-team"):
+        tenancy.authorize(DAVE, read, owners, closed)
+    assert not tenancy.visible(DAVE, [{"key": "datalab.team", "value": "fraud-team"}], closed)
+    assert tenancy.visible(DAVE, [], closed) and tenancy.visible(BOB, {"datalab.team": "fraud-team"}, closed)
+
+
+def test_artifact_uploads_belong_to_the_experiment_in_their_path():
+    upload = tenancy.Request("PUT", "api/2.0/mlflow-artifacts/artifacts/7/abc/artifacts/model/MLmodel")
+    assert tenancy.references(upload) == [("experiment", "7")]
+    with pytest.raises(tenancy.Refused):
+        tenancy.authorize(DAVE, upload, {("experiment", "7"): "fraud-team"}, POLICY)
+
+
+def test_only_approvers_set_or_remove_the_production_alias():
+    owners = {("model", "fraud-detector"): "fraud-team"}
+    for method in ("POST", "DELETE"):
+        alias = req(method, "registered-models/alias", {"name": "fraud-detector", "alias": "production", "version": "2"})
+        assert tenancy.authorize(ALICE, alias, owners, POLICY) == alias.body
+        with pytest.raises(tenancy.Refused, match="only members of model-approvers") as e:
+            tenancy.authorize(BOB, alias, owners, POLICY)
+        assert e.value.status == 403
+        with pytest.raises(tenancy.Refused):  # an admin is not an approver
+            tenancy.authorize(CAROL, alias, owners, POLICY)
+    staging = req("POST", "registered-models/alias", {"name": "fraud-detector", "alias": "staging", "version": "2"})
+    assert tenancy.authorize(BOB, staging, owners, POLICY) == staging.body
+    own = tenancy.Policy(teams=POLICY.teams, team_approvers={"fraud-team": "fraud-approvers"})
+    alias = req("POST", "registered-models/alias", {"name": "fraud-detector", "alias": "production", "version": "2"})
+    with pytest.raises(tenancy.Refused, match="only members of fraud-approvers"):
+        tenancy.authorize(ALICE, alias, owners, own)
+
+
+def test_platform_tags_cannot_be_written_through_the_gateway():
+    for endpoint in ("model-versions/set-tag", "registered-models/set-tag", "experiments/set-experiment-tag"):
+        forged = req("POST", endpoint, {"name": "m", "version": "1", "experiment_id": "1",
+                                        "key": "datalab.deployed_by", "value": "alice"})
+        with pytest.raises(tenancy.Refused, match="written by the platform"):
+            tenancy.authorize(CAROL, forged, {("model", "m"): None, ("experiment", "1"): None}, POLICY)
+    create = req("POST", "registered-models/create", {"name": "m", "tags": [
+        {"key": "datalab.promotion.requested_by", "value": "alice"}]})
+    with pytest.raises(tenancy.Refused):
+        tenancy.authorize(BOB, create, {}, POLICY)
+
+
+def test_a_write_the_rules_do_not_cover_is_refused_to_users():
+    with pytest.raises(tenancy.Refused, match="not open to users"):
+        tenancy.authorize(BOB, req("POST", "webhooks", {"url": "http://evil"}), {}, POLICY)
+    assert req("POST", "runs/search", {}).read_only and req("POST", "experiments/search", {}).read_only
+
+
+def test_team_approvers_is_a_free_form_table_in_settings(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[registry]\nteam_approvers = { "fraud-team" = "fraud-approvers" }\n')
+    assert settings_mod.load(path)["registry"]["team_approvers"]["fraud-team"] == "fraud-approvers"
+
+
+LIMITS = settings_mod.load(settings_mod.DEFAULTS_FILE)["gate"]
+GOOD = {"average_precision": 0.70, "recall": 0.60, "false_positive_rate": 0.001, "block_rate": 0.01}
+
+
+def evaluation(candidate, production=None, psi=None):
+    return {"threshold": 50.0, "transactions": 10000, "frauds": 80, "candidate": candidate,
+            "production": production, "score_psi": psi}
+
+
+def test_a_first_promotion_passes_on_absolute_thresholds():
+    assert gate.failures(evaluation(GOOD), LIMITS) == []
+    bad = gate.failures(evaluation({**GOOD, "average_precision": 0.05, "block_rate": 0.4}), LIMITS)
+    assert len(bad) == 2 and "average precision 0.050" in bad[0] and "block rate 0.400" in bad[1]
+
+
+def test_a_candidate_must_not_fall_behind_production_nor_move_the_scores():
+    worse = gate.failures(evaluation({**GOOD, "average_precision": 0.60}, GOOD, psi=0.01), LIMITS)
+    assert worse == ["average precision 0.600 vs 0.700 in production (drop 0.100 > 0.02)"]
+    moved = gate.failures(evaluation(GOOD, GOOD, psi=0.9), LIMITS)
+    assert moved and "PSI 0.900" in moved[0]
+    assert gate.failures(evaluation(GOOD, GOOD, psi=0.0), LIMITS) == []
+    assert gate.summary(evaluation(GOOD, GOOD, psi=0.0))["datalab.gate.average_precision"] == "0.7000"
+
+
+def test_webhook_signatures_match_mlflows_and_forgeries_are_refused():
+    secret, body = "s3cret", '{"entity": "model_version_alias", "action": "created"}'
+    now = int(time.time())
+    headers = {"X-MLflow-Delivery-Id": "d1", "X-MLflow-Timestamp": str(now),
+               "X-MLflow-Signature": webhooks.sign(secret, "d1", str(now), body)}
+    webhooks.verify(secret, headers, body.encode())
+    with pytest.raises(webhooks.Forged, match="does not match"):
+        webhooks.verify("other", headers, body)
+    with pytest.raises(webhooks.Forged, match="does not match"):
+        webhooks.verify(secret, headers, body.replace("created", "deleted"))
+    with pytest.raises(webhooks.Forged, match="unsigned"):
+        webhooks.verify(secret, {"X-MLflow-Delivery-Id": "d1"}, body)
+    with pytest.raises(webhooks.Forged, match="replayed"):
+        webhooks.verify(secret, headers, body, now=now + 3600)
