@@ -10,17 +10,14 @@ from the new version (target <= 30 s). Last line: one JSON object.
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from loadgen import fixed_rate  # noqa: E402
+from switch import switch_s, under_load  # noqa: E402
 
 from datalab import deploy, settings as settings_mod  # noqa: E402
 
@@ -36,36 +33,22 @@ def main():
     before = deploy.current(settings)
     if not before:
         raise SystemExit("no model deployed yet: datalab deploy MODEL@VERSION first")
-    edge = f"http://127.0.0.1:{settings['scoring']['port']}"
-    example = json.loads(urllib.request.urlopen(f"{edge}/v1/schema").read())["example"]
-    seen = []  # (time, version)
 
-    def on_response(status, payload):
-        if status == 200:
-            seen.append((time.perf_counter(), json.loads(payload)["version"]))
-
-    async def run():
-        load = asyncio.create_task(fixed_rate(f"{edge}/v1/score", json.dumps(example).encode(), args.rate,
-                                              args.seconds, on_response=on_response))
-        await asyncio.sleep(3)
-        started = time.perf_counter()
+    async def deploy_command():
         cmd = [sys.executable, "-m", "datalab.cli"] + (["--settings", args.settings] if args.settings else [])
         proc = await asyncio.create_subprocess_exec(*cmd, "deploy", args.to, cwd=REPO)
-        code = await proc.wait()
-        latencies, failures = await load
-        return started, code, latencies, failures
+        return await proc.wait()
 
-    started, code, latencies, failures = asyncio.run(run())
+    run = under_load(settings, args.rate, args.seconds, deploy_command)
     after = deploy.current(settings)
     new_version = after["version"] if after else None
-    old_after_start = [t for t, v in seen if v != new_version and t >= started]
-    switched_s = (max(old_after_start) - started) if old_after_start else 0.0
-    print(f"\n{before['model']} v{before['version']} -> {args.to}: deploy exit {code}")
-    print(f"{'requests sent':28} {int(args.rate * args.seconds)}")
-    print(f"{'failed requests':28} {failures}   (target 0)")
-    print(f"{'all traffic on new version':28} {switched_s:.1f} s after the deploy command   (target <= 30 s)")
-    print(json.dumps({"from": before["version"], "to": new_version, "deploy_exit": code, "failed": failures,
-                      "requests": int(args.rate * args.seconds), "switch_s": switched_s}))
+    switched = switch_s(run, new_version)
+    print(f"\n{before['model']} v{before['version']} -> {args.to}: deploy exit {run['result']}")
+    print(f"{'requests sent':28} {run['requests']}")
+    print(f"{'failed requests':28} {run['failed']}   (target 0)")
+    print(f"{'all traffic on new version':28} {switched:.1f} s after the deploy command   (target <= 30 s)")
+    print(json.dumps({"from": before["version"], "to": new_version, "deploy_exit": run["result"],
+                      "failed": run["failed"], "requests": run["requests"], "switch_s": switched}))
 
 
 if __name__ == "__main__":

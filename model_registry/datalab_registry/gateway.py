@@ -159,9 +159,12 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
             return self.refuse(502, f"the MLflow server did not answer: {response.error}")
         payload = self.filter_listing(path, response)
         self.set_status(response.code, response.reason)
+        copied = set()
         for key, value in response.headers.get_all():
             if key.lower() not in DROPPED_RESPONSE_HEADERS:
-                self.add_header(key, value)
+                # set first (replacing tornado's default Content-Type), add repeats
+                (self.add_header if key.lower() in copied else self.set_header)(key, value)
+                copied.add(key.lower())
         self.finish(payload)
 
     def filter_listing(self, path, response):

@@ -10,6 +10,8 @@ are created. Pure rules, no I/O: the gateway finds the owners, this decides.
 - Tags under `datalab.` on experiments, models and versions are the
   platform's (team, promotion outcome, gate metrics): nobody sets them here.
 - Setting or removing the production alias is a promotion: only approvers.
+- A run is recorded as made by the caller (mlflow.user), not by whatever
+  name the client sends.
 """
 
 import re
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 TEAM_TAG = "datalab.team"
 RESERVED_PREFIX = "datalab."
 REQUESTED_BY_TAG = "datalab.promotion.requested_by"
+USER_TAG = "mlflow.user"
 
 _API = re.compile(r"^(?:ajax-)?api/[23]\.0/mlflow/(.*)$")
 _ARTIFACTS = re.compile(r"^(?:ajax-)?api/2\.0/mlflow-artifacts/(?:artifacts|mpu/\w+)/(\d+)(?:/|$)")
@@ -139,7 +142,9 @@ def authorize(who: Identity, req: Request, owners: dict, policy: Policy):
     key = req.value("key")
     if endpoint in _TAG_WRITES and isinstance(key, str) and key.startswith(RESERVED_PREFIX):
         raise Refused(403, f"tags under '{RESERVED_PREFIX}' are written by the platform, not through the registry")
-    if any(k and k.startswith(RESERVED_PREFIX) and k != TEAM_TAG for k in _tags(req)):
+    # (runs carry datalab.* tags of their own: the reference workload's evaluation set)
+    if endpoint in _CREATES | {"model-versions/create"} and any(
+            k and k.startswith(RESERVED_PREFIX) and k != TEAM_TAG for k in _tags(req)):
         raise Refused(403, f"tags under '{RESERVED_PREFIX}' are written by the platform, not through the registry")
     if foreign and not who.admin:
         raise Refused(403, f"{who.name} may not change what team {foreign[0]} owns (members of {foreign[0]} may)")
@@ -151,9 +156,22 @@ def authorize(who: Identity, req: Request, owners: dict, policy: Policy):
                                f"'{policy.production_alias}' alias (a promotion to production)")
     if endpoint in _CREATES:
         return _with_team(who, req, policy)
+    if endpoint == "runs/create":
+        return _as_user(who, req)
+    if endpoint in ("runs/set-tag", "runs/delete-tag") and key == USER_TAG:
+        raise Refused(403, f"{USER_TAG} says who made the run: the gateway sets it")
     if not refs and not who.admin:
         raise Refused(403, f"{req.method} {req.path} is not open to users through the registry gateway")
     return req.body
+
+
+def _as_user(who, req):
+    """A run is made by the caller, whatever the client says (a notebook's unix user is jovyan)."""
+    body = dict(req.body or {})
+    body["user_id"] = who.name
+    body["tags"] = [t for t in body.get("tags") or [] if t.get("key") != USER_TAG] + [
+        {"key": USER_TAG, "value": who.name}]
+    return body
 
 
 def _with_team(who, req, policy):

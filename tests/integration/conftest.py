@@ -6,8 +6,10 @@ the tests, to look at it."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,8 @@ class Lab:
         self.url = self.settings.hub_url.rstrip("/")
         self.docker = Docker(self.settings)
         self.logins = json.loads((self.settings.data_dir / "secrets" / "demo-logins.json").read_text())
+        self._registry_tokens = {}
+        self.edge = f"http://127.0.0.1:{self.settings['scoring']['port']}"
 
     def datalab(self, *args, check=True, timeout=900):
         proc = subprocess.run(
@@ -63,6 +67,14 @@ class Lab:
         script = ("import urllib.request; "
                   f"print(urllib.request.urlopen('http://mlflow:5000/api/2.0/mlflow/{path}', timeout=30).read().decode())")
         return json.loads(self.docker.out("exec", self.service_container("hub"), "python3", "-c", script))
+
+    def registry(self, user, method, endpoint, body=None):
+        """MLflow's REST API through the registry gateway, as `user` (a token of theirs)."""
+        from datalab import promotion
+
+        if user not in self._registry_tokens:
+            self._registry_tokens[user] = promotion.user_token(self.settings, user, minutes=120)
+        return promotion.registry_api(self.settings, self._registry_tokens[user], method, endpoint, body)
 
     def fresh_server(self, user, profile=None, server=""):
         """Log in, stop `server` if it runs, start it with `profile`; returns the session."""
@@ -96,7 +108,8 @@ class Lab:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rows = json.loads(self.datalab("status", "--json").stdout)["services"]
-            if rows and all(r["state"] == "running" and r["health"] == "healthy" for r in rows):
+            if rows and all(r["health"] == "idle" or (r["state"] == "running" and r["health"] == "healthy")
+                            for r in rows):
                 try:
                     if HubSession(self.url).http.get(self.url + "/hub/health", timeout=3).ok:
                         return rows
@@ -104,6 +117,58 @@ class Lab:
                     pass
             time.sleep(1)
         raise TimeoutError(f"lab not healthy after {timeout}s: {rows}")
+
+
+MODEL = "fraud-test"  # registered by the reference workload (test_jobs.py), or by model_v1 if missing
+
+
+def registered_versions(lab, name):
+    found = lab.mlflow_api(f"registered-models/search?filter=name%3D%27{name}%27")
+    models = found.get("registered_models", [])
+    return {v["version"] for v in models[0].get("latest_versions", [])} if models else set()
+
+
+def run_job(lab, notebook, *params, timeout=1200):
+    path = lab.settings.data_dir / f"job-{time.monotonic_ns()}.ipynb"
+    path.write_text(json.dumps(notebook))
+    proc = lab.datalab("jobs", "submit", str(path), "--as", "alice", "--profile", "tensorflow", "--timeout",
+                       str(timeout), "--wait", "--json", *params, timeout=timeout + 60)
+    job = json.loads(proc.stdout)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+@pytest.fixture(scope="session")
+def model_v1(lab):
+    """The first version of MODEL, trained by the reference workload at a small size."""
+    lab.login("alice")
+    if not registered_versions(lab, MODEL):
+        notebook = json.loads((REPO / "pipelines" / "notebooks" / "fraud_reference.ipynb").read_text())
+        run_job(lab, notebook, "-p", "n_customers", "400", "-p", "n_terminals", "800", "-p", "nb_days", "60",
+                "-p", "train_start_day", "35", "-p", "epochs", "5", "-p", "register_model", MODEL)
+    return min(registered_versions(lab, MODEL), key=int)
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, through chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "chromium and chromium-driver are installed by `make test`"
+    profile = tempfile.mkdtemp(prefix="datalab-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,900",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    b = webdriver.Chrome(service=Service(driver), options=options)
+    yield b
+    b.quit()
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -124,8 +189,10 @@ def lab():
         "max_running_per_user = 2\n"
     )
     # a clean lab every session: whatever an earlier (kept or aborted) run left goes first
-    subprocess.run(DATALAB + ["--settings", str(settings_path), "down", "--purge", "--yes"], cwd=REPO,
-                   capture_output=True)
+    # (DATALAB_REUSE_TEST_LAB=1, with a lab kept by DATALAB_KEEP_TEST_LAB=1: only `up`, for quick reruns)
+    if not os.environ.get("DATALAB_REUSE_TEST_LAB"):
+        subprocess.run(DATALAB + ["--settings", str(settings_path), "down", "--purge", "--yes"], cwd=REPO,
+                       capture_output=True)
     up = subprocess.run(DATALAB + ["--settings", str(settings_path), "up"], cwd=REPO)
     assert up.returncode == 0, "datalab up failed for the test lab"
     the_lab = Lab(settings_path)

@@ -7,43 +7,15 @@ import time
 
 import pytest
 import requests
+from conftest import MODEL, registered_versions, run_job
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 pytestmark = pytest.mark.integration
 
-MODEL = "fraud-test"  # registered by the reference workload (test_jobs.py), or here if missing
-
-
 
 def edge(lab):
-    return f"http://127.0.0.1:{lab.settings['scoring']['port']}"
-
-
-def registered_versions(lab, name):
-    found = lab.mlflow_api(f"registered-models/search?filter=name%3D%27{name}%27")
-    models = found.get("registered_models", [])
-    return {v["version"] for v in models[0].get("latest_versions", [])} if models else set()
-
-
-def run_job(lab, notebook, *params, timeout=1200):
-    path = lab.settings.data_dir / f"job-{time.monotonic_ns()}.ipynb"
-    path.write_text(json.dumps(notebook))
-    proc = lab.datalab("jobs", "submit", str(path), "--as", "alice", "--profile", "tensorflow", "--timeout",
-                       str(timeout), "--wait", "--json", *params, timeout=timeout + 60)
-    job = json.loads(proc.stdout)
-    assert job["status"] == "succeeded", job
-    return job
-
-
-@pytest.fixture(scope="module")
-def model_v1(lab):
-    lab.login("alice")
-    if not registered_versions(lab, MODEL):
-        notebook = json.loads((lab.repo / "pipelines" / "notebooks" / "fraud_reference.ipynb").read_text())
-        run_job(lab, notebook, "-p", "n_customers", "400", "-p", "n_terminals", "800", "-p", "nb_days", "60",
-                "-p", "train_start_day", "35", "-p", "epochs", "5", "-p", "register_model", MODEL)
-    return min(registered_versions(lab, MODEL), key=int)
+    return lab.edge
 
 
 @pytest.fixture(scope="module")

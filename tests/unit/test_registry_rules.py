@@ -142,3 +142,18 @@ def test_webhook_signatures_match_mlflows_and_forgeries_are_refused():
         webhooks.verify(secret, {"X-MLflow-Delivery-Id": "d1"}, body)
     with pytest.raises(webhooks.Forged, match="replayed"):
         webhooks.verify(secret, headers, body, now=now + 3600)
+
+
+def test_runs_keep_their_own_datalab_tags():
+    batch = req("POST", "runs/log-batch", {"run_id": "r1", "tags": [{"key": "datalab.evaluation", "value": "e.parquet"}]})
+    assert tenancy.authorize(BOB, batch, {("run", "r1"): "fraud-team"}, POLICY) is batch.body
+
+
+def test_a_run_is_made_by_the_caller_whatever_the_client_says():
+    create = req("POST", "runs/create", {"experiment_id": "1", "user_id": "jovyan",
+                                         "tags": [{"key": "mlflow.user", "value": "jovyan"}]})
+    body = tenancy.authorize(BOB, create, {("experiment", "1"): "fraud-team"}, POLICY)
+    assert body["user_id"] == "bob" and body["tags"] == [{"key": "mlflow.user", "value": "bob"}]
+    with pytest.raises(tenancy.Refused, match="says who made the run"):
+        tenancy.authorize(BOB, req("POST", "runs/set-tag", {"run_id": "r", "key": "mlflow.user", "value": "x"}),
+                          {("run", "r"): "fraud-team"}, POLICY)

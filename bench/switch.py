@@ -1,0 +1,45 @@
+"""Steady load through the scoring edge while something moves the service to
+another version (a `datalab deploy`, a promotion): how many requests failed,
+and when the last response from another version came. Shared by rollout.py
+and promotion.py."""
+
+import asyncio
+import json
+import time
+import urllib.request
+
+from loadgen import fixed_rate
+
+
+def edge_url(settings):
+    return f"http://127.0.0.1:{settings['scoring']['port']}"
+
+
+def under_load(settings, rate, seconds, action, warmup=3.0):
+    """Run `action` (an async callable) `warmup` s into a fixed-rate load; returns
+    {"started", "result" (the action's), "failed", "requests", "seen": [(time, version)]}."""
+    edge = edge_url(settings)
+    example = json.loads(urllib.request.urlopen(f"{edge}/v1/schema").read())["example"]
+    seen = []  # (time, version)
+
+    def on_response(status, payload):
+        if status == 200:
+            seen.append((time.perf_counter(), json.loads(payload)["version"]))
+
+    async def run():
+        load = asyncio.create_task(fixed_rate(f"{edge}/v1/score", json.dumps(example).encode(), rate, seconds,
+                                              on_response=on_response))
+        await asyncio.sleep(warmup)
+        started = time.perf_counter()
+        result = await action()
+        latencies, failures = await load
+        return started, result, failures
+
+    started, result, failures = asyncio.run(run())
+    return {"started": started, "result": result, "failed": failures, "requests": int(rate * seconds), "seen": seen}
+
+
+def switch_s(run, new_version):
+    """Seconds from the action's start until the last answer from another version."""
+    old = [t for t, v in run["seen"] if v != new_version and t >= run["started"]]
+    return (max(old) - run["started"]) if old else 0.0
