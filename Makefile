@@ -3,6 +3,9 @@
 VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
+# Ansible (ansible/) in a venv of its own: its pins need not agree with the lab's.
+ANSIBLE_VENV  := .venv-ansible
+ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 
 .PHONY: up down status test test-unit bench-spawn bench-images
 
@@ -17,7 +20,7 @@ status: $(STAMP)
 
 # Unit tests first (seconds), then the integration suite against a separate
 # test lab that the fixtures bring up and tear down.
-test: $(STAMP)
+test: $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/datalab install --test
 	$(VENV)/bin/pytest -ra tests/unit tests/integration
 
@@ -29,6 +32,11 @@ bench-spawn: $(STAMP)
 
 bench-images: $(STAMP)
 	$(VENV)/bin/python bench/images.py
+
+$(ANSIBLE_STAMP): ansible/requirements.txt
+	@./scripts/bootstrap-venv $(PYTHON) $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/pip install -q -r ansible/requirements.txt
+	@touch $@
 
 $(STAMP): pyproject.toml hub/pyproject.toml pipelines/pyproject.toml scoring/pyproject.toml model_registry/pyproject.toml images/constraints.txt
 	@./scripts/bootstrap-venv $(PYTHON) $(VENV)

@@ -33,9 +33,19 @@ def cmd_up(settings, args):
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with steps.step("secrets and directory CA"):
         credentials.ensure(settings)
-    images.build_all(docker, settings, steps)
+    if settings["build"]["source"] == "build":
+        images.build_all(docker, settings, steps)
+    else:
+        steps.info("images: using those in the engine ([build] source = \"present\")")
+    from . import stack
+
+    before = stack.fingerprint(docker, settings)
     apply_stack(docker, settings, steps)
     wait_healthy(docker, settings, steps, args.timeout)
+    after = stack.fingerprint(docker, settings)
+    changed = sorted(name for name in after if before.get(name) != after[name])
+    # a line for scripts (Ansible's changed_when): did this run change any service?
+    print(f"stack: changed ({', '.join(changed)})" if changed else "stack: unchanged")
     curl = run_demo(settings, steps) if settings["lab"]["demo"] and not args.no_demo else None
     print()
     print(f"DataLab is up: {settings.hub_url}")
@@ -199,8 +209,8 @@ def cmd_install(settings, args):
 def cmd_deploy(settings, args):
     from . import deploy
 
-    name, _, ref = args.model.partition("@")
-    if not name or not ref:
+    name, _, ref = (args.model or "").partition("@")
+    if not args.image and (not name or not ref):
         print("say which version: MODEL@ALIAS or MODEL@VERSION, e.g. fraud-detector@production", file=sys.stderr)
         return 2
     steps = Steps()
@@ -216,9 +226,13 @@ def cmd_deploy(settings, args):
 
     scoring_ref = images.current_ref(docker, "scoring")
     try:
-        with steps.step(f"fetching {name}@{ref} from the registry and baking it into an image"):
-            _, baked = deploy.prepare(docker, settings, scoring_ref, name, ref)
+        if args.image:  # baked elsewhere (another lab, CI): its labels say what it serves
+            baked = deploy.baked_image(docker, args.image)
+        else:
+            with steps.step(f"fetching {name}@{ref} from the registry and baking it into an image"):
+                _, baked = deploy.prepare(docker, settings, scoring_ref, name, ref)
         target = {**baked, "replicas": replicas, "threshold": threshold}
+        name = baked["model"]
         with steps.step(f"rolling out {name} v{target['version']} to {replicas} replica(s)"):
             outcome, why = deploy.rollout(docker, settings, target, timeout=args.timeout)
     except deploy.DeployError as e:
@@ -447,7 +461,8 @@ def parser():
     unschedule.add_argument("id")
     jobs.set_defaults(func=cmd_jobs)
     dep = sub.add_parser("deploy", help="roll a registered model version out to the scoring service")
-    dep.add_argument("model", help="MODEL@ALIAS or MODEL@VERSION, e.g. fraud-detector@production")
+    dep.add_argument("model", nargs="?", help="MODEL@ALIAS or MODEL@VERSION, e.g. fraud-detector@production")
+    dep.add_argument("--image", help="serve a model image baked before (datalab/scoring-model:...) instead")
     dep.add_argument("--replicas", type=int, help="scoring replicas (default: as now, or [scoring] replicas)")
     dep.add_argument("--threshold", type=float, help="block at or above this score, 0-100")
     dep.add_argument("--timeout", type=int, default=300, help="seconds to wait for the rollout")

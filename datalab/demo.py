@@ -15,8 +15,8 @@ from .jobs_client import JobsClient
 REPO_NOTEBOOK = "pipelines/notebooks/fraud_reference.ipynb"
 MODEL = "fraud-detector"
 USER = "alice"  # in fraud-team and model-approvers in the demo directory
-SMALL = {"n_customers": 400, "n_terminals": 800, "nb_days": 60, "train_start_day": 35, "epochs": 5,
-         "register_model": MODEL}
+SMALL = {"n_customers": 400, "n_terminals": 800, "nb_days": 60, "train_start_day": 35, "epochs": 10,
+         "batch_size": 64, "register_model": MODEL}
 
 
 class DemoError(RuntimeError):

@@ -112,6 +112,17 @@ def prepare(docker: Docker, settings, scoring_ref, name, ref, evaluate_against=N
         return answer, (bake(docker, scoring_ref, answer, work) if accept(answer) else None)
 
 
+def baked_image(docker: Docker, image):
+    """A model image baked before (on another lab, loaded here): what it serves, from its labels."""
+    found = docker.inspect("image", image)
+    labels = (found[0]["Config"].get("Labels") or {}) if found else {}
+    if "org.datalab.model" not in labels:
+        raise DeployError(f"{image} is not a model image baked by DataLab (no such image here, or no "
+                          "org.datalab.model label)")
+    return {"model": labels["org.datalab.model"], "version": labels["org.datalab.model-version"],
+            "run_id": labels.get("org.datalab.run-id", ""), "image": image}
+
+
 def scoring_service(settings):
     return f"{settings.lab}_scoring"
 

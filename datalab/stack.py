@@ -168,8 +168,6 @@ def controller_service(settings, refs, files, secret_files, docker_gid):
         secrets=[files.secret("webhook_secret", secret_files["webhook_secret"], HUB_UID)],
         stop_grace_period="3s",
     )
-    # The deployments folder is on this machine.
-    service["deploy"]["placement"] = {"constraints": [f"node.hostname == {socket.gethostname()}"]}
     return service
 
 
@@ -226,8 +224,13 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
                 for name in ("ldap_admin_password", "ldap_seed", "ldap_server_crt", "ldap_server_key", "ldap_ca_crt")
             ],
         )
-    services.update(scoring_services(settings, refs, deployment))
     services["controller"] = controller_service(settings, refs, files, secret_files, docker_gid)
+    for service in services.values():
+        # their volumes, the deployments folder and the host-mode ports are on this node
+        service["deploy"]["placement"] = {"constraints": [f"node.hostname == {socket.gethostname()}"]}
+    # the scoring tasks (stateless) go wherever Swarm puts them; the edge stays here
+    services.update(scoring_services(settings, refs, deployment))
+    services["scoring-edge"]["deploy"]["placement"] = services["hub"]["deploy"]["placement"]
     return {
         "version": "3.8",
         "services": services,
@@ -288,6 +291,15 @@ def prune_unused(docker: Docker, settings):
             docker.run(kind, "rm", name, check=False)
 
 
+def fingerprint(docker: Docker, settings):
+    """{service: hash of its spec}: what a deploy changed, since Swarm bumps a
+    service's version on every `stack deploy`, changed or not."""
+    names = [svc["Name"] for svc in services(docker, settings)]
+    found = docker.inspect("service", *names) if names else []
+    return {svc["Spec"]["Name"]: hashlib.sha256(json.dumps(svc["Spec"], sort_keys=True).encode()).hexdigest()
+            for svc in found}
+
+
 def services(docker: Docker, settings):
     lines = docker.out("service", "ls", "--format", "{{json .}}",
                        "--filter", f"label=com.docker.stack.namespace={settings.lab}").splitlines()
@@ -299,11 +311,19 @@ def _local_health(docker: Docker, service_name, image):
     still runs another image than the service's spec (a rollout under way)."""
     ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service_name}").split()
     containers = docker.inspect("container", *ids) if ids else []
-    if not containers:
-        return "no task"
     if any(c["Config"]["Image"] != image for c in containers):
         return "updating"
     states = {c["State"].get("Health", {}).get("Status", c["State"]["Status"]) for c in containers}
+    # tasks on other nodes: Swarm calls a task with a healthcheck running once it is healthy
+    remote = docker.out("service", "ps", "--filter", "desired-state=running", "--format",
+                        "{{.Node}} {{.CurrentState}}", service_name).splitlines()
+    local_node = docker.out("info", "--format", "{{.Name}}")
+    for line in remote:
+        node, _, state = line.partition(" ")
+        if node != local_node:
+            states.add("healthy" if state.startswith("Running") else state.split(" ")[0].lower())
+    if not states:
+        return "no task"
     return "healthy" if states == {"healthy"} else ",".join(sorted(states))
 
 

@@ -128,6 +128,8 @@ class Controller:
         for key, value in {"datalab.deployed_at": now_iso(), "datalab.deployed_by": record["by"],
                            **gate.summary(record["gate"])}.items():
             self.client.set_model_version_tag(name, version, key, value)
+        if REJECTED_TAG in self.client.get_model_version(name, version).tags:  # an earlier attempt's
+            self.client.delete_model_version_tag(name, version, REJECTED_TAG)
         state["accepted"][name] = version
         self.finish(state, record, "deployed", [])
 

@@ -55,14 +55,21 @@ def _compiled_keras(path, width):
     return predict
 
 
-def _pyfunc(model_dir, names):
+# MLflow signature types -> the dtypes its schema enforcement accepts
+DTYPES = {"float": "float32", "double": "float64", "integer": "int32", "long": "int64", "boolean": "bool"}
+
+
+def _pyfunc(model_dir, fields):
     import mlflow.pyfunc
     import pandas as pd
 
     model = mlflow.pyfunc.load_model(str(model_dir))
+    names = [n for n, _ in fields]
+    dtypes = {n: DTYPES[t] for n, t in fields if t in DTYPES}
 
     def predict(rows):
-        return [float(v) for v in pd.Series(list(model.predict(pd.DataFrame(rows, columns=names)))).to_list()]
+        frame = pd.DataFrame(rows, columns=names).astype(dtypes)
+        return [float(v) for v in pd.Series(list(model.predict(frame))).to_list()]
 
     return predict
 
@@ -76,7 +83,7 @@ def load(model_dir, name, version):
     if keras_model:
         predict, engine = _compiled_keras(str(model_dir / keras_model), len(fields)), "tf.function"
     else:
-        predict, engine = _pyfunc(model_dir, [n for n, _ in fields]), "pyfunc"
+        predict, engine = _pyfunc(model_dir, fields), "pyfunc"
     example = input_example(model_dir, mlmodel)
     model = Model(name, str(version), fields, example, predict, engine)
     warm_up(model)

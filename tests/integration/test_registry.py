@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from conftest import MODEL, run_job
+from conftest import MODEL, registered_versions, run_job
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -150,17 +150,15 @@ DEGRADE = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
      "    mlflow.log_artifact(evaluation, 'evaluation')\n"
      "    mlflow.set_tag('datalab.evaluation', 'evaluation/evaluation.parquet')\n"
      "    mlflow.pyfunc.log_model(name='model', python_model=Inverted(), artifacts={'inner': inner},\n"
-     "                            signature=info.signature, input_example=pd.read_parquet(evaluation)[fields].head(3),\n"
+     "                            signature=info.signature, input_example=pd.read_parquet(evaluation)[fields].head(3).astype('float32'),\n"
      "                            registered_model_name=name)\n"}]}
 
 
 def test_a_worse_candidate_is_rejected_the_alias_returns_and_the_old_version_serves(lab, production):
     serving, aliased = served_version(lab), alias_version(lab)
-    before = {v["version"] for v in lab.registry("alice", "GET", f"registered-models/get?name={MODEL}")[
-        "registered_model"]["latest_versions"]}
+    before = registered_versions(lab, MODEL)
     run_job(lab, DEGRADE, "-p", "source_version", serving, timeout=900)
-    versions = lab.registry("alice", "GET", f"model-versions/search?filter=name%3D%27{MODEL}%27")["model_versions"]
-    worse = max((v["version"] for v in versions if v["version"] not in before), key=int)
+    worse = max(registered_versions(lab, MODEL) - before, key=int)
     proc, record = promote(lab, worse)
     assert proc.returncode == 1 and record["outcome"] == "rejected", proc.stdout + proc.stderr
     assert any("average precision" in r for r in record["reasons"]), record["reasons"]
@@ -186,7 +184,8 @@ def test_an_unsigned_or_forged_webhook_is_refused_and_logged(lab, production):
     forged = forged_delivery(lab, {"Content-Type": "application/json", "X-MLflow-Delivery-Id": "x",
                                    "X-MLflow-Timestamp": str(int(time.time())), "X-MLflow-Signature": "v1,Zm9yZ2Vk"})
     assert forged.startswith("401") and "signature does not match" in forged
-    logs = lab.datalab("logs", "controller", "--tail", "50").stdout
+    proc = lab.datalab("logs", "controller", "--tail", "50")
+    logs = proc.stdout + proc.stderr  # the service's stderr stays stderr
     assert "refused a webhook delivery" in logs and "signature does not match" in logs
 
 
@@ -214,6 +213,12 @@ def test_a_controller_restarted_mid_promotion_rolls_out_exactly_once(lab, produc
     assert controller not in lab.service_containers("controller")
 
 
+ADD_ALIAS = "//button[normalize-space(.)='Add']"  # beside "Aliases:" on a version's page
+def alias_offered(browser):
+    """The alias picker shows the typed name as a choice."""
+    return any(e.is_displayed() for e in browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{ALIAS}']"))
+
+
 @pytest.mark.browser
 def test_an_approver_promotes_by_setting_the_alias_in_the_registry_ui(lab, production, browser, tmp_path):
     candidate = copy_version(lab, served_version(lab))
@@ -225,24 +230,27 @@ def test_an_approver_promotes_by_setting_the_alias_in_the_registry_ui(lab, produ
     browser.get(f"{lab.url}/services/registry/#/models/{MODEL}/versions/{candidate}")
     try:
         add = WebDriverWait(browser, 60).until(EC.element_to_be_clickable(
-            (By.XPATH, "//*[normalize-space(text())='Aliases:']/following::button[normalize-space(.)='Add'][1]")))
+            (By.XPATH, ADD_ALIAS)))
         add.click()
         box = WebDriverWait(browser, 30).until(EC.element_to_be_clickable(
             (By.CSS_SELECTOR, "[role=dialog] input[role=combobox]")))
         box.send_keys(ALIAS)
-        WebDriverWait(browser, 10).until(lambda b: ALIAS in b.find_element(
-            By.CSS_SELECTOR, "[role=dialog]").text)
+        WebDriverWait(browser, 10).until(alias_offered)
         box.send_keys(Keys.ENTER)
         browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space(.)='Save aliases']").click()
         WebDriverWait(browser, 30).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, "[role=dialog]")))
     finally:
         browser.save_screenshot(str(tmp_path / "registry-alias.png"))
-    lab.wait_for(lambda: served_version(lab) == candidate, "the version promoted in the UI serving", timeout=180)
-    example = requests.get(f"{lab.edge}/v1/schema", timeout=10).json()["example"]
-    answer = requests.post(f"{lab.edge}/v1/score", json=example, timeout=10).json()
-    assert answer["version"] == candidate and 0 <= answer["score"] <= 100
-    last = json.loads(lab.datalab("audit", "--json", "--last", "1").stdout)
+    def last_attempt():
+        return json.loads(lab.datalab("audit", "--json", "--last", "1").stdout or "{}")
+
+    lab.wait_for(lambda: last_attempt().get("version") == candidate, "the controller's decision", timeout=180)
+    last = last_attempt()
     assert (last["version"], last["by"], last["outcome"]) == (candidate, "alice", "deployed")
+    example = requests.get(f"{lab.edge}/v1/schema", timeout=10).json()["example"]
+    for _ in range(10):  # every replica
+        answer = requests.post(f"{lab.edge}/v1/score", json=example, timeout=10).json()
+        assert answer["version"] == candidate and 0 <= answer["score"] <= 100
 
 
 @pytest.mark.browser
@@ -257,10 +265,11 @@ def test_a_non_approver_sees_why_the_registry_ui_refuses_the_alias(lab, producti
     browser.get(f"{lab.url}/services/registry/#/models/{MODEL}/versions/{candidate}")
     try:
         WebDriverWait(browser, 60).until(EC.element_to_be_clickable(
-            (By.XPATH, "//*[normalize-space(text())='Aliases:']/following::button[normalize-space(.)='Add'][1]"))).click()
+            (By.XPATH, ADD_ALIAS))).click()
         box = WebDriverWait(browser, 30).until(EC.element_to_be_clickable(
             (By.CSS_SELECTOR, "[role=dialog] input[role=combobox]")))
         box.send_keys(ALIAS)
+        WebDriverWait(browser, 10).until(alias_offered)
         box.send_keys(Keys.ENTER)
         browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space(.)='Save aliases']").click()
         WebDriverWait(browser, 30).until(lambda b: "only members of model-approvers" in b.page_source)

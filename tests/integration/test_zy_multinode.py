@@ -1,0 +1,175 @@
+"""Ansible provisions three machines into a Swarm and runs DataLab on them.
+
+The machines are three containers on a private network, each running its
+own dockerd (ansible/test/node, built FROM the local Debian base); Ansible
+reaches them with the docker connection plugin. Runs after the single-node
+suite, whose images and model image it loads onto the nodes.
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+import yaml
+from conftest import REPO
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node1", "node2", "node3")
+NETWORK = "dltest-nodes"
+NODE_IMAGE = "datalab/swarm-node:test"
+ANSIBLE = REPO / ".venv-ansible" / "bin"
+# A node runs its own engine: every capability but one the host lacks, and the host's cgroups
+# (design.md field notes); its /var/lib/docker is a volume, so the inner engine gets overlay2.
+NODE_FLAGS = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
+              "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
+              "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"]
+
+
+def container(node):
+    return f"dltest-{node}"
+
+
+def remove_nodes(docker):
+    for node in NODES:
+        docker.run("rm", "-f", "-v", container(node), check=False)
+        docker.run("volume", "rm", f"dltest-{node}-docker", check=False)
+    docker.run("network", "rm", NETWORK, check=False)
+
+
+def on_node(lab, node, *cmd, check=True):
+    return lab.docker.run("exec", container(node), *cmd, check=check)
+
+
+def playbook(inventory, timeout=2400):
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
+           "PATH": f"{ANSIBLE}:{os.environ['PATH']}"}
+    return subprocess.run([ANSIBLE / "ansible-playbook", "-i", str(inventory), "site.yml"], cwd=REPO / "ansible",
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def recap(output):
+    """{host: {"ok": n, "changed": n, "failed": n, ...}} from PLAY RECAP."""
+    hosts = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        if ":" in line and "ok=" in line:
+            host, _, counts = line.partition(":")
+            hosts[host.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in counts.split())}
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def cluster(lab, tmp_path_factory):
+    """Three nodes provisioned by site.yml; yields (inventory path, first run's output, model image)."""
+    serving = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]
+    assert serving, "the single-node suite deploys a model before this module runs"
+    docker = lab.docker
+    remove_nodes(docker)
+    docker.run("build", "-q", "-t", NODE_IMAGE, "--build-arg", "BASE_IMAGE=datalab/base:build",
+               str(REPO / "ansible" / "test" / "node"), timeout=900)
+    docker.run("network", "create", NETWORK)
+    for node in NODES:
+        docker.run("run", "-d", "--name", container(node), "--hostname", node, "--network", NETWORK,
+                   "-v", f"dltest-{node}-docker:/var/lib/docker", *NODE_FLAGS, NODE_IMAGE)
+    work = tmp_path_factory.mktemp("ansible")
+    node = {"ansible_connection": "community.docker.docker", "ansible_become": False,
+            "ansible_python_interpreter": "/usr/bin/python3"}
+    inventory = {"all": {"children": {
+        "managers": {"hosts": {"node1": {**node, "ansible_host": container("node1")}}},
+        "workers": {"hosts": {n: {**node, "ansible_host": container(n)} for n in NODES[1:]}},
+        "gpu_workers": {"hosts": {}},
+    }, "vars": {
+        "datalab_image_source": "present",  # built by the single-node suite
+        "datalab_image_dir": "/var/tmp/datalab-test-images",
+        "datalab_extra_images": [serving["image"]],
+        "datalab_scoring_image": serving["image"],
+        "datalab_scoring_replicas": 2,
+        "datalab_settings": {"lab": {"name": "dlmulti", "data_dir": "/var/lib/datalab", "demo": False},
+                             "directory": {"builtin": True}, "scoring": {"replicas": 2}},
+    }}}
+    (work / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    for node_name in NODES:  # the engines answer before Ansible starts
+        lab.wait_for(lambda: on_node(lab, node_name, "docker", "info", check=False).returncode == 0,
+                     f"dockerd in {node_name}", timeout=60)
+    first = playbook(work / "hosts.yml")
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+    yield work / "hosts.yml", first.stdout, serving["image"]
+    if not os.environ.get("DATALAB_KEEP_TEST_LAB"):
+        remove_nodes(docker)
+
+
+def node_ip(lab, node):
+    return lab.docker.out("inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}',
+                          container(node))
+
+
+def test_site_forms_a_three_node_swarm_and_the_stack_converges(lab, cluster):
+    inventory, first, model_image = cluster
+    nodes = on_node(lab, "node1", "docker", "node", "ls", "--format",
+                    "{{.Hostname}} {{.Status}} {{.ManagerStatus}}").stdout.split("\n")
+    assert sorted(line.split()[0] for line in nodes if line) == list(NODES)
+    assert all(" Ready" in line for line in nodes if line), nodes
+    status = json.loads(on_node(lab, "node1", "datalab", "status", "--json").stdout)["services"]
+    assert {r["service"] for r in status} == {"hub", "mlflow", "directory", "controller", "scoring-edge", "scoring"}
+    assert all(r["state"] == "running" and r["health"] == "healthy" for r in status), status
+    labels = json.loads(on_node(lab, "node1", "docker", "node", "inspect", "-f", "{{json .Spec.Labels}}",
+                                "node1").stdout)
+    assert labels == {"datalab.home": "true"}
+
+
+def test_a_scoring_request_is_answered_through_the_edge(lab, cluster):
+    _, _, model_image = cluster
+    edge = f"http://{node_ip(lab, 'node1')}:8500"
+    example = requests.get(f"{edge}/v1/schema", timeout=10).json()["example"]
+    answer = requests.post(f"{edge}/v1/score", json=example, timeout=10).json()
+    model = lab.docker.inspect("image", model_image)[0]["Config"]["Labels"]
+    assert answer["model"] == model["org.datalab.model"] and answer["version"] == model["org.datalab.model-version"]
+    assert answer["decision"] in ("allow", "block")
+
+
+def test_a_second_run_changes_nothing(lab, cluster):
+    inventory, _, _ = cluster
+    again = playbook(inventory)
+    assert again.returncode == 0, again.stdout[-6000:]
+    hosts = recap(again.stdout)
+    assert set(hosts) == set(NODES) and all(h["changed"] == 0 and h["failed"] == 0 for h in hosts.values()), hosts
+
+
+def test_scoring_keeps_answering_when_a_worker_stops(lab, cluster):
+    edge = f"http://{node_ip(lab, 'node1')}:8500"
+    tasks = on_node(lab, "node1", "docker", "service", "ps", "--filter", "desired-state=running",
+                    "--format", "{{.Node}}", "dlmulti_scoring").stdout.split()
+    worker = next((n for n in tasks if n != "node1"), "node2")
+    example = requests.get(f"{edge}/v1/schema", timeout=10).json()["example"]
+    session = requests.Session()  # an idempotent caller retries a dropped connection once
+    session.mount("http://", HTTPAdapter(max_retries=Retry(total=1, allowed_methods=None, backoff_factor=0)))
+    failures, answered, stop = [], [], threading.Event()
+
+    def steady_load():
+        while not stop.is_set():
+            try:
+                r = session.post(f"{edge}/v1/score", json=example, timeout=5)
+                (answered if r.status_code == 200 else failures).append(r.status_code)
+            except requests.RequestException as e:
+                failures.append(repr(e))
+            time.sleep(0.05)
+
+    load = threading.Thread(target=steady_load)
+    load.start()
+    try:
+        time.sleep(3)
+        lab.docker.run("stop", "-t", "1", container(worker))
+        lab.wait_for(lambda: f"{worker} Down" in on_node(lab, "node1", "docker", "node", "ls", "--format",
+                                                         "{{.Hostname}} {{.Status}}").stdout,
+                     f"the Swarm seeing {worker} down", timeout=120)
+        time.sleep(20)
+    finally:
+        stop.set()
+        load.join()
+    assert len(answered) > 100 and failures == [], (len(answered), failures[:5])
