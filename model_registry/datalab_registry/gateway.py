@@ -157,7 +157,7 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
             decompress_response=True), raise_error=False)
         if response.code == 599:
             return self.refuse(502, f"the MLflow server did not answer: {response.error}")
-        payload = self.filter_listing(path, response)
+        payload = self.filter_listing(path, response, who)
         self.set_status(response.code, response.reason)
         copied = set()
         for key, value in response.headers.get_all():
@@ -167,16 +167,13 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
                 copied.add(key.lower())
         self.finish(payload)
 
-    def filter_listing(self, path, response):
+    def filter_listing(self, path, response, who):
         """With registry.others = "none", searches list only the caller's teams' (and shared) things."""
         policy = self.settings["policy"]
         endpoint = tenancy.Request("GET", path).endpoint or ""
         if policy.others != "none" or response.code != 200 or not endpoint.endswith("search"):
             return response.body
-        who = tenancy.Identity(self.current_user["name"])
         data = json.loads(response.body)
-        found = self.settings["users"].info(who.name) or {}
-        who = tenancy.Identity(who.name, frozenset(found.get("groups", [])), bool(found.get("admin")))
         for key in ("experiments", "registered_models"):
             if key in data:
                 data[key] = [x for x in data[key] if tenancy.visible(who, x.get("tags", []), policy)]

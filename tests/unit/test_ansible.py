@@ -1,0 +1,44 @@
+"""The playbooks pass ansible-lint's production profile, and the settings
+template renders TOML that DataLab's own loader accepts."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from datalab import settings as settings_mod
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE = REPO / ".venv-ansible" / "bin"
+
+
+def test_ansible_lint_passes():
+    lint = ANSIBLE / "ansible-lint"
+    if not lint.exists():
+        pytest.fail("ansible-lint is installed into .venv-ansible by `make test`")
+    proc = subprocess.run([lint, "--profile", "production"], cwd=REPO / "ansible", capture_output=True, text=True,
+                          env={"PATH": f"{ANSIBLE}:/usr/bin:/bin", "HOME": str(Path.home())})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_the_settings_template_renders_what_datalab_loads(tmp_path):
+    template = (REPO / "ansible" / "roles" / "datalab" / "templates" / "settings.toml.j2").read_text()
+    # Ansible's template settings and the two filters the template uses (the real
+    # ones render it in the multi-node test)
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["to_json"] = json.dumps
+    env.filters["combine"] = lambda a, b, recursive=False: {
+        **a, **{k: ({**a.get(k, {}), **v} if isinstance(v, dict) else v) for k, v in b.items()}}
+    rendered = env.from_string(template).render(
+        ansible_managed="managed", swarm_addr="10.0.0.11",
+        datalab_settings={"lab": {"name": "site", "demo": False},
+                          "registry": {"team_approvers": {"fraud-team": "fraud-approvers"}},
+                          "volumes": {"teams": ["fraud-team", "aml-team"]}})
+    path = tmp_path / "settings.toml"
+    path.write_text(rendered)
+    loaded = settings_mod.load(path)
+    assert loaded["lab"]["advertise_addr"] == "10.0.0.11" and loaded["build"]["source"] == "present"
+    assert loaded["registry"]["team_approvers"] == {"fraud-team": "fraud-approvers"}
+    assert list(loaded["volumes"]["teams"]) == ["fraud-team", "aml-team"] and loaded["lab"]["demo"] is False
