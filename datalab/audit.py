@@ -4,8 +4,9 @@ promotion controller for every attempt, read by `datalab audit`.
     {"at", "model", "version", "from", "by", "outcome", "reasons", "gate", "rollout_s", "duration_s"}
 
 outcome: "deployed", "rejected" (the gate, or a version that cannot be
-fetched or evaluated), "rolled back" (the rollout failed) or "adopted" (the
-version already served, rolled out by `datalab deploy`).
+fetched or evaluated), "rolled back" (the rollout failed), "failed" (MLflow
+or the engine failed three times), "superseded" (the alias moved on during
+the gate) or "adopted" (the version already served, by `datalab deploy`).
 """
 
 import json

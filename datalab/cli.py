@@ -86,6 +86,7 @@ def apply_stack(docker, settings, steps):
     if missing:
         raise DockerError(f"images not built: {', '.join(missing)} (datalab up builds them)")
     deploy.ensure_deployments_dir(settings)
+    deploy.wait_for_promotion(settings, steps)
     spec = stack.render(settings, refs, stack.profiles(notebook_images, refs), credentials.ensure(settings),
                         deploy.current(settings))
     stack.deploy(docker, settings, spec, steps)
@@ -215,6 +216,7 @@ def cmd_deploy(settings, args):
         return 2
     steps = Steps()
     docker = Docker(settings)
+    deploy.wait_for_promotion(settings, steps)
     previous = deploy.current(settings)
     defaults = previous or settings["scoring"]
     replicas = args.replicas or defaults["replicas"]

@@ -50,6 +50,29 @@ def ensure_deployments_dir(settings):
     return path
 
 
+def promotion_under_way(settings):
+    """The controller's attempt in progress ({"model", "version", "step", ...}) or None."""
+    path = deployments_dir(settings) / "promotions.json"
+    try:
+        return json.loads(path.read_text()).get("in_progress") if path.exists() else None
+    except ValueError:
+        return None
+
+
+def wait_for_promotion(settings, steps, timeout=900):
+    """Let the controller finish what it is doing before the scoring service is touched
+    (re-rendering it mid-rollout would look to the controller like a rollback)."""
+    found = promotion_under_way(settings)
+    if not found:
+        return
+    with steps.step(f"waiting for the promotion of {found['model']} v{found['version']} to finish"):
+        deadline = time.monotonic() + timeout
+        while promotion_under_way(settings):
+            if time.monotonic() > deadline:
+                raise DeployError(f"a promotion is still under way after {timeout} s (datalab logs controller)")
+            time.sleep(2)
+
+
 def current(settings):
     path = state_file(settings)
     return json.loads(path.read_text()) if path.exists() else None
@@ -131,7 +154,8 @@ def start_rollout(docker: Docker, settings, target):
     """Point the scoring service at target (returns at once; wait_rollout follows it)."""
     if not docker.inspect("service", scoring_service(settings)):
         raise DeployError(f"no scoring service in lab {settings.lab}: run `datalab up` first")
-    docker.run("service", "update", "--detach", "--image", target["image"],
+    # --no-resolve-image: the image is local; asking a registry for its digest hangs air-gapped
+    docker.run("service", "update", "--detach", "--no-resolve-image", "--image", target["image"],
                "--replicas", str(int(target["replicas"])),
                "--env-add", f"SCORING_THRESHOLD={target['threshold']}",
                "--label-add", f"org.datalab.model={target['model']}@{target['version']}",

@@ -228,9 +228,10 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
     for service in services.values():
         # their volumes, the deployments folder and the host-mode ports are on this node
         service["deploy"]["placement"] = {"constraints": [f"node.hostname == {socket.gethostname()}"]}
-    # the scoring tasks (stateless) go wherever Swarm puts them; the edge stays here
     services.update(scoring_services(settings, refs, deployment))
     services["scoring-edge"]["deploy"]["placement"] = services["hub"]["deploy"]["placement"]
+    if settings["scoring"]["nodes"] == "home":
+        services["scoring"]["deploy"]["placement"] = services["hub"]["deploy"]["placement"]
     return {
         "version": "3.8",
         "services": services,

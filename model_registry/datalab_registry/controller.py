@@ -35,6 +35,7 @@ log = logging.getLogger("datalab.controller")
 WEBHOOK_NAME = "datalab-controller"
 WEBHOOK_EVENTS = ["model_version_alias.created", "model_version_alias.deleted"]
 REJECTED_TAG = "datalab.promotion.rejected"
+MAX_TRIES = 3  # failures (not decisions) before an attempt is given up
 
 
 def now_iso():
@@ -45,6 +46,7 @@ class Controller:
     def __init__(self, settings, client, docker):
         self.settings, self.client, self.docker = settings, client, docker
         self.alias = settings["registry"]["production_alias"]
+        self.served_model = settings["registry"]["served_model"]
         self.state_path = deploy.deployments_dir(settings) / "promotions.json"
         self.lock = threading.Lock()
         self.wake = threading.Event()
@@ -66,8 +68,10 @@ class Controller:
             state = self.load()
             if state.get("in_progress"):
                 log.info("resuming the promotion of %(model)s v%(version)s (%(step)s)", state["in_progress"])
-                self.promote(state, state["in_progress"])
+                self.attempt(state, state["in_progress"])
             for model in self.client.search_registered_models(max_results=1000):
+                if self.served_model and model.name != self.served_model:
+                    continue
                 version = (model.aliases or {}).get(self.alias)
                 accepted = state["accepted"].get(model.name)
                 if version is None or str(version) == accepted:
@@ -80,11 +84,33 @@ class Controller:
                               "from": None, "by": self.requested_by(model.name, version)}
                     self.finish(state, record, "adopted", ["already serving (datalab deploy)"])
                     continue
-                self.promote(state, {"model": model.name, "version": str(version), "step": "gate"})
+                self.attempt(state, {"model": model.name, "version": str(version), "step": "gate"})
 
     def requested_by(self, name, version):
         tags = self.client.get_model_version(name, version).tags
         return tags.get(REQUESTED_BY_TAG, "unknown (set outside the registry gateway)")
+
+    def attempt(self, state, record):
+        """promote(), giving up after MAX_TRIES failures that are not a decision
+        (MLflow or the engine failing): the alias goes back, the audit says why."""
+        try:
+            self.promote(state, record)
+        except Exception as e:  # noqa: BLE001 (anything: the next poll tries again)
+            record["tries"] = record.get("tries", 0) + 1
+            log.exception("promotion of %s v%s failed (try %d)", record["model"], record["version"], record["tries"])
+            if record["tries"] < MAX_TRIES:
+                state["in_progress"] = record
+                self.save(state)
+                return
+            try:
+                self.undo(state, record, "failed", [f"{type(e).__name__}: {e}"[:1000]])
+            except Exception:  # noqa: BLE001 (MLflow unreachable: record it, leave the alias)
+                log.exception("could not move the alias back")
+                self.finish(state, record, "failed", [f"{type(e).__name__}: {e}"[:1000],
+                                                      "the alias could not be moved back"])
+
+    def still_wanted(self, name, version):
+        return str((self.client.get_registered_model(name).aliases or {}).get(self.alias)) == version
 
     def promote(self, state, record):
         name, version = record["model"], record["version"]
@@ -112,16 +138,20 @@ class Controller:
             reasons = gate.failures(answer["evaluation"], limits)
             if reasons:
                 return self.undo(state, record, "rejected", reasons)
+            if not self.still_wanted(name, version):  # the alias moved on while the gate ran
+                return self.finish(state, record, "superseded", ["the alias was moved during the gate"])
             replicas = serving["replicas"] if serving else self.settings["scoring"]["replicas"]
-            record.update(step="rolling out", rollout_t0=time.time(),
+            record.update(step="rolling out", issued=False, rollout_t0=time.time(),
                           target={**baked, "replicas": int(replicas), "threshold": threshold})
             self.save(state)
-            deploy.start_rollout(self.docker, self.settings, record["target"])
-            started = True
-        else:
-            # restarted during the rollout: follow the one already issued
-            started = deploy.service_image(self.docker, self.settings) == record["target"]["image"]
-        outcome, why = deploy.rollout(self.docker, self.settings, record["target"], started=started)
+        if not record.get("issued"):
+            # (a restart between issuing and saving finds the service on the target already)
+            if deploy.service_image(self.docker, self.settings) != record["target"]["image"]:
+                deploy.start_rollout(self.docker, self.settings, record["target"])
+            record["issued"] = True
+            self.save(state)
+        # issued: follow it; a service back on another image was rolled back by Swarm
+        outcome, why = deploy.rollout(self.docker, self.settings, record["target"], started=True)
         record["rollout_s"] = round(time.time() - record["rollout_t0"], 1)
         if outcome != "completed":
             return self.undo(state, record, "rolled back", [f"the rollout was rolled back: {why or 'never ready'}"])
@@ -136,9 +166,8 @@ class Controller:
     def undo(self, state, record, outcome, reasons):
         """The alias goes back to the version accepted before; the candidate says why."""
         name, version = record["model"], record["version"]
-        current = (self.client.get_registered_model(name).aliases or {}).get(self.alias)
         previous = state["accepted"].get(name)
-        if str(current) == version:  # unless someone has moved it on meanwhile
+        if self.still_wanted(name, version):  # unless someone has moved it on meanwhile
             if previous:
                 self.client.set_registered_model_alias(name, self.alias, previous)
             else:

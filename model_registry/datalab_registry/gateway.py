@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,12 +30,21 @@ DROPPED_REQUEST_HEADERS = {"host", "cookie", "authorization", "content-length", 
 DROPPED_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "server",
                             "set-cookie", "keep-alive"}
 LARGEST_BODY = 2 << 30
+XSRF_SCRIPT = (
+    "(function(){var t=TOKEN,f=window.fetch;"
+    "window.fetch=function(i,o){o=Object.assign({},o||{});"
+    "var h=new Headers(o.headers||(i instanceof Request?i.headers:undefined));"
+    "h.set('X-XSRFToken',t);o.headers=h;return f.call(this,i,o)};"
+    "var s=XMLHttpRequest.prototype.send;XMLHttpRequest.prototype.send=function(){"
+    "try{this.setRequestHeader('X-XSRFToken',t)}catch(e){}return s.apply(this,arguments)}})();")
 API_PATHS = ("api/", "ajax-api/", "graphql", "get-artifact", "model-versions/get-artifact")
 
 
 class Owners:
-    """Which team owns an experiment, run, registered model or logged model (cached: the team tag
-    is set at creation and the gateway lets nobody change it)."""
+    """Which team owns an experiment, run, registered model or logged model.
+    Cached for a minute (a deleted and re-created model may change hands)."""
+
+    TTL = 60.0
 
     def __init__(self, mlflow_url):
         self.mlflow_url = mlflow_url
@@ -42,14 +52,20 @@ class Owners:
         self._cache = {}
 
     async def _get(self, path, **args):
+        """The JSON answer, None for a 404; LookupError when MLflow cannot say."""
         query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in args.items())
         r = await self.client.fetch(f"{self.mlflow_url}/api/2.0/mlflow/{path}?{query}", raise_error=False,
                                     request_timeout=30)
-        return json.loads(r.body) if r.code == 200 else None
+        if r.code == 200:
+            return json.loads(r.body)
+        if 400 <= r.code < 500:  # no such thing: MLflow answers the request itself the same way
+            return None
+        raise LookupError(f"the registry cannot tell who owns this now ({path}: {r.code}); try again")
 
     async def team(self, ref):
-        if ref in self._cache:
-            return self._cache[ref]
+        cached = self._cache.get(ref)
+        if cached and time.monotonic() - cached[0] < self.TTL:
+            return cached[1]
         kind, key = ref
         team = None
         if kind == "experiment":
@@ -69,7 +85,7 @@ class Owners:
             exp = (found or {}).get("model", {}).get("info", {}).get("experiment_id")
             team = await self.team(("experiment", exp)) if exp else None
         if found is not None:
-            self._cache[ref] = team
+            self._cache[ref] = (time.monotonic(), team)
         return team
 
     async def tag_version(self, name, version, key, value):
@@ -87,13 +103,12 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
     def hub_auth(self):
         return self.settings["hub_auth"]
 
-    def check_xsrf_cookie(self):
-        # MLflow's UI fetches its API without an XSRF token. A browser marks a
-        # same-origin request so (Sec-Fetch-Site cannot be set by a page), which is
-        # what XSRF protection is about; anything else needs the hub's token.
-        if self.request.headers.get("Sec-Fetch-Site") == "same-origin":
-            return
-        return super().check_xsrf_cookie()
+    def page_with_xsrf(self, html):
+        """MLflow's UI sends no XSRF token: its page gets a few lines that add the
+        hub's to every fetch and XMLHttpRequest it makes (other servers of the lab
+        share this origin, so same-origin alone proves nothing)."""
+        script = XSRF_SCRIPT.replace("TOKEN", json.dumps(self.xsrf_token.decode()))
+        return html.replace(b"<head>", b"<head><script>" + script.encode() + b"</script>", 1)
 
     def refuse(self, status, message):
         self.set_status(status)
@@ -118,17 +133,25 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
         who = await asyncio.to_thread(self.identity)
         if who is None:
             return self.refuse(403, "services do not use the registry gateway")
-        body = None
+        if any(c in path for c in "?#") or any(ord(c) < 32 for c in path):
+            # a %3F or %23 would move part of the path into MLflow's query string
+            return self.refuse(400, "the path may not contain '?', '#' or control characters")
         raw = self.request.body or b""
-        if raw and "json" in self.request.headers.get("Content-Type", "json"):
+        body = None
+        if raw and tenancy.Request(self.request.method, path).endpoint is not None:
+            # MLflow parses an API request's body as JSON whatever its Content-Type says
             try:
                 body = json.loads(raw)
             except ValueError:
-                body = None  # not JSON after all (an artifact upload): forwarded as it came
+                return self.refuse(400, "the request body is not JSON")
+            if not isinstance(body, dict):
+                return self.refuse(400, "the request body must be a JSON object")
         req = tenancy.Request(self.request.method, path,
-                              {k: [v.decode() for v in vs] for k, vs in self.request.query_arguments.items()},
-                              body if isinstance(body, dict) else None)
-        owners = {ref: await self.settings["owners"].team(ref) for ref in tenancy.references(req)}
+                              {k: [v.decode() for v in vs] for k, vs in self.request.query_arguments.items()}, body)
+        try:
+            owners = {ref: await self.settings["owners"].team(ref) for ref in tenancy.references(req)}
+        except LookupError as e:  # fail closed: an unknown owner is not "shared"
+            return self.refuse(503, str(e))
         try:
             forwarded = tenancy.authorize(who, req, owners, self.settings["policy"])
         except tenancy.Refused as e:
@@ -158,6 +181,8 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
         if response.code == 599:
             return self.refuse(502, f"the MLflow server did not answer: {response.error}")
         payload = self.filter_listing(path, response, who)
+        if response.code == 200 and response.headers.get("Content-Type", "").startswith("text/html"):
+            payload = self.page_with_xsrf(payload)
         self.set_status(response.code, response.reason)
         copied = set()
         for key, value in response.headers.get_all():

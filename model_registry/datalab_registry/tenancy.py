@@ -28,6 +28,8 @@ _LOGGED_MODEL = re.compile(r"^logged-models/(m-[0-9a-f]+)")
 _TAG_WRITES = {"registered-models/set-tag", "registered-models/delete-tag", "model-versions/set-tag",
                "model-versions/delete-tag", "experiments/set-experiment-tag", "experiments/delete-experiment-tag"}
 _CREATES = {"experiments/create", "registered-models/create"}
+READ_ONLY_POSTS = {"runs/search", "experiments/search", "logged-models/search", "registered-models/search",
+                   "model-versions/search", "experiments/search-datasets", "traces/search", "runs/search-datasets"}
 
 
 class Refused(Exception):
@@ -55,24 +57,34 @@ class Request:
         found = _API.match(self.path)
         return found.group(1).rstrip("/") if found else None
 
-    def value(self, key):
-        if isinstance(self.body, dict) and key in self.body:
-            return self.body[key]
-        return (self.args.get(key) or [None])[0]
+    @property
+    def reads_args(self):
+        # MLflow reads a GET's query and any other method's JSON body, never both
+        return self.method in ("GET", "HEAD", "OPTIONS")
 
     def values(self, key):
-        if isinstance(self.body, dict) and key in self.body:
-            found = self.body[key]
-            return found if isinstance(found, list) else [found]
-        return list(self.args.get(key) or [])
+        if self.reads_args:
+            return list(self.args.get(key) or [])
+        body = self.body if isinstance(self.body, dict) else {}
+        # protobuf's JSON parser takes camelCase names as well as snake_case ones
+        found = [body[k] for k in (key, _camel(key)) if k in body]
+        return [v for f in found for v in (f if isinstance(f, list) else [f])]
+
+    def value(self, key):
+        return next(iter(self.values(key)), None)
 
     @property
     def read_only(self):
         if self.method in ("GET", "HEAD", "OPTIONS"):
             return True
-        last = (self.endpoint or self.path).rsplit("/", 1)[-1]
-        # MLflow's searches and bulk gets are POSTs that change nothing.
-        return self.method == "POST" and (last.startswith(("search", "get")) or self.path.endswith("graphql"))
+        # MLflow's searches are POSTs that change nothing (listed: a guess by name
+        # could be steered by the path)
+        return self.method == "POST" and (self.endpoint in READ_ONLY_POSTS or self.path == "graphql")
+
+
+def _camel(key):
+    head, *rest = key.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 @dataclass(frozen=True)
@@ -157,8 +169,8 @@ def authorize(who: Identity, req: Request, owners: dict, policy: Policy):
     if endpoint in _CREATES:
         return _with_team(who, req, policy)
     if endpoint == "runs/create":
-        return _as_user(who, req)
-    if endpoint in ("runs/set-tag", "runs/delete-tag") and key == USER_TAG:
+        return _as_user(who, req)  # whatever mlflow.user the client sent is replaced
+    if (endpoint in ("runs/set-tag", "runs/delete-tag") and key == USER_TAG) or USER_TAG in _tags(req):
         raise Refused(403, f"{USER_TAG} says who made the run: the gateway sets it")
     if not refs and not who.admin:
         raise Refused(403, f"{req.method} {req.path} is not open to users through the registry gateway")

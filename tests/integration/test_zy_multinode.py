@@ -91,7 +91,8 @@ def cluster(lab, tmp_path_factory):
         "datalab_scoring_image": serving["image"],
         "datalab_scoring_replicas": 2,
         "datalab_settings": {"lab": {"name": "dlmulti", "data_dir": "/var/lib/datalab", "demo": False},
-                             "directory": {"builtin": True}, "scoring": {"replicas": 2}},
+                             # replicas on every node: the model image is loaded on each
+                             "directory": {"builtin": True}, "scoring": {"replicas": 2, "nodes": "all"}},
     }}}
     (work / "hosts.yml").write_text(yaml.safe_dump(inventory))
     for node_name in NODES:  # the engines answer before Ansible starts

@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 
 from datalab import credentials, settings as settings_mod, stack
 
@@ -113,3 +114,13 @@ def test_profiles_follow_the_manifest_and_say_what_is_not_built():
     assert by_name["tensorflow"]["image"] == "datalab/tensorflow:abc"
     assert by_name["tensorflow-gpu"]["image"] is None  # on request only
     assert by_name["tensorflow-gpu"]["gpus"] == 1 and by_name["tensorflow-gpu"]["groups"] == ["gpu-users"]
+
+
+def test_platform_services_stay_on_the_home_node_and_scoring_goes_where_settings_say(tmp_path, monkeypatch):
+    home = f"node.hostname == {socket.gethostname()}"
+    _, spec = rendered(tmp_path, monkeypatch)
+    for name, svc in spec["services"].items():
+        assert svc["deploy"]["placement"]["constraints"] == [home], name
+    _, spread = rendered(tmp_path, monkeypatch, scoring={"nodes": "all"})
+    assert "placement" not in spread["services"]["scoring"]["deploy"]
+    assert spread["services"]["scoring-edge"]["deploy"]["placement"]["constraints"] == [home]
