@@ -170,8 +170,10 @@ def authorize(who: Identity, req: Request, owners: dict, policy: Policy):
         return _with_team(who, req, policy)
     if endpoint == "runs/create":
         return _as_user(who, req)  # whatever mlflow.user the client sent is replaced
-    if (endpoint in ("runs/set-tag", "runs/delete-tag") and key == USER_TAG) or USER_TAG in _tags(req):
+    if endpoint == "runs/delete-tag" and key == USER_TAG:
         raise Refused(403, f"{USER_TAG} says who made the run: the gateway sets it")
+    if (endpoint == "runs/set-tag" and key == USER_TAG) or USER_TAG in _tags(req):
+        return _as_user(who, req)  # MLflow's client logs it again in some batches, as the unix user
     if not refs and not who.admin:
         raise Refused(403, f"{req.method} {req.path} is not open to users through the registry gateway")
     return req.body
@@ -180,7 +182,10 @@ def authorize(who: Identity, req: Request, owners: dict, policy: Policy):
 def _as_user(who, req):
     """A run is made by the caller, whatever the client says (a notebook's unix user is jovyan)."""
     body = dict(req.body or {})
-    body["user_id"] = who.name
+    if req.endpoint == "runs/set-tag":
+        return {**body, "value": who.name}
+    if req.endpoint == "runs/create":
+        body["user_id"] = who.name
     body["tags"] = [t for t in body.get("tags") or [] if t.get("key") != USER_TAG] + [
         {"key": USER_TAG, "value": who.name}]
     return body

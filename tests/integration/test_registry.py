@@ -121,6 +121,12 @@ def test_a_non_approver_cannot_promote_and_nothing_changes(lab, production):
     candidate = copy_version(lab, production, user="bob")  # bob may add versions to his team's model
     with pytest.raises(promotion.PromotionError, match="403 only members of model-approvers may set"):
         promotion.set_production_alias(lab.settings, "bob", MODEL, candidate)
+    with pytest.raises(promotion.PromotionError, match="400 the path may not contain"):  # %3F: MLflow's query
+        lab.registry("bob", "POST", "registered-models/alias%3F/search",
+                     {"name": MODEL, "alias": ALIAS, "version": candidate})
+    with pytest.raises(promotion.PromotionError, match="400 the request body must be a JSON object"):
+        lab.registry("bob", "POST", "registered-models/alias",
+                     json.dumps({"name": MODEL, "alias": ALIAS, "version": candidate}))  # MLflow decodes twice
     with pytest.raises(promotion.PromotionError, match="403 .*written by the platform"):
         lab.registry("bob", "POST", "model-versions/set-tag", {"name": MODEL, "version": candidate,
                                                                "key": "datalab.deployed_by", "value": "alice"})

@@ -154,6 +154,34 @@ def test_a_run_is_made_by_the_caller_whatever_the_client_says():
                                          "tags": [{"key": "mlflow.user", "value": "jovyan"}]})
     body = tenancy.authorize(BOB, create, {("experiment", "1"): "fraud-team"}, POLICY)
     assert body["user_id"] == "bob" and body["tags"] == [{"key": "mlflow.user", "value": "bob"}]
+
+
+def test_a_write_is_judged_on_the_body_mlflow_reads_not_on_the_query():
+    owners = {("model", "theirs"): "aml-team", ("model", "mine"): "fraud-team"}
+    # MLflow ignores a POST's query: naming one's own model there changes nothing
+    smuggled = tenancy.Request("POST", "api/2.0/mlflow/registered-models/alias", {"name": ["mine"]},
+                               {"name": "theirs", "alias": "production", "version": "1"})
+    assert tenancy.references(smuggled) == [("model", "theirs")]
+    with pytest.raises(tenancy.Refused):
+        tenancy.authorize(ALICE, smuggled, owners, POLICY)
+    # protobuf takes camelCase field names too
+    camel = req("POST", "runs/log-metric", {"runId": "r9", "key": "auc", "value": 1})
+    assert tenancy.references(camel) == [("run", "r9")]
+
+
+def test_only_known_searches_count_as_reads():
+    assert not req("POST", "registered-models/alias/search", {}).read_only
+    assert not req("POST", "runs/delete", {"run_id": "x"}).read_only
+    assert req("POST", "logged-models/search", {}).read_only
+
+
+def test_mlflow_user_cannot_be_slipped_into_a_batch_of_tags():
+    batch = req("POST", "runs/log-batch", {"run_id": "r1", "metrics": [],
+                                           "tags": [{"key": "mlflow.user", "value": "alice"}]})
+    body = tenancy.authorize(BOB, batch, {("run", "r1"): "fraud-team"}, POLICY)
+    assert body["tags"] == [{"key": "mlflow.user", "value": "bob"}] and body["metrics"] == []
+    tag = req("POST", "runs/set-tag", {"run_id": "r1", "key": "mlflow.user", "value": "alice"})
+    assert tenancy.authorize(BOB, tag, {("run", "r1"): "fraud-team"}, POLICY)["value"] == "bob"
     with pytest.raises(tenancy.Refused, match="says who made the run"):
-        tenancy.authorize(BOB, req("POST", "runs/set-tag", {"run_id": "r", "key": "mlflow.user", "value": "x"}),
-                          {("run", "r"): "fraud-team"}, POLICY)
+        tenancy.authorize(BOB, req("POST", "runs/delete-tag", {"run_id": "r1", "key": "mlflow.user"}),
+                          {("run", "r1"): "fraud-team"}, POLICY)
