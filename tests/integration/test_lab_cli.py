@@ -10,9 +10,10 @@ pytestmark = pytest.mark.integration
 def test_status_json_lists_every_service_healthy(lab):
     out = json.loads(lab.datalab("status", "--json").stdout)
     rows = {r["service"]: r for r in out["services"]}
-    assert {"hub", "mlflow", "directory", "scoring-edge"} <= set(rows) <= {"hub", "mlflow", "directory",
-                                                                          "scoring-edge", "scoring"}
-    assert all(r["state"] == "running" and r["health"] == "healthy" for r in rows.values())
+    assert set(rows) == {"hub", "mlflow", "directory", "controller", "scoring-edge", "scoring"}
+    # scoring: 0 replicas of the bare runtime until a first deployment (then running and healthy)
+    assert rows["scoring"]["health"] in ("idle", "healthy")
+    assert all(r["state"] == "running" and r["health"] == "healthy" for n, r in rows.items() if n != "scoring")
     assert rows["hub"]["url"] == "http://127.0.0.1:18000/"
     assert rows["scoring-edge"]["url"] == "http://127.0.0.1:18500/v1/score"
 
@@ -27,7 +28,7 @@ def test_hub_reaches_mlflow_and_notebooks_do_not(lab):
 
 
 def test_platform_containers_are_hardened(lab):
-    for service in ("hub", "mlflow", "directory", "scoring-edge"):
+    for service in ("hub", "mlflow", "directory", "controller", "scoring-edge"):
         info = lab.docker.inspect("container", lab.service_container(service))[0]
         assert info["HostConfig"]["CapDrop"] == ["ALL"], service
         assert lab.docker.out("exec", info["Id"], "id", "-u") != "0", service
@@ -52,5 +53,5 @@ def test_second_up_changes_nothing(lab):
 
     before = state()
     out = lab.datalab("up").stdout
-    assert "building image" in out and "healthy" in out
+    assert "building image" in out and "healthy" in out and "stack: unchanged" in out
     assert state() == before  # same service specs, same containers: nothing restarted

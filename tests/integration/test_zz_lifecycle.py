@@ -1,6 +1,8 @@
 """`datalab down` keeps every piece of data; `up` brings it all back.
 (Runs last: it stops the whole test lab.)"""
 
+import json
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -17,6 +19,9 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
         headers={"X-XSRFToken": xsrf[0] if xsrf else ""},
     )
     assert put.status_code in (200, 201), put.text
+
+    serving = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]
+    audit = lab.datalab("audit", "--json").stdout
 
     refused = lab.datalab("down", "--purge", check=False)  # no tty, no --yes
     assert refused.returncode == 2 and "--yes" in refused.stderr
@@ -35,3 +40,6 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     alice.open_server("alice")
     file = alice.http.get(f"{lab.url}/user/alice/api/contents/keep-me.txt", timeout=30)
     assert file.status_code == 200 and file.json()["content"] == "model notes"
+    # what served serves again, and the promotions' audit trail is intact
+    assert json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"] == serving
+    assert lab.datalab("audit", "--json").stdout == audit

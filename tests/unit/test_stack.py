@@ -50,7 +50,7 @@ def test_a_deployment_is_a_start_first_service_that_rolls_back(tmp_path, monkeyp
     # notebooks join only `lab`: MLflow and the directory are not on it
     assert spec["services"]["hub"]["networks"] == ["backend", "lab"]
     assert spec["services"]["directory"]["networks"] == ["backend"]
-    assert spec["services"]["mlflow"]["networks"] == ["backend", "tracking"]  # tracking: for jobs
+    assert spec["services"]["mlflow"]["networks"] == ["backend", "tracking"]  # tracking: the rollouts' fetchers
 
 
 def test_hub_runs_unprivileged_in_the_sockets_group(tmp_path, monkeypatch):
