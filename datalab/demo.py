@@ -45,7 +45,8 @@ def run(settings, steps, repo):
     log_in(settings, USER, password)
     jobs = JobsClient.for_lab(settings)
     with steps.step(f"demo: {USER} trains the reference model (small size) as a job"):
-        job = jobs.submit(str(repo / REPO_NOTEBOOK), params=SMALL, profile="tensorflow", as_user=USER, timeout=1800)
+        job = jobs.submit(str(repo / REPO_NOTEBOOK), params=SMALL, profile="tensorflow", as_user=USER,
+                          timeout=1800)["job"]
         job = jobs.wait(job["id"], timeout=1800, every=2)
         if job["status"] != "succeeded":
             raise DemoError(f"the training job {job['id']} {job['status']}: {job.get('error')} "
