@@ -30,6 +30,7 @@ DROPPED_REQUEST_HEADERS = {"host", "cookie", "authorization", "content-length", 
 DROPPED_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "server",
                             "set-cookie", "keep-alive"}
 LARGEST_BODY = 2 << 30
+URL_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 API_PATHS = ("api/", "ajax-api/", "graphql", "get-artifact", "model-versions/get-artifact")
 
 
@@ -163,7 +164,8 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
         await self.forward(path, raw, who)
 
     async def forward(self, path, raw, who):
-        url = f"{self.settings['mlflow_url']}/{path}"
+        # the path as judged, encoded again (artifact names may hold spaces or '%')
+        url = f"{self.settings['mlflow_url']}/{quote(path, safe=URL_PATH_SAFE)}"
         if self.request.query:
             url += "?" + self.request.query
         headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in DROPPED_REQUEST_HEADERS}
