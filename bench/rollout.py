@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from switch import switch_s, under_load  # noqa: E402
+from switch import load_arguments, switch_s, under_load  # noqa: E402
 
 from datalab import deploy, settings as settings_mod  # noqa: E402
 
@@ -25,9 +25,7 @@ from datalab import deploy, settings as settings_mod  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--to", required=True, help="MODEL@VERSION|ALIAS to roll out")
-    ap.add_argument("--settings")
-    ap.add_argument("--rate", type=float, default=100)
-    ap.add_argument("--seconds", type=float, default=60, help="length of the load")
+    load_arguments(ap)
     args = ap.parse_args()
     settings = settings_mod.load(args.settings)
     before = deploy.current(settings)

@@ -11,6 +11,13 @@ import urllib.request
 from loadgen import fixed_rate
 
 
+def load_arguments(parser):
+    """The options every switch-under-load benchmark takes."""
+    parser.add_argument("--settings")
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--seconds", type=float, default=60, help="length of the load")
+
+
 def edge_url(settings):
     return f"http://127.0.0.1:{settings['scoring']['port']}"
 

@@ -307,7 +307,7 @@ def services(docker: Docker, settings):
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _local_health(docker: Docker, service_name, image):
+def _local_health(docker: Docker, service_name, image, local_node):
     """Health of the service's containers on this node; "updating" while any
     still runs another image than the service's spec (a rollout under way)."""
     ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service_name}").split()
@@ -318,7 +318,6 @@ def _local_health(docker: Docker, service_name, image):
     # tasks on other nodes: Swarm calls a task with a healthcheck running once it is healthy
     remote = docker.out("service", "ps", "--filter", "desired-state=running", "--format",
                         "{{.Node}} {{.CurrentState}}", service_name).splitlines()
-    local_node = docker.out("info", "--format", "{{.Name}}")
     for line in remote:
         node, _, state = line.partition(" ")
         if node != local_node:
@@ -344,11 +343,12 @@ def service_url(settings, short_name):
 def status(docker: Docker, settings):
     """One row per service: name, state (running/desired), health, URL."""
     rows = []
+    local_node = docker.out("info", "--format", "{{.Name}}")  # once per report: it is polled
     for svc in services(docker, settings):
         short = svc["Name"].removeprefix(f"{settings.lab}_")
         running, _, desired = svc["Replicas"].partition(" ")[0].partition("/")
         idle = desired == "0"  # the scoring service before a first deployment
-        health = "idle" if idle else _local_health(docker, svc["Name"], svc["Image"])
+        health = "idle" if idle else _local_health(docker, svc["Name"], svc["Image"], local_node)
         rows.append({
             "service": short,
             "state": "scaled to 0" if idle else "running" if running == desired else f"{running}/{desired} running",

@@ -10,10 +10,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import requests
+from requests.adapters import HTTPAdapter
+from selenium.webdriver.common.by import By
+from urllib3.util.retry import Retry
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubclient import HubSession  # noqa: E402
@@ -117,6 +122,46 @@ class Lab:
                     pass
             time.sleep(1)
         raise TimeoutError(f"lab not healthy after {timeout}s: {rows}")
+
+
+class ScoringLoad:
+    """A steady stream of scoring requests in a thread, for `with` blocks:
+    like a payment switch calling an idempotent API, it reconnects and retries
+    once when a connection drops (a request in flight on a killed task can)."""
+
+    def __init__(self, url, example, pause=0.02):
+        self.url, self.example, self.pause = url, example, pause
+        self.answered, self.failures = [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        http = requests.Session()
+        http.mount("http://", HTTPAdapter(max_retries=Retry(total=1, connect=1, read=1, status=0,
+                                                            allowed_methods={"POST"})))
+        while not self._stop.is_set():
+            try:
+                r = http.post(self.url, json=self.example, timeout=10)
+                (self.answered if r.status_code == 200 else self.failures).append(r.status_code)
+            except requests.RequestException as e:
+                self.failures.append(repr(e))
+            time.sleep(self.pause)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def browser_login(browser, lab, user):
+    """Log `user` in through the hub's login form, in the browser."""
+    browser.get(lab.url + "/hub/login")
+    browser.find_element(By.ID, "username_input").send_keys(user)
+    browser.find_element(By.ID, "password_input").send_keys(lab.logins[user])
+    browser.find_element(By.ID, "login_submit").click()
 
 
 MODEL = "fraud-test"  # registered by the reference workload (test_jobs.py), or by model_v1 if missing

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from conftest import browser_login
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -16,10 +17,7 @@ def test_alice_picks_tensorflow_and_imports_it_in_a_notebook(lab, browser, tmp_p
     if "" in (session.hub_api("/users/alice").json().get("servers") or {}):
         session.stop("alice")
 
-    browser.get(lab.url + "/hub/login")
-    browser.find_element(By.ID, "username_input").send_keys("alice")
-    browser.find_element(By.ID, "password_input").send_keys(lab.logins["alice"])
-    browser.find_element(By.ID, "login_submit").click()
+    browser_login(browser, lab, "alice")
 
     # the picker: alice's groups allow three profiles; she takes TensorFlow
     WebDriverWait(browser, 60).until(EC.presence_of_element_located((By.ID, "datalab-profiles")))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from conftest import MODEL, registered_versions, run_job
+from conftest import MODEL, browser_login, registered_versions, run_job
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -228,10 +228,7 @@ def alias_offered(browser):
 @pytest.mark.browser
 def test_an_approver_promotes_by_setting_the_alias_in_the_registry_ui(lab, production, browser, tmp_path):
     candidate = copy_version(lab, served_version(lab))
-    browser.get(lab.url + "/hub/login")
-    browser.find_element(By.ID, "username_input").send_keys("alice")
-    browser.find_element(By.ID, "password_input").send_keys(lab.logins["alice"])
-    browser.find_element(By.ID, "login_submit").click()
+    browser_login(browser, lab, "alice")
     WebDriverWait(browser, 60).until(EC.url_contains("/hub/"))
     browser.get(f"{lab.url}/services/registry/#/models/{MODEL}/versions/{candidate}")
     try:
@@ -262,10 +259,7 @@ def test_an_approver_promotes_by_setting_the_alias_in_the_registry_ui(lab, produ
 @pytest.mark.browser
 def test_a_non_approver_sees_why_the_registry_ui_refuses_the_alias(lab, production, browser, tmp_path):
     serving = served_version(lab)
-    browser.get(lab.url + "/hub/login")
-    browser.find_element(By.ID, "username_input").send_keys("bob")
-    browser.find_element(By.ID, "password_input").send_keys(lab.logins["bob"])
-    browser.find_element(By.ID, "login_submit").click()
+    browser_login(browser, lab, "bob")
     WebDriverWait(browser, 60).until(EC.url_contains("/hub/"))
     candidate = copy_version(lab, serving, user="bob")
     browser.get(f"{lab.url}/services/registry/#/models/{MODEL}/versions/{candidate}")

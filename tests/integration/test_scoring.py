@@ -2,14 +2,11 @@
 scoring API through the edge."""
 
 import json
-import threading
 import time
 
 import pytest
 import requests
-from conftest import MODEL, registered_versions, run_job
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from conftest import MODEL, ScoringLoad, registered_versions, run_job
 
 pytestmark = pytest.mark.integration
 
@@ -57,37 +54,14 @@ def test_a_task_killed_under_load_is_replaced_and_the_edge_routes_around_it(lab,
     lab.wait_for(lambda: json.loads(lab.datalab("scoring", "status", "--json").stdout)["scoring"]["health"] == "healthy",
                  "both tasks healthy", timeout=120)
     tasks = lab.service_containers("scoring")
-    failures, answered, stop = [], [], threading.Event()
-
-    def steady_load():  # about 50 requests/s, bounded
-        # Like a payment switch calling an idempotent API: one reconnect-and-retry
-        # when a connection drops (a request in flight on the killed task can be).
-        http = requests.Session()
-        http.mount("http://", HTTPAdapter(max_retries=Retry(total=1, connect=1, read=1, status=0,
-                                                            allowed_methods={"POST"})))
-        for _ in range(2000):
-            if stop.is_set():
-                return
-            try:
-                r = http.post(f"{edge(lab)}/v1/score", json=example, timeout=10)
-                (answered if r.status_code == 200 else failures).append(r.status_code)
-            except requests.RequestException as e:
-                failures.append(str(e))
-            time.sleep(0.02)
-
-    load = threading.Thread(target=steady_load)
-    load.start()
-    try:
+    with ScoringLoad(f"{edge(lab)}/v1/score", example) as load:  # about 50 requests/s
         time.sleep(2)
         lab.docker.run("kill", tasks[0])
         lab.wait_for(lambda: len(lab.service_containers("scoring")) == 2 and tasks[0] not in lab.service_containers("scoring"),
                      "Swarm replaced the killed task", timeout=120)
         time.sleep(3)
-    finally:
-        stop.set()
-        load.join()
-    assert len(answered) > 100
-    assert failures == []
+    assert len(load.answered) > 100
+    assert load.failures == []
 
 
 BROKEN = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [

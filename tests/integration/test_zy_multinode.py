@@ -9,15 +9,12 @@ suite, whose images and model image it loads onto the nodes.
 import json
 import os
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
 import yaml
-from conftest import REPO
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from conftest import REPO, ScoringLoad
 
 pytestmark = pytest.mark.integration
 
@@ -148,29 +145,11 @@ def test_scoring_keeps_answering_when_a_worker_stops(lab, cluster):
                     "--format", "{{.Node}}", "dlmulti_scoring").stdout.split()
     worker = next((n for n in tasks if n != "node1"), "node2")
     example = requests.get(f"{edge}/v1/schema", timeout=10).json()["example"]
-    session = requests.Session()  # an idempotent caller retries a dropped connection once
-    session.mount("http://", HTTPAdapter(max_retries=Retry(total=1, allowed_methods=None, backoff_factor=0)))
-    failures, answered, stop = [], [], threading.Event()
-
-    def steady_load():
-        while not stop.is_set():
-            try:
-                r = session.post(f"{edge}/v1/score", json=example, timeout=5)
-                (answered if r.status_code == 200 else failures).append(r.status_code)
-            except requests.RequestException as e:
-                failures.append(repr(e))
-            time.sleep(0.05)
-
-    load = threading.Thread(target=steady_load)
-    load.start()
-    try:
+    with ScoringLoad(f"{edge}/v1/score", example, pause=0.05) as load:
         time.sleep(3)
         lab.docker.run("stop", "-t", "1", container(worker))
         lab.wait_for(lambda: f"{worker} Down" in on_node(lab, "node1", "docker", "node", "ls", "--format",
                                                          "{{.Hostname}} {{.Status}}").stdout,
                      f"the Swarm seeing {worker} down", timeout=120)
         time.sleep(20)
-    finally:
-        stop.set()
-        load.join()
-    assert len(answered) > 100 and failures == [], (len(answered), failures[:5])
+    assert len(load.answered) > 100 and load.failures == [], (len(load.answered), load.failures[:5])
