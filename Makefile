@@ -22,7 +22,7 @@ status: $(STAMP)
 # test lab that the fixtures bring up and tear down.
 test: $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/datalab install --test
-	$(VENV)/bin/pytest -ra tests/unit tests/integration
+	$(VENV)/bin/pytest -ra --durations=15 tests/unit tests/integration
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -ra tests/unit

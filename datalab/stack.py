@@ -1,7 +1,8 @@
 """The platform stack on the Swarm: render, deploy, wait, report, remove.
 
-Swarm networking here has no IPVS (design.md): every service uses
-endpoint_mode dnsrr, and only the hub publishes a port, in host mode.
+Swarm networking here has no IPVS (docs/architecture.md): every service uses
+endpoint_mode dnsrr, and only the edges (the hub's proxy, the scoring edge)
+publish a port, in host mode.
 """
 
 import hashlib
@@ -21,8 +22,14 @@ from .docker import Docker, DockerError
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 HUB_UID = "1000"
 MLFLOW_URL = "http://mlflow:5000"  # on the backend and tracking networks only
-# MLflow as notebook and job containers see it: behind the hub's login.
-REGISTRY_URL = "http://hub:8000/services/registry"
+# configurable-http-proxy, a service of its own so that a hub restart drops no
+# route: its public side (what notebook and job containers call on the lab
+# network) and its REST API (the hub's, behind the proxy token).
+PROXY_URL = "http://proxy:8000"
+PROXY_API_URL = "http://proxy:8001"
+# The hub-managed services as notebook and job containers see them: behind the hub's login.
+REGISTRY_URL = f"{PROXY_URL}/services/registry"
+JOBS_URL = f"{PROXY_URL}/services/jobs/"
 CONTROLLER_DATA_DIR = "/var/lib/datalab"
 LDAP_UID = "1001"
 
@@ -55,7 +62,12 @@ def hub_runtime(settings, profile_list, has_ca):
     d = settings["directory"]
     host, port = ldap_endpoint(settings)
     return {
-        "hub": {"service_name": "hub"},
+        "hub": {
+            "service_name": "hub",
+            "proxy_api_url": PROXY_API_URL,
+            **{key: settings["hub"][key] for key in ("concurrent_spawn_limit", "spawn_retry_seconds",
+                                                     "active_server_limit")},
+        },
         "ldap": {
             "host": host,
             "port": port,
@@ -87,7 +99,7 @@ def hub_runtime(settings, profile_list, has_ca):
             "extra_networks": [],
             "environment": {"MLFLOW_TRACKING_URI": REGISTRY_URL},
             "admin_services": ["datalab-cli"],
-            "url": "http://hub:8000/services/jobs/",
+            "url": JOBS_URL,
         },
         "registry": {
             **settings.table("registry"),
@@ -194,10 +206,22 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             # The hub drives the engine through its socket: it runs as an
             # unprivileged user whose group owns the socket.
             user=f"{HUB_UID}:{docker_gid}",
-            ports=[{"target": 8000, "published": settings["hub"]["port"], "protocol": "tcp", "mode": "host"}],
             volumes=[f"{DOCKER_SOCKET}:{DOCKER_SOCKET}", "hub-data:/srv/jupyterhub/data"],
             configs=[files.config("hub_settings", hub_json, "/etc/datalab/hub.json")],
             secrets=hub_secrets,
+        ),
+        # The front door: users' routes live here, so they outlive a hub restart.
+        # Same image as the hub (Debian's configurable-http-proxy is in it).
+        "proxy": _service(
+            refs["hub"],
+            ["lab"],
+            command=["datalab-proxy", "--default-target", "http://hub:8081",
+                     "--error-target", "http://hub:8081/hub/error"],
+            ports=[{"target": 8000, "published": settings["hub"]["port"], "protocol": "tcp", "mode": "host"}],
+            secrets=[files.secret("proxy_token", secret_files["proxy_token"], HUB_UID)],
+            healthcheck={"test": ["CMD", "curl", "-fsS", "http://127.0.0.1:8000/_chp_healthz"],
+                         "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "10s"},
+            stop_grace_period="3s",
         ),
         "mlflow": _service(
             refs["mlflow"],
@@ -211,8 +235,10 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             ),
         ),
     }
-    # A host-mode port cannot be held by two tasks at once on one node.
-    services["hub"]["deploy"]["update_config"] = {"order": "stop-first"}
+    # The hub: one writer of its SQLite database at a time. The proxy: a host-mode
+    # port cannot be held by two tasks at once on one node.
+    for name in ("hub", "proxy"):
+        services[name]["deploy"]["update_config"] = {"order": "stop-first"}
     if settings["directory"]["builtin"]:
         services["directory"] = _service(
             refs["directory"],
@@ -328,8 +354,10 @@ def _local_health(docker: Docker, service_name, image, local_node):
 
 
 def service_url(settings, short_name):
-    if short_name == "hub":
+    if short_name == "proxy":
         return settings.hub_url
+    if short_name == "hub":
+        return settings.hub_url + "hub/"
     if short_name == "scoring-edge":
         return f"http://127.0.0.1:{settings['scoring']['port']}/v1/score"
     return {

@@ -3,7 +3,14 @@
 ldapauthenticator 2.0 only reports which *allowed* groups matched, so the
 hub's groups (and admin rights) need their own lookup, done here with the
 user's own bind while it is still open.
+
+ldapauthenticator's `authenticate` is a coroutine in name only: its binds and
+searches are blocking ldap3 calls. On the hub's event loop, a login wave (each
+login a StartTLS handshake, a bind and several searches) froze every other
+request for seconds, health checks included, so it runs in a worker thread.
 """
+
+import asyncio
 
 from ldap3 import SUBTREE
 from ldap3.core.exceptions import LDAPException
@@ -56,7 +63,9 @@ class DataLabLDAPAuthenticator(LDAPAuthenticator):
             self.log.warning("Refused login: username longer than %d characters", self.max_username_length)
             return None
         try:
-            auth_model = await super().authenticate(handler, {**data, "username": username})
+            # the parent coroutine awaits nothing: it runs to completion on the thread's own loop
+            ldap_login = super().authenticate(handler, {**data, "username": username})
+            auth_model = await asyncio.to_thread(asyncio.run, ldap_login)
         except LDAPException as e:
             self.log.error("Directory unreachable during login of %r: %s", username, e)
             raise web.HTTPError(503, DIRECTORY_DOWN_MESSAGE) from None

@@ -21,10 +21,20 @@ def configure(c, runtime, secrets_dir=SECRETS):
     c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/data/jupyterhub.sqlite"
     c.JupyterHub.cookie_secret_file = str(Path(secrets_dir) / "cookie_secret")
     c.JupyterHub.pid_file = "/tmp/jupyterhub.pid"
+    # The proxy is a service of its own (JupyterHub's external-proxy setup): a hub
+    # restart leaves every user's route in place, so running servers stay reachable.
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = hub["proxy_api_url"]
     c.ConfigurableHTTPProxy.auth_token = read_secret("proxy_token", secrets_dir)
-    c.ConfigurableHTTPProxy.pid_file = "/tmp/jupyterhub-proxy.pid"
+    # Routes are checked against the database at every activity pass: a restarted
+    # proxy (an empty route table) gets its users' routes back within a minute.
+    c.JupyterHub.last_activity_interval = 60
     # A hub restart must not stop anybody's server.
     c.JupyterHub.cleanup_servers = False
+    # A login wave is served in turns (429 + "try again in N s") rather than all at once.
+    c.JupyterHub.concurrent_spawn_limit = int(hub["concurrent_spawn_limit"])
+    c.JupyterHub.spawn_throttle_retry_range = tuple(int(seconds) for seconds in hub["spawn_retry_seconds"])
+    c.JupyterHub.active_server_limit = int(hub["active_server_limit"])
     c.JupyterHub.upgrade_db = True
     c.JupyterHub.template_vars = {"announcement_login": hub.get("login_banner", "")}
 
@@ -66,20 +76,23 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}
 
     jobs, registry = runtime["jobs"], runtime["registry"]
-    sp.environment = {"DATALAB_JOBS_URL": jobs["url"], "MLFLOW_TRACKING_URI": registry["url"]}
+    sp.environment = {"DATALAB_JOBS_URL": jobs["url"], "MLFLOW_TRACKING_URI": registry["url"],
+                      # how often a server tells the hub of its activity (the culler's only source)
+                      "JUPYTERHUB_ACTIVITY_INTERVAL": str(int(runtime["culler"]["activity_interval"]))}
     # The server's own token may call the jobs service and the registry, as its user.
     sp.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=jobs",
                               "access:services!service=registry"]
+    # The proxy, in its own container, reaches the services in the hub's container by its name.
     services = [
         {
             "name": "jobs",
-            "url": "http://127.0.0.1:8090",
+            "url": f"http://{hub['service_name']}:8090",
             "command": [sys.executable, "-m", "datalab_jobs.service"],
             "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
         },
         {
             "name": "registry",
-            "url": "http://127.0.0.1:8091",
+            "url": f"http://{hub['service_name']}:8091",
             "command": [sys.executable, "-m", "datalab_registry.gateway"],
             "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
             "oauth_no_confirm": True,
@@ -99,15 +112,18 @@ def configure(c, runtime, secrets_dir=SECRETS):
     ]
     culler = runtime["culler"]
     if int(culler["timeout"]) > 0:
+        # jupyterhub-idle-culler decides on the hub's activity records alone and never
+        # calls a user's server: no platform credential reaches user-controlled code.
+        # Busy kernels reach those records through the notebook images' datalab_activity.
         services.append({
             "name": "idle-culler",
-            "command": [sys.executable, "-m", "datalab_hub.culler",
-                        "--timeout", str(culler["timeout"]), "--every", str(culler["every"])],
+            "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+                        f"--timeout={int(culler['timeout'])}", f"--cull-every={int(culler['every'])}"],
         })
         roles.append({
             "name": "idle-culler",
             "services": ["idle-culler"],
-            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers", "access:servers"],
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         })
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles

@@ -2,6 +2,7 @@
 runtime settings), container hardening, GPUs and shared volumes."""
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from html import escape
 
 from docker.types import DeviceRequest
@@ -55,6 +56,20 @@ class DataLabSpawner(DockerSpawner):
         "notebook user (uid 1000); any image with chown will do.",
     )
     notebook_uid = Unicode(str(containers.NOTEBOOK_UID), config=True, help="uid:gid that owns new shared volumes.")
+    docker_api_threads = Int(
+        8,
+        config=True,
+        help="Threads making Docker API calls, shared by every spawner. DockerSpawner's "
+        "own single thread serialises every create, start, inspect and poll of every "
+        "user: in a login wave each start waited for all the others' calls.",
+    )
+
+    @property
+    def executor(self):
+        cls = DataLabSpawner
+        if cls._executor is None:
+            cls._executor = ThreadPoolExecutor(self.docker_api_threads, thread_name_prefix="docker-api")
+        return cls._executor
 
     @default("extra_host_config")
     def _hardened_host_config(self):

@@ -124,24 +124,20 @@ class Lab:
         raise TimeoutError(f"lab not healthy after {timeout}s: {rows}")
 
 
-class ScoringLoad:
-    """A steady stream of scoring requests in a thread, for `with` blocks:
-    like a payment switch calling an idempotent API, it reconnects and retries
-    once when a connection drops (a request in flight on a killed task can)."""
+class RequestLoad:
+    """A steady stream of requests in a thread, for `with` blocks: `send()` makes
+    one request; 200s are `answered`, anything else (status or error) a failure."""
 
-    def __init__(self, url, example, pause=0.02):
-        self.url, self.example, self.pause = url, example, pause
+    def __init__(self, send, pause=0.02):
+        self.send, self.pause = send, pause
         self.answered, self.failures = [], []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run)
 
     def _run(self):
-        http = requests.Session()
-        http.mount("http://", HTTPAdapter(max_retries=Retry(total=1, connect=1, read=1, status=0,
-                                                            allowed_methods={"POST"})))
         while not self._stop.is_set():
             try:
-                r = http.post(self.url, json=self.example, timeout=10)
+                r = self.send()
                 (self.answered if r.status_code == 200 else self.failures).append(r.status_code)
             except requests.RequestException as e:
                 self.failures.append(repr(e))
@@ -154,6 +150,18 @@ class ScoringLoad:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class ScoringLoad(RequestLoad):
+    """Scoring requests as a payment switch sends them: an idempotent API, so it
+    reconnects and retries once when a connection drops (a request in flight on a
+    killed task can)."""
+
+    def __init__(self, url, example, pause=0.02):
+        http = requests.Session()
+        http.mount("http://", HTTPAdapter(max_retries=Retry(total=1, connect=1, read=1, status=0,
+                                                            allowed_methods={"POST"})))
+        super().__init__(lambda: http.post(url, json=example, timeout=10), pause)
 
 
 def browser_login(browser, lab, user):
@@ -229,6 +237,9 @@ def lab():
         "port = 18000\n"
         "[scoring]\n"
         "port = 18500\n"
+        # servers report their activity (busy kernels included) every 4 s: the culler test waits seconds, not minutes
+        "[culler]\n"
+        "activity_interval = 4\n"
         "[jobs]\n"
         "max_running = 3\n"
         "max_running_per_user = 2\n"

@@ -48,6 +48,26 @@ class HubSession:
             assert r.status_code == 200, f"spawn of {username}/{server} failed: {r.status_code} {r.text[:500]}"
         return self.wait_server_ready(username, server=server)
 
+    def start_when_allowed(self, username, profile=None, timeout=300, longest_wait=30):
+        """Spawn as a person does when the hub answers a login wave with 429 "Too many
+        users trying to log in right now. Try again in N seconds": wait as told and
+        submit the form again. Waits until ready; returns how many 429s it got.
+        Any other refusal raises, with the hub's status and message."""
+        deadline = time.monotonic() + timeout
+        throttled = 0
+        while True:
+            r = self.spawn(username, profile)
+            if r.status_code != 429:
+                break
+            throttled += 1
+            wait = min(float(r.headers.get("Retry-After") or 5), longest_wait)
+            if time.monotonic() + wait > deadline:
+                raise TimeoutError(f"{username}: still told to retry after {timeout}s ({throttled} times)")
+            time.sleep(wait)
+        assert r.status_code == 200, f"spawn of {username} failed: {r.status_code} {r.text[:500]}"
+        self.wait_server_ready(username, timeout=max(1.0, deadline - time.monotonic()))
+        return throttled
+
     def stop(self, username, server="", timeout=60):
         path = f"/users/{username}/servers/{server}" if server else f"/users/{username}/server"
         self.hub_api(path, method="DELETE")

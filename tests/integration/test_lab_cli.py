@@ -10,11 +10,12 @@ pytestmark = pytest.mark.integration
 def test_status_json_lists_every_service_healthy(lab):
     out = json.loads(lab.datalab("status", "--json").stdout)
     rows = {r["service"]: r for r in out["services"]}
-    assert set(rows) == {"hub", "mlflow", "directory", "controller", "scoring-edge", "scoring"}
+    assert set(rows) == {"hub", "proxy", "mlflow", "directory", "controller", "scoring-edge", "scoring"}
     # scoring: 0 replicas of the bare runtime until a first deployment (then running and healthy)
     assert rows["scoring"]["health"] in ("idle", "healthy")
     assert all(r["state"] == "running" and r["health"] == "healthy" for n, r in rows.items() if n != "scoring")
-    assert rows["hub"]["url"] == "http://127.0.0.1:18000/"
+    assert rows["proxy"]["url"] == "http://127.0.0.1:18000/"  # the front door
+    assert rows["hub"]["url"] == "http://127.0.0.1:18000/hub/"
     assert rows["scoring-edge"]["url"] == "http://127.0.0.1:18500/v1/score"
 
 
@@ -28,7 +29,7 @@ def test_hub_reaches_mlflow_and_notebooks_do_not(lab):
 
 
 def test_platform_containers_are_hardened(lab):
-    for service in ("hub", "mlflow", "directory", "controller", "scoring-edge"):
+    for service in ("hub", "proxy", "mlflow", "directory", "controller", "scoring-edge"):
         info = lab.docker.inspect("container", lab.service_container(service))[0]
         assert info["HostConfig"]["CapDrop"] == ["ALL"], service
         assert lab.docker.out("exec", info["Id"], "id", "-u") != "0", service

@@ -1,9 +1,8 @@
-"""The image picker, container isolation, volumes, named servers and the
-idle culler, against real notebook containers of the test lab."""
+"""The image picker, container isolation, volumes and named servers, against
+real notebook containers of the test lab."""
 
 import ipaddress
 import re
-import time
 
 import pytest
 import websocket
@@ -178,34 +177,3 @@ def test_admin_stops_a_server_and_the_volume_stays(lab):
     carol.stop("bob")
     assert lab.notebook_container("bob") is None
     assert f"{lab.name}-user-bob" in lab.docker.out("volume", "ls", "-q").split()
-
-
-def run_culler(lab, token, timeout):
-    proc = lab.docker.run(
-        "exec", "-e", f"JUPYTERHUB_API_TOKEN={token}", lab.service_container("hub"),
-        "python3", "-m", "datalab_hub.culler", "--once", "--timeout", str(timeout),
-    )
-    return proc.stdout.split()
-
-
-def test_culler_stops_idle_servers_but_not_busy_ones(lab):
-    carol = lab.login("carol")
-    assert "idle-culler" in {s["name"] for s in carol.hub_api("/services").json().values()}
-    admin_token = carol.token("carol")
-    alice = lab.fresh_server("alice", "python")
-    kernel = Kernel(alice.server_url("alice"), alice.token("alice"))
-    try:
-        msg = kernel.execute("import time; time.sleep(300)", wait=False)
-        time.sleep(3)
-        assert "alice/" not in run_culler(lab, admin_token, timeout=1)
-        assert lab.notebook_container("alice") is not None
-        kernel.interrupt()
-        status, _ = kernel.collect(msg, timeout=30)
-        assert status == "error"
-    finally:
-        kernel.close()
-    time.sleep(2)
-    assert "alice/" in run_culler(lab, admin_token, timeout=1)
-    lab.wait_for(lambda: lab.notebook_container("alice") is None, "culled container removed")
-    assert not (carol.hub_api("/users/alice").json().get("servers") or {})
-    assert f"{lab.name}-user-alice" in lab.docker.out("volume", "ls", "-q").split()

@@ -114,7 +114,7 @@ def test_site_forms_a_three_node_swarm_and_the_stack_converges(lab, cluster):
     assert sorted(line.split()[0] for line in nodes if line) == list(NODES)
     assert all(" Ready" in line for line in nodes if line), nodes
     status = json.loads(on_node(lab, "node1", "datalab", "status", "--json").stdout)["services"]
-    assert {r["service"] for r in status} == {"hub", "mlflow", "directory", "controller", "scoring-edge", "scoring"}
+    assert {r["service"] for r in status} == {"hub", "proxy", "mlflow", "directory", "controller", "scoring-edge", "scoring"}
     assert all(r["state"] == "running" and r["health"] == "healthy" for r in status), status
     labels = json.loads(on_node(lab, "node1", "docker", "node", "inspect", "-f", "{{json .Spec.Labels}}",
                                 "node1").stdout)

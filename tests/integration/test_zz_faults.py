@@ -2,6 +2,8 @@
 (Named to run last: these tests stop and restart services of the test lab.)"""
 
 import pytest
+import requests
+from conftest import RequestLoad
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +23,28 @@ def test_directory_down_gives_a_clear_error_and_recovers(lab):
     assert lab.session().login("alice", lab.logins["alice"]).status_code == 200
 
 
-def test_hub_restart_keeps_users_groups_and_running_servers(lab):
+def test_hub_restart_keeps_users_groups_and_running_servers_reachable_throughout(lab):
     alice = lab.login("alice")
     alice.start("alice")
     assert alice.open_server("alice").status_code == 200
     container_before = lab.notebook_container("alice")["Id"]
     hub_before = lab.service_container("hub")
+    # alice works in her server (API calls with her token) while the hub restarts: her
+    # route lives in the proxy, a service of its own, and her server knows her token
+    work = requests.Session()
+    work.headers["Authorization"] = f"token {alice.token('alice')}"
+    contents = alice.server_url("alice") + "api/contents"
+    assert work.get(contents, timeout=10).status_code == 200
+    probe = requests.Session()
 
-    lab.docker.run("service", "update", "--force", "--detach", f"{lab.name}_hub", timeout=180)
-    lab.wait_for(lambda: lab.service_containers("hub") not in ([], [hub_before]), "new hub task")
-    lab.wait_healthy()
+    with RequestLoad(lambda: work.get(contents, timeout=10), pause=0.2) as her_requests, \
+            RequestLoad(lambda: probe.get(lab.url + "/hub/health", timeout=5), pause=0.2) as hub_health:
+        lab.docker.run("service", "update", "--force", "--detach", f"{lab.name}_hub", timeout=180)
+        lab.wait_for(lambda: lab.service_containers("hub") not in ([], [hub_before]), "new hub task")
+        lab.wait_healthy()
+    assert hub_health.failures, "the hub never went away: the restart tested nothing"
+    assert her_requests.answered and not her_requests.failures, (
+        f"{len(her_requests.failures)} of alice's requests failed while the hub restarted: {her_requests.failures[:5]}")
 
     carol = lab.login("carol")
     users = {u["name"]: u for u in carol.hub_api("/users").json()}

@@ -25,6 +25,10 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     c = Config()
     configure(c, runtime(tmp_path), secrets_dir=tmp_path)
     assert c.ConfigurableHTTPProxy.auth_token == "tok"
+    assert c.ConfigurableHTTPProxy.should_start is False  # the stack's own proxy service
+    assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
+    assert c.JupyterHub.concurrent_spawn_limit == 8
+    assert c.JupyterHub.spawn_throttle_retry_range == (2, 6)
     assert c.JupyterHub.cleanup_servers is False
     assert c.JupyterHub.hub_connect_url == "http://hub:8081"
     assert c.DataLabLDAPAuthenticator.allowed_groups == [
@@ -40,7 +44,11 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert set(services) == {"jobs", "registry", "datalab-cli", "idle-culler"}
     assert services["datalab-cli"]["api_token"] == "cli"
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
-    assert "delete:servers" in roles["idle-culler"]["scopes"]
+    # the culler reads the hub's activity records and stops servers; it may not call them
+    assert set(roles["idle-culler"]["scopes"]) == {"list:users", "read:users:activity", "read:servers", "delete:servers"}
+    assert services["idle-culler"]["command"][1:3] == ["-m", "jupyterhub_idle_culler"]
+    # the proxy, in its own container, reaches the services by the hub's name
+    assert services["jobs"]["url"] == "http://hub:8090" and services["registry"]["url"] == "http://hub:8091"
     assert "access:services!service=jobs" in roles["user"]["scopes"]
     assert "access:services!service=jobs" in c.DataLabSpawner.server_token_scopes
 

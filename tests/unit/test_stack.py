@@ -26,9 +26,10 @@ def test_services_are_dnsrr_and_only_the_edges_publish_in_host_mode(tmp_path, mo
     for name, svc in spec["services"].items():
         assert svc["deploy"]["endpoint_mode"] == "dnsrr", name
         assert svc["cap_drop"] == ["ALL"], name
-        if name not in ("hub", "scoring-edge"):
+        if name not in ("proxy", "scoring-edge"):
             assert "ports" not in svc, name
-    assert spec["services"]["hub"]["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
+    # the hub's proxy is the front door, a service of its own: a hub restart keeps every route
+    assert spec["services"]["proxy"]["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
     assert spec["services"]["scoring-edge"]["ports"] == [{"target": 8500, "published": 8500, "protocol": "tcp", "mode": "host"}]
     # nothing deployed yet: the bare runtime at 0 replicas, so that a rollout is a service update
     assert spec["services"]["scoring"]["deploy"]["replicas"] == 0
@@ -49,6 +50,7 @@ def test_a_deployment_is_a_start_first_service_that_rolls_back(tmp_path, monkeyp
     assert spec["networks"]["lab"]["attachable"] is True
     # notebooks join only `lab`: MLflow and the directory are not on it
     assert spec["services"]["hub"]["networks"] == ["backend", "lab"]
+    assert spec["services"]["proxy"]["networks"] == ["lab"]
     assert spec["services"]["directory"]["networks"] == ["backend"]
     assert spec["services"]["mlflow"]["networks"] == ["backend", "tracking"]  # tracking: the rollouts' fetchers
 
@@ -124,3 +126,17 @@ def test_platform_services_stay_on_the_home_node_and_scoring_goes_where_settings
     _, spread = rendered(tmp_path, monkeypatch, scoring={"nodes": "all"})
     assert "placement" not in spread["services"]["scoring"]["deploy"]
     assert spread["services"]["scoring-edge"]["deploy"]["placement"]["constraints"] == [home]
+
+
+def test_the_proxy_gets_its_token_as_a_secret_and_the_hub_drives_it_from_outside(tmp_path, monkeypatch):
+    s, spec = rendered(tmp_path, monkeypatch)
+    proxy = spec["services"]["proxy"]
+    assert [x["target"] for x in proxy["secrets"]] == ["proxy_token"]
+    assert "environment" not in proxy  # the token is read from the secret inside the container
+    assert proxy["deploy"]["update_config"]["order"] == "stop-first"  # host-mode port
+    runtime = json.loads((tmp_path / "hub.json").read_text())
+    assert runtime["hub"]["proxy_api_url"] == "http://proxy:8001"
+    assert runtime["hub"]["concurrent_spawn_limit"] == s["hub"]["concurrent_spawn_limit"]
+    # what notebook and job containers call: the services behind the proxy, by its name
+    assert runtime["registry"]["url"] == "http://proxy:8000/services/registry"
+    assert runtime["jobs"]["url"] == "http://proxy:8000/services/jobs/"
