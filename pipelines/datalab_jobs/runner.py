@@ -1,9 +1,14 @@
 """One job attempt = one container of the profile's image running papermill
-as the user (uid 1000) on the user's volume, hardened like notebook servers."""
+as the user (uid 1000) on the user's volume, hardened like notebook servers.
+
+What a job leaves (its log, its output notebook) is shaped by its user, who
+may be hostile: it is read with size limits, and only a regular file that
+holds a notebook is taken as the output."""
 
 import io
 import json
 import tarfile
+from contextlib import closing
 
 import docker
 import docker.errors
@@ -13,6 +18,7 @@ from datalab_hub.containers import NOTEBOOK_UID, hardened
 from datalab_hub.volumes import ensure_shared, shared
 
 WORKDIR = "/tmp/job"
+MB = 2**20
 
 
 def _tar(files):
@@ -29,18 +35,71 @@ def _tar(files):
 
 
 def error_of(output_notebook):
-    """'Name: message (cell N)' of the first failing cell, or None."""
+    """'Name: message (cell N)' of the first failing cell, or None. The notebook is
+    what the job left, in any shape its user gave it: what is not a cell with a
+    list of outputs is skipped."""
     for index, cell in enumerate(output_notebook.get("cells", [])):
-        for out in cell.get("outputs", []) or []:
-            if out.get("output_type") == "error":
-                return f"{out.get('ename')}: {out.get('evalue')} (cell {index})"
+        outputs = cell.get("outputs") if isinstance(cell, dict) else None
+        for out in outputs if isinstance(outputs, list) else []:
+            if isinstance(out, dict) and out.get("output_type") == "error":
+                return f"{out.get('ename')}: {out.get('evalue')} (cell {index})"[:2000]
     return None
 
 
+def tail(chunks, limit_mb):
+    """The last `limit_mb` MB of a stream of byte chunks, as text; where earlier
+    bytes were dropped, a first line says so."""
+    limit, kept, dropped = int(limit_mb * MB), bytearray(), 0
+    for chunk in chunks:
+        kept += chunk
+        if len(kept) > 2 * limit:  # trimmed in batches, so that a long log is not copied per chunk
+            dropped += len(kept) - limit
+            del kept[:len(kept) - limit]
+    dropped += max(0, len(kept) - limit)
+    text = kept[max(0, len(kept) - limit):].decode(errors="replace")
+    if dropped:
+        text = (f"[... {dropped} bytes of earlier output dropped: a job's log keeps its last "
+                f"{limit_mb:g} MB (jobs.max_log_mb) ...]\n") + text
+    return text
+
+
+class _Chunks(io.RawIOBase):
+    """A stream of byte chunks (docker-py's archive download) as a file, read as asked."""
+
+    def __init__(self, chunks):
+        self.chunks, self.pending = iter(chunks), memoryview(b"")
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self.pending:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.pending = memoryview(chunk)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
+def _kind(member):
+    if member is None:
+        return "missing"
+    if member.isdir():
+        return "a directory"
+    if member.issym() or member.islnk():
+        return "a link"
+    return "not a regular file"
+
+
 class Runner:
-    def __init__(self, lab, networks, volumes, environment=None, pids_limit=1024):
-        self.client = docker.from_env()
+    def __init__(self, lab, networks, volumes, environment=None, pids_limit=1024, *, max_log_mb, max_output_mb,
+                 client=None):
+        self.client = client or docker.from_env()
         self.pids_limit = pids_limit
+        self.max_log_mb, self.max_output_mb = max_log_mb, max_output_mb
         self.lab = lab
         self.networks = networks          # first: created with it; others: connected before start
         self.volumes = volumes            # callable(user, groups, admin) -> {name: {"bind", "mode"}}
@@ -61,6 +120,11 @@ class Runner:
         host = dict(
             **hardened(self.pids_limit),  # as the user's notebook servers
             nano_cpus=int(float(job["cpu"]) * 1e9), mem_limit=job["memory"], memswap_limit=job["memory"],
+            # Docker rotates the log, keeping three files of the size whose tail the service
+            # keeps (JSON lines, so somewhat less output): a job printing without end neither
+            # fills the host's disk nor makes its collection, which the queue waits on, long.
+            log_config={"type": "json-file", "config": {"max-size": f"{max(1, int(self.max_log_mb * 1024))}k",
+                                                        "max-file": "3"}},
         )
         if job["gpus"]:
             host["device_requests"] = [DeviceRequest(count=int(job["gpus"]), capabilities=[["gpu"]])]
@@ -98,9 +162,12 @@ class Runner:
             return False, None
         return c.status in ("created", "running", "restarting"), c.attrs["State"].get("ExitCode")
 
-    def logs(self, container_id, follow=False, since=None):
+    def logs(self, container_id, follow=False):
+        """A running job's log: a stream of chunks to follow, or the text of its tail so far."""
         c = self.client.containers.get(container_id)
-        return c.logs(stream=follow, follow=follow, stdout=True, stderr=True, since=since)
+        if follow:
+            return c.logs(stream=True, follow=True, stdout=True, stderr=True)
+        return tail(c.logs(stream=True, follow=False, stdout=True, stderr=True), self.max_log_mb)
 
     def stop(self, container_id, grace=3):
         try:
@@ -108,19 +175,51 @@ class Runner:
         except docker.errors.NotFound:
             pass
 
-    def collect(self, container_id):
-        """(log text, output notebook or None) of a finished container, then remove it."""
-        c = self.client.containers.get(container_id)
-        log = c.logs(stdout=True, stderr=True).decode(errors="replace")
-        output = None
+    def remove(self, container_id):
         try:
-            stream, _ = c.get_archive(f"{WORKDIR}/output.ipynb")
-            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                output = json.loads(tar.extractfile("output.ipynb").read())
-        except (docker.errors.NotFound, KeyError, ValueError):
+            self.client.containers.get(container_id).remove(force=True)
+        except docker.errors.NotFound:
             pass
-        c.remove(force=True)
-        return log, output
+
+    def collect(self, container_id):
+        """(log text, output notebook or None, why the output was refused or None) of a
+        finished container, which is then removed."""
+        c = self.client.containers.get(container_id)
+        try:
+            log = tail(c.logs(stream=True, follow=False, stdout=True, stderr=True), self.max_log_mb)
+            output, refused = self.output_notebook(c)
+        finally:
+            c.remove(force=True)
+        return log, output, refused
+
+    def output_notebook(self, container):
+        """(notebook, None), (None, why it was refused), or (None, None) where papermill wrote none."""
+        name = "output.ipynb"
+        try:
+            # the last path element is not followed by Docker: a link comes as a link
+            stream, _ = container.get_archive(f"{WORKDIR}/{name}")
+        except docker.errors.NotFound:
+            return None, None
+        with closing(stream):
+            # read as a stream: a member's header, then only its own bytes once it passed,
+            # so a directory's contents or an oversized file are never downloaded
+            with tarfile.open(fileobj=io.BufferedReader(_Chunks(stream)), mode="r|") as tar:
+                member = tar.next()
+                if member is None or not member.isreg():
+                    return None, f"{name} is {_kind(member)}, not the notebook file papermill writes"
+                if member.size > self.max_output_mb * MB:
+                    return None, (f"{name} is {member.size} bytes, over the limit of {self.max_output_mb:g} MB "
+                                  "(jobs.max_output_mb)")
+                data = tar.extractfile(member).read()
+        try:
+            notebook = json.loads(data)
+        except RecursionError:
+            return None, f"{name} is nested too deeply to be read as a notebook"
+        except ValueError:
+            return None, f"{name} is not JSON, so not a notebook"
+        if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+            return None, f"{name} is not a notebook (a JSON object with a list of cells)"
+        return notebook, None
 
     def containers(self):
         return self.client.containers.list(all=True, filters={"label": f"org.datalab.lab={self.lab}"})

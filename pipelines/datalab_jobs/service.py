@@ -9,11 +9,13 @@ service see all, and may submit on behalf of a user (`as`).
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import time
 from pathlib import Path
 
+import requests
 from croniter import croniter
 from jupyterhub.services.auth import HubAuth
 from tornado import ioloop, web
@@ -24,11 +26,13 @@ from datalab_hub.volumes import volume_mounts
 
 from .params import ParameterError, check
 from .runner import Runner, error_of
-from .store import FINAL, Store
+from .store import FINAL, UNFINISHED, Store
 
 log = logging.getLogger("datalab.jobs")
 ACCESS_SCOPES = {"access:services", "access:services!service=jobs"}
 REGISTRY_SCOPE = "access:services!service=registry"
+MEMORY_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}  # binary, as Docker reads 512M or 4G
+MIN_MEMORY = "6M"  # Docker refuses a smaller memory limit when it creates the container
 
 
 def number(body, key, kind, default):
@@ -40,6 +44,22 @@ def number(body, key, kind, default):
         return kind(value)
     except (TypeError, ValueError):
         raise web.HTTPError(400, f"{key} must be a number, got {value!r}") from None
+
+
+def text(body, key):
+    """body[key] as a string (None when absent or empty), else a 400 naming it."""
+    value = body.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise web.HTTPError(400, f"{key} must be a string, got {value!r}")
+    return value
+
+
+def memory_bytes(size):
+    """Bytes of a memory size such as 512M, 1.5G or 1048576, or None if it is none."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)", str(size).strip().lower())
+    return int(float(match[1]) * MEMORY_UNITS[match[2]]) if match else None
 
 
 class Jobs:
@@ -70,14 +90,17 @@ class Jobs:
             raise web.HTTPError(400, "`notebook` must be the notebook's JSON (an object with `cells`)")
         try:
             profile = profile_policy.require_built(
-                profile_policy.choose(self.profiles, groups, body.get("profile") or self.default_profile(notebook, groups)))
+                profile_policy.choose(self.profiles, groups, text(body, "profile") or self.default_profile(notebook, groups)))
         except profile_policy.ProfileError as e:
             raise web.HTTPError(e.status, e.message) from None
         if profile["gpus"] and not self.runner.has_gpu_runtime():
             raise web.HTTPError(503, f"Profile '{profile['name']}' needs GPUs, but this lab's Docker engine "
                                      "has no GPU runtime.")
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise web.HTTPError(400, f"params must be an object of parameter names and values, got {params!r}")
         try:
-            params = check(notebook, body.get("params") or {})
+            params = check(notebook, params)
         except ParameterError as e:
             raise web.HTTPError(400, str(e)) from None
         timeout = number(body, "timeout", int, self.settings["default_timeout"])
@@ -86,21 +109,56 @@ class Jobs:
         retries = number(body, "retries", int, 0)
         if not 0 <= retries <= 5:
             raise web.HTTPError(400, "retries must be between 0 and 5")
-        cpu = number(body, "cpu", float, profile["cpu"])
-        if cpu <= 0 or cpu > self.settings["max_cpu"]:
-            raise web.HTTPError(400, f"cpu must be > 0 and at most {self.settings['max_cpu']}")
-        memory = str(body.get("memory") or profile["memory"])
-        if not re.fullmatch(r"\d+(\.\d+)?[kKmMgG]?", memory):
-            raise web.HTTPError(400, f"memory must look like 512M or 4G, got {memory!r}")
-        common = dict(user=user, notebook=notebook, notebook_name=body.get("notebook_name") or "notebook.ipynb",
+        cpu, memory = self.resources(profile, body.get("cpu"), body.get("memory"))
+        common = dict(user=user, notebook=notebook, notebook_name=text(body, "notebook_name") or "notebook.ipynb",
                       profile=profile, params=params, cpu=cpu, memory=memory, timeout_s=timeout, retries=retries)
-        if body.get("schedule"):
-            cron = body["schedule"]
+        cron = text(body, "schedule")
+        if cron:
             if not croniter.is_valid(cron):
                 raise web.HTTPError(400, f"schedule {cron!r} is not a cron expression (e.g. '0 2 * * *')")
-            common["profile"] = profile
-            return "schedule", self.store.add_schedule(cron=cron, next_run_at=self.next_run(cron), **common)
-        return "job", self.store.add_job(**common)
+            limit = self.settings["max_schedules_per_user"]
+            with self.store.lock:  # counted and added as one step
+                count = len(self.store.schedules(user=user))
+                if count >= limit:
+                    raise web.HTTPError(429, f"{user} already has {count} schedules, the most a user may have "
+                                             f"(jobs.max_schedules_per_user = {limit}); remove one first "
+                                             "(datalab jobs unschedule ID)")
+                return "schedule", self.store.add_schedule(cron=cron, next_run_at=self.next_run(cron), **common)
+        return "job", self.queue(**common)
+
+    def resources(self, profile, cpu, memory):
+        """(cpu, memory) of a job, the profile's where not asked for. A job gets no more than
+        its profile grants a notebook server (nor more CPUs than jobs.max_cpu), and never a
+        memory limit of 0, which Docker reads as none; else a 400 naming the field and its limit."""
+        if profile["cpu"] <= self.settings["max_cpu"]:
+            cpu_limit, cpu_whose = profile["cpu"], f"profile '{profile['name']}'"
+        else:
+            cpu_limit, cpu_whose = self.settings["max_cpu"], "jobs.max_cpu"
+        asked = profile["cpu"] if cpu in (None, "") else cpu
+        try:
+            cpu = float(asked)
+        except (TypeError, ValueError):
+            cpu = math.nan
+        if not 0 < cpu <= cpu_limit:  # NaN fails it too
+            raise web.HTTPError(400, f"cpu must be a number above 0 and at most {cpu_limit:g} "
+                                     f"(the limit of {cpu_whose}), got {asked!r}")
+        memory = str(profile["memory"] if memory in (None, "") else memory).strip()
+        size = memory_bytes(memory)
+        if size is None or not memory_bytes(MIN_MEMORY) <= size <= memory_bytes(profile["memory"]):
+            raise web.HTTPError(400, f"memory must be a size from {MIN_MEMORY} to {profile['memory']} (the limit of "
+                                     f"profile '{profile['name']}'), written like 512M or 2G, got {memory!r}")
+        return cpu, memory
+
+    def queue(self, **job):
+        """Queue a job unless its user already has as many unfinished jobs as a user may (429)."""
+        limit = self.settings["max_queued_per_user"]
+        with self.store.lock:  # the loop's schedules queue jobs too: counted and added as one step
+            count = len(self.store.jobs(user=job["user"], status=UNFINISHED))
+            if count >= limit:
+                raise web.HTTPError(429, f"{job['user']} already has {count} jobs queued or running, the most a user "
+                                         f"may have (jobs.max_queued_per_user = {limit}); wait for some to finish "
+                                         "or cancel them")
+            return self.store.add_job(**job)
 
     def default_profile(self, notebook, groups):
         """The profile whose kernel the notebook was saved with, if the user may use it."""
@@ -116,25 +174,44 @@ class Jobs:
 
     # ---- the loop ----
     def tick(self):
+        """One pass: schedules, running jobs, then the queue. Each schedule and each job is
+        handled on its own: what one raises (its user's code shapes what a job leaves) is
+        logged and ends that one, never the pass, so the others' timeouts, cancels and
+        starts go on."""
         now = time.time()
         for schedule in self.store.schedules():
             if schedule["next_run_at"] <= now:
-                self.fire(schedule, now)
+                try:
+                    self.fire(schedule, now)
+                except Exception:
+                    log.exception("schedule %s could not fire", schedule["id"])
         for job in self.store.jobs(status=("running",)):
-            self.watch(job, now)
+            try:
+                self.watch(job, now)
+            except requests.ConnectionError as e:  # the engine is away, not the job's doing: next pass
+                log.warning("job %s: the Docker engine did not answer (%s); watching it again next pass", job["id"], e)
+            except Exception as e:
+                log.exception("job %s could not be watched or collected", job["id"])
+                self.abandon(job, e)
         self.start_queued()
 
     def fire(self, schedule, now):
-        notebook = json.loads(self.store.schedule_notebook(schedule["id"]).read_text())
-        profile = next((p for p in self.profiles if p["name"] == schedule["profile"]), None)
+        # moved on first, so that a schedule that cannot fire is not tried again at every tick
         self.store.update_schedule(schedule["id"], next_run_at=self.next_run(schedule["cron"], now))
+        profile = next((p for p in self.profiles if p["name"] == schedule["profile"]), None)
         if not profile or not profile.get("image"):
             log.error("schedule %s: profile %s is gone; not fired", schedule["id"], schedule["profile"])
             return
-        job = self.store.add_job(user=schedule["user"], notebook=notebook, notebook_name=schedule["notebook_name"],
-                                 profile=profile, params=schedule["params"], cpu=schedule["cpu"],
-                                 memory=schedule["memory"], timeout_s=schedule["timeout_s"],
-                                 retries=schedule["retries"], schedule_id=schedule["id"])
+        notebook = json.loads(self.store.schedule_notebook(schedule["id"]).read_text())
+        try:
+            # checked again: the profile's limits may have been lowered since it was made
+            cpu, memory = self.resources(profile, schedule["cpu"], schedule["memory"])
+            job = self.queue(user=schedule["user"], notebook=notebook, notebook_name=schedule["notebook_name"],
+                             profile=profile, params=schedule["params"], cpu=cpu, memory=memory,
+                             timeout_s=schedule["timeout_s"], retries=schedule["retries"], schedule_id=schedule["id"])
+        except web.HTTPError as e:
+            log.warning("schedule %s not fired: %s", schedule["id"], e.log_message)
+            return
         self.store.update_schedule(schedule["id"], last_job_id=job["id"])
         log.info("schedule %s fired job %s for %s", schedule["id"], job["id"], schedule["user"])
 
@@ -148,25 +225,27 @@ class Jobs:
                 return
             if per_user.get(job["user"], 0) >= self.settings["max_running_per_user"]:
                 continue
-            self.start(job)
-            running.append(job)
-            per_user[job["user"]] = per_user.get(job["user"], 0) + 1
+            if self.start(job):
+                running.append(job)
+                per_user[job["user"]] = per_user.get(job["user"], 0) + 1
 
     def start(self, job):
-        who = self.user_info(job["user"]) or {"groups": [], "admin": False}
-        notebook = json.loads((self.store.job_dir(job["id"]) / "input.ipynb").read_text())
+        """Whether the job's container started; a job that cannot start fails, saying why."""
         attempt = job["attempt"] + 1
         try:
+            who = self.user_info(job["user"]) or {"groups": [], "admin": False}
+            notebook = json.loads(self.store.read_job_file(job["id"], "input.ipynb"))
             container_id = self.runner.start({**job, "attempt": attempt}, notebook, who["groups"], who["admin"],
                                              self.registry_environment(job))
-        except Exception as e:  # a job that cannot start fails, with the reason; the queue goes on
+        except Exception as e:  # the queue goes on
             log.exception("job %s could not start", job["id"])
             self.store.update_job(job["id"], status="failed", exit_reason="could not start",
                                   error=str(e)[:2000], finished_at=time.time(), attempt=attempt)
-            return
+            return False
         self.store.update_job(job["id"], status="running", attempt=attempt, container_id=container_id,
                               started_at=job["started_at"] or time.time())
         log.info("job %s (%s) started, attempt %d", job["id"], job["user"], attempt)
+        return True
 
     def watch(self, job, now):
         running, exit_code = self.runner.state(job["container_id"])
@@ -190,14 +269,16 @@ class Jobs:
             self.finish(job, "failed", f"papermill exited with {exit_code}")
 
     def finish(self, job, status, reason):
-        log_text, output = self.runner.collect(job["container_id"])
-        run_dir = self.store.job_dir(job["id"])
-        with open(run_dir / "log.txt", "a") as f:
-            f.write(f"----- attempt {job['attempt']} -----\n{log_text}")
-        error = None
+        log_text, output, refused = self.runner.collect(job["container_id"])
+        self.store.write_job_file(job["id"], "log.txt", f"----- attempt {job['attempt']} -----\n{log_text}",
+                                  append=True)
         if output is not None:
-            (run_dir / "output.ipynb").write_text(json.dumps(output))
+            self.store.write_job_file(job["id"], "output.ipynb", json.dumps(output))
             error = error_of(output)
+        else:
+            error = refused  # None where papermill wrote no output
+            if refused and status == "succeeded":
+                status, reason = "failed", "its output notebook was refused"
         if status == "failed" and job["attempt"] <= job["retries"]:
             log.info("job %s failed (%s); retrying", job["id"], error or reason)
             self.store.update_job(job["id"], status="queued", container_id=None, error=error)
@@ -207,6 +288,15 @@ class Jobs:
         self.store.update_job(job["id"], status=status, exit_reason=reason, error=error,
                               finished_at=time.time())
         log.info("job %s %s: %s", job["id"], status, error or reason)
+
+    def abandon(self, job, error):
+        """A job the loop could not watch or collect: failed, saying why, its container removed."""
+        try:
+            self.runner.remove(job["container_id"])
+        except Exception:
+            log.exception("job %s: could not remove its container %s", job["id"], job["container_id"])
+        self.store.update_job(job["id"], status="failed", exit_reason="the jobs service could not watch or collect it",
+                              error=f"{type(error).__name__}: {error}"[:2000], finished_at=time.time())
 
     def recover(self):
         """After a restart: running jobs whose containers are gone failed."""
@@ -250,9 +340,12 @@ class Handler(web.RequestHandler):
 
     def body(self):
         try:
-            return json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the request body is not JSON") from None
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+            raise web.HTTPError(400, "the request body is not JSON, or is nested too deeply") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return body
 
     def visible(self, record):
         if not record or not (self.identity["admin"] or record["user"] == self.identity["name"]):
@@ -272,10 +365,11 @@ class JobsHandler(Handler):
     async def post(self):
         body = self.body()
         user, groups, admin = self.identity["name"], self.identity["groups"], self.identity["admin"]
-        if body.get("as") and body["as"] != user:
+        as_user = text(body, "as")
+        if as_user and as_user != user:
             if not self.identity["admin"]:
                 raise web.HTTPError(403, "only admins may submit jobs as another user")
-            model = await self.user_model(body["as"])
+            model = await self.user_model(as_user)
             user, groups, admin = model["name"], model["groups"], model["admin"]
         if not user:
             raise web.HTTPError(400, "say which user the job runs as (`as`)")
@@ -306,9 +400,9 @@ class LogsHandler(Handler):
     async def get(self, job_id):
         job = self.job(job_id)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
-        saved = self.jobs.store.job_dir(job_id) / "log.txt"
-        if saved.exists():
-            self.write(saved.read_text())
+        saved = self.jobs.store.read_job_file(job_id, "log.txt")
+        if saved is not None:
+            self.write(saved)
         follow = self.get_argument("follow", "") == "1"
         if job["status"] == "running" and job["container_id"]:
             try:
@@ -330,11 +424,11 @@ class LogsHandler(Handler):
 class OutputHandler(Handler):
     def get(self, job_id):
         self.job(job_id)
-        path = self.jobs.store.job_dir(job_id) / "output.ipynb"
-        if not path.exists():
+        output = self.jobs.store.read_job_file(job_id, "output.ipynb")
+        if output is None:
             raise web.HTTPError(404, f"job {job_id} has no output notebook (yet)")
         self.set_header("Content-Type", "application/x-ipynb+json")
-        self.finish(path.read_text())
+        self.finish(output)
 
 
 class SchedulesHandler(Handler):
@@ -351,6 +445,18 @@ class ScheduleHandler(Handler):
         self.finish()
 
 
+def app(jobs, hub_auth, admin_services, prefix="/services/jobs/"):
+    return web.Application([
+        (rf"{prefix}api/jobs", JobsHandler),
+        (rf"{prefix}api/jobs/(\w+)", JobHandler),
+        (rf"{prefix}api/jobs/(\w+)/cancel", CancelHandler),
+        (rf"{prefix}api/jobs/(\w+)/logs", LogsHandler),
+        (rf"{prefix}api/jobs/(\w+)/output", OutputHandler),
+        (rf"{prefix}api/schedules", SchedulesHandler),
+        (rf"{prefix}api/schedules/(\w+)", ScheduleHandler),
+    ], jobs=jobs, hub_auth=hub_auth, admin_services=set(admin_services))
+
+
 def main():
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s jobs] %(message)s")
     settings = json.loads(Path(os.environ.get("DATALAB_HUB_SETTINGS", "/etc/datalab/hub.json")).read_text())
@@ -361,22 +467,15 @@ def main():
         return volume_mounts(spawn, user, groups, admin)
 
     runner = Runner(spawn["prefix"], [spawn["network"]] + settings["jobs"]["extra_networks"], volumes,
-                    settings["jobs"]["environment"], pids_limit=int(spawn["pids_limit"]))
+                    settings["jobs"]["environment"], pids_limit=int(spawn["pids_limit"]),
+                    max_log_mb=settings["jobs"]["max_log_mb"], max_output_mb=settings["jobs"]["max_output_mb"])
     hub_auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
     jobs = Jobs(settings, store, runner, HubUsers(hub_auth.api_url, hub_auth.api_token))
     jobs.recover()
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/jobs/")
-    app = web.Application([
-        (rf"{prefix}api/jobs", JobsHandler),
-        (rf"{prefix}api/jobs/(\w+)", JobHandler),
-        (rf"{prefix}api/jobs/(\w+)/cancel", CancelHandler),
-        (rf"{prefix}api/jobs/(\w+)/logs", LogsHandler),
-        (rf"{prefix}api/jobs/(\w+)/output", OutputHandler),
-        (rf"{prefix}api/schedules", SchedulesHandler),
-        (rf"{prefix}api/schedules/(\w+)", ScheduleHandler),
-    ], jobs=jobs, hub_auth=hub_auth, admin_services=set(settings["jobs"]["admin_services"]))
-    app.listen(int(os.environ.get("DATALAB_JOBS_PORT", "8090")), "0.0.0.0")
+    app(jobs, hub_auth, settings["jobs"]["admin_services"], prefix).listen(
+        int(os.environ.get("DATALAB_JOBS_PORT", "8090")), "0.0.0.0")
 
     busy = asyncio.Lock()
 

@@ -1,14 +1,18 @@
 """Job and schedule history in SQLite, files (input, output, log) beside it.
 Survives restarts of the service and of the hub."""
 
+import errno
 import json
+import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
 from pathlib import Path
 
 FINAL = ("succeeded", "failed", "cancelled", "timed out")
+UNFINISHED = ("queued", "running")
 
 
 class Store:
@@ -36,6 +40,33 @@ class Store:
 
     def schedule_notebook(self, schedule_id):
         return self.root / "schedules" / f"{schedule_id}.ipynb"
+
+    # A job's log and output are what its user's code produced. Neither the job's folder
+    # nor a file in it is followed if it is a link, and only a regular file is read: what
+    # is served for a job is what was written for it, never a file a link points to.
+    def _open_in_job_dir(self, job_id, name, flags):
+        folder = os.open(self.job_dir(job_id), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW, 0o640, dir_fd=folder)
+        finally:
+            os.close(folder)
+
+    def read_job_file(self, job_id, name):
+        """The bytes of `name` in the job's folder, or None where there is no such regular file."""
+        try:
+            # O_NONBLOCK: a FIFO there would otherwise block the open
+            fd = self._open_in_job_dir(job_id, name, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                return None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            return f.read() if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
+
+    def write_job_file(self, job_id, name, text, append=False):
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        with os.fdopen(self._open_in_job_dir(job_id, name, flags), "w", encoding="utf-8") as f:
+            f.write(text)
 
     def _insert(self, table, row):
         with self.lock, self.db:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from datalab import manifest
+
 REPO = Path(__file__).resolve().parents[2]
+PYTHON = manifest.load()["python"]  # the profile whose limits the attacks below go beyond
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +27,14 @@ SUM = notebook('total = sum(range(n + 1))\nprint(f"{label}: sum={total} rate={ra
 FAIL = notebook('print("before")', 'raise ValueError("card table is empty")', 'print("never")')
 FAIL["metadata"] = {}  # saved without kernel metadata: the profile's kernel runs it
 SLEEP = notebook('import time\nprint("sleeping", flush=True)\ntime.sleep(seconds)', params="seconds = 60\n")
+# A hostile notebook breaks the output file papermill writes in its container, so that
+# collecting it would raise (papermill then fails to write over it; what counts is what
+# the service makes of what is left): a directory, and JSON nested deeper than a parser
+# goes, made read-only, its folder too, so that it stays.
+OUTPUT = "/tmp/job/output.ipynb"
+OUTPUT_A_DIRECTORY = notebook(f'import os\nos.remove("{OUTPUT}")\nos.mkdir("{OUTPUT}")')
+OUTPUT_DEEPLY_NESTED = notebook(f'import os\nwith open("{OUTPUT}", "w") as f:\n    f.write("[" * 100_000 + "]" * 100_000)\n'
+                                f'os.chmod("{OUTPUT}", 0o444)\nos.chmod("/tmp/job", 0o555)')
 
 
 @pytest.fixture
@@ -57,6 +68,26 @@ def jobs(lab, tmp_path):
             raise TimeoutError(f"job {job_id} still {job['status']}")
 
     return Jobs()
+
+
+@pytest.fixture
+def as_bob(lab):
+    """The jobs REST API as bob, with a token of his (as from inside his notebook server)."""
+    session = lab.login("bob")
+    headers = {"Authorization": f"token {session.token('bob')}"}
+    base = f"{lab.url}/services/jobs/api/"
+
+    class API:
+        def get(self, path):
+            return session.http.get(base + path, headers=headers)
+
+        def post(self, path, body):
+            return session.http.post(base + path, json=body, headers=headers)
+
+        def delete(self, path):
+            return session.http.delete(base + path, headers=headers)
+
+    return API()
 
 
 def test_job_runs_with_parameters_and_keeps_output_and_log(lab, jobs):
@@ -116,6 +147,73 @@ def test_bad_submissions_are_refused_before_queueing(lab, jobs, params, message)
     proc = jobs.submit("sum.ipynb", SUM, *params, check=False)
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr
     assert len(json.loads(jobs.cli("list", "--all", "--json").stdout)) == before
+
+
+def test_a_job_that_breaks_its_output_fails_alone_and_the_loop_goes_on(jobs):
+    sleeper = jobs.submit("sleep.ipynb", SLEEP, "--profile", "python", "-p", "seconds", "300", user="bob")
+    try:
+        broken = [jobs.submit("directory.ipynb", OUTPUT_A_DIRECTORY, "--profile", "python"),
+                  jobs.submit("nested.ipynb", OUTPUT_DEEPLY_NESTED, "--profile", "python")]
+        # queued behind them (three run at once in the test lab): it starts once one of them is collected
+        normal = jobs.submit("sum.ipynb", SUM, "--profile", "python", "-p", "n", "10", user="bob")
+        for job, why in zip(broken, ("output.ipynb is a directory", "output.ipynb is nested too deeply")):
+            done = jobs.wait(job["id"])
+            assert done["status"] == "failed" and why in done["error"], done
+            refused = jobs.cli("output", job["id"], check=False)
+            assert refused.returncode == 1 and "has no output notebook" in refused.stderr
+        done = jobs.wait(normal["id"])
+        assert done["status"] == "succeeded", done
+        assert "demo: sum=55" in jobs.cli("logs", normal["id"]).stdout
+        assert jobs.wait(sleeper["id"], statuses=("running",), timeout=60)["status"] == "running"
+        jobs.cli("cancel", sleeper["id"])
+        assert jobs.wait(sleeper["id"], timeout=30)["status"] == "cancelled"
+    finally:
+        jobs.cli("cancel", sleeper["id"], check=False)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    # Docker reads a memory limit of 0 as none at all
+    ("memory", "0", f"memory must be a size from 6M to {PYTHON.memory} (the limit of profile 'python')"),
+    ("memory", "900G", f"memory must be a size from 6M to {PYTHON.memory} (the limit of profile 'python')"),
+    ("cpu", PYTHON.cpu + 1, f"cpu must be a number above 0 and at most {PYTHON.cpu:g} (the limit of profile 'python')"),
+])
+def test_a_job_cannot_ask_for_more_than_its_profile(as_bob, field, value, message):
+    before = len(as_bob.get("jobs").json()["jobs"])
+    refused = as_bob.post("jobs", {"notebook": SUM, "profile": "python", field: value})
+    assert refused.status_code == 400 and message in refused.json()["error"], refused.text
+    assert len(as_bob.get("jobs").json()["jobs"]) == before
+
+
+def test_a_user_cannot_flood_the_queue_or_the_schedules(lab, jobs, as_bob):
+    cap = lab.settings["jobs"]["max_queued_per_user"]
+    sleeping = {"notebook": SLEEP, "profile": "python", "params": {"seconds": 300}}
+    unfinished = [j for j in as_bob.get("jobs").json()["jobs"] if j["status"] in ("queued", "running")]
+    submitted = []
+    try:
+        for _ in range(cap - len(unfinished)):
+            r = as_bob.post("jobs", sleeping)
+            assert r.status_code == 201, r.text
+            submitted.append(r.json()["job"]["id"])
+        refused = as_bob.post("jobs", sleeping)
+        assert refused.status_code == 429 and f"(jobs.max_queued_per_user = {cap})" in refused.json()["error"]
+    finally:
+        for job_id in submitted:
+            as_bob.post(f"jobs/{job_id}/cancel", {})
+    assert all(jobs.wait(i, timeout=60)["status"] == "cancelled" for i in submitted)
+
+    cap = lab.settings["jobs"]["max_schedules_per_user"]
+    yearly = {"notebook": SUM, "profile": "python", "schedule": "0 0 1 1 *"}
+    made = []
+    try:
+        for _ in range(cap - len(as_bob.get("schedules").json()["schedules"])):
+            r = as_bob.post("jobs", yearly)
+            assert r.status_code == 201, r.text
+            made.append(r.json()["schedule"]["id"])
+        refused = as_bob.post("jobs", yearly)
+        assert refused.status_code == 429 and f"(jobs.max_schedules_per_user = {cap})" in refused.json()["error"]
+    finally:
+        for schedule_id in made:
+            as_bob.delete(f"schedules/{schedule_id}")
 
 
 def test_users_see_and_cancel_only_their_own_jobs(lab, jobs):
