@@ -26,6 +26,11 @@ def cmd_up(settings, args):
     steps = Steps()
     steps.info(f"DataLab lab '{settings.lab}', data in {settings.data_dir}"
                + (f", settings from {settings.source}" if settings.source else ", default settings"))
+    from . import stack
+
+    stack.refuse_unsafe(settings)
+    for warning in stack.insecure_choices(settings):
+        steps.info(f"WARNING: {warning}")
     system.install_packages(system.LAB_PACKAGES, steps)
     docker = Docker(settings)
     system.ensure_engine(docker, steps)
@@ -37,8 +42,6 @@ def cmd_up(settings, args):
         images.build_all(docker, settings, steps)
     else:
         steps.info("images: using those in the engine ([build] source = \"present\")")
-    from . import stack
-
     before = stack.fingerprint(docker, settings)
     apply_stack(docker, settings, steps)
     wait_healthy(docker, settings, steps, args.timeout)
@@ -137,9 +140,13 @@ def cmd_status(settings, args):
 
     docker = Docker(settings)
     rows = stack.status(docker, settings) if docker.engine_running() else []
+    warnings = stack.insecure_choices(settings)
     if args.json:
-        print(json.dumps({"lab": settings.lab, "url": settings.hub_url, "services": rows}, indent=2))
+        print(json.dumps({"lab": settings.lab, "url": settings.hub_url, "services": rows, "warnings": warnings},
+                         indent=2))
         return 0
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
     if not rows:
         print(f"lab '{settings.lab}' is not running (datalab up starts it)")
         return 1

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import yaml
 
 from .docker import Docker, DockerError
+from .settings import SettingsError
 
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 HUB_UID = "1000"
@@ -58,7 +59,26 @@ def profiles(notebook_images, refs):
     ]
 
 
+def refuse_unsafe(settings):
+    """Settings that would turn a protection off without saying so stop `up`."""
+    d = settings["directory"]
+    if d["tls_strategy"] == "insecure" and not d["allow_insecure_tls"]:
+        raise SettingsError("[directory] tls_strategy = \"insecure\" sends passwords in clear text to an "
+                            "unverified directory; use \"before_bind\" (StartTLS) or \"on_connect\" (ldaps), "
+                            "or set [directory] allow_insecure_tls = true to accept that")
+
+
+def insecure_choices(settings):
+    """Warnings for the settings that turn a protection off; `up` and `status` print them."""
+    warnings = []
+    if settings["directory"]["tls_strategy"] == "insecure":
+        warnings.append("[directory] tls_strategy = \"insecure\": passwords go to the directory in clear text, "
+                        "unverified (allowed by [directory] allow_insecure_tls)")
+    return warnings
+
+
 def hub_runtime(settings, profile_list, has_ca):
+    refuse_unsafe(settings)
     d = settings["directory"]
     host, port = ldap_endpoint(settings)
     return {
@@ -255,6 +275,10 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
         # their volumes, the deployments folder and the host-mode ports are on this node
         service["deploy"]["placement"] = {"constraints": [f"node.hostname == {socket.gethostname()}"]}
     services.update(scoring_services(settings, refs, deployment))
+    for name, service in services.items():
+        memory = settings["resources"][name]
+        service["deploy"]["resources"] = {"limits": {"memory": memory["memory"]},
+                                          "reservations": {"memory": memory["reserve"]}}
     services["scoring-edge"]["deploy"]["placement"] = services["hub"]["deploy"]["placement"]
     if settings["scoring"]["nodes"] == "home":
         services["scoring"]["deploy"]["placement"] = services["hub"]["deploy"]["placement"]

@@ -1,6 +1,7 @@
 """Turns the runtime settings that `datalab up` renders (hub.json) into
 JupyterHub configuration. Pure: reads the dict, sets traits on `c`."""
 
+import ssl
 import sys
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def configure(c, runtime, secrets_dir=SECRETS):
     auth.server_address = ldap["host"]
     auth.server_port = ldap["port"]
     auth.tls_strategy = ldap["tls_strategy"]
-    if ldap.get("ca_file"):
-        auth.tls_kwargs = {"ca_certs_file": ldap["ca_file"], "validate": 2}  # ssl.CERT_REQUIRED
+    # The directory's certificate is always checked: against the CA file when there is
+    # one, else against the system's trust store (ldap3's own default is CERT_NONE).
+    auth.tls_kwargs = {"validate": ssl.CERT_REQUIRED,
+                       **({"ca_certs_file": ldap["ca_file"]} if ldap.get("ca_file") else {})}
     auth.bind_dn_template = ldap["bind_dn_template"]
     auth.allowed_groups = ldap["allowed_group_dns"]
     auth.group_search_base = ldap["group_search_base"]

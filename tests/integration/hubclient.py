@@ -48,25 +48,27 @@ class HubSession:
             assert r.status_code == 200, f"spawn of {username}/{server} failed: {r.status_code} {r.text[:500]}"
         return self.wait_server_ready(username, server=server)
 
-    def start_when_allowed(self, username, profile=None, timeout=300, longest_wait=30):
+    def start_when_allowed(self, username, profile=None, timeout=300, longest_wait=30, throttled=None):
         """Spawn as a person does when the hub answers a login wave with 429 "Too many
-        users trying to log in right now. Try again in N seconds": wait as told and
-        submit the form again. Waits until ready; returns how many 429s it got.
-        Any other refusal raises, with the hub's status and message."""
+        users trying to log in right now. Try again in N seconds": wait as told (at most
+        `longest_wait`; the active-server-limit 429 names no time) and submit the form
+        again, then wait until ready, polling as gently as a spawn page does. Appends
+        each 429 to the list `throttled`. Any other refusal raises with the hub's answer."""
+        throttled = [] if throttled is None else throttled
         deadline = time.monotonic() + timeout
-        throttled = 0
-        while True:
-            r = self.spawn(username, profile)
-            if r.status_code != 429:
-                break
-            throttled += 1
-            wait = min(float(r.headers.get("Retry-After") or 5), longest_wait)
+        r = self.spawn(username, profile)
+        while r.status_code == 429:
+            throttled.append(r)
+            wait = min(float(r.headers.get("Retry-After") or longest_wait), longest_wait)
             if time.monotonic() + wait > deadline:
-                raise TimeoutError(f"{username}: still told to retry after {timeout}s ({throttled} times)")
+                raise TimeoutError(f"{username}: still told to retry after {timeout}s ({len(throttled)} times)")
             time.sleep(wait)
-        assert r.status_code == 200, f"spawn of {username} failed: {r.status_code} {r.text[:500]}"
-        self.wait_server_ready(username, timeout=max(1.0, deadline - time.monotonic()))
-        return throttled
+            r = self.spawn(username, profile)
+        # a refused spawn re-renders the form at /hub/spawn/, with the reason
+        if r.status_code != 200 or "/hub/spawn/" in r.url:
+            raise AssertionError(f"spawn of {username} failed: {r.status_code} at {r.url}: {r.text[:500]}")
+        self.wait_server_ready(username, timeout=max(1.0, deadline - time.monotonic()), poll=1.0)
+        return len(throttled)
 
     def stop(self, username, server="", timeout=60):
         path = f"/users/{username}/servers/{server}" if server else f"/users/{username}/server"
@@ -82,14 +84,14 @@ class HubSession:
         found = [c.value for c in self.http.cookies if c.name == "_xsrf" and c.path.startswith("/hub")]
         return found[0] if found else self.xsrf()
 
-    def wait_server_ready(self, username, server="", timeout=120):
+    def wait_server_ready(self, username, server="", timeout=120, poll=0.25):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             user = self.hub_api(f"/users/{username}").json()
             found = user.get("servers", {}).get(server)
             if found and found.get("ready"):
                 return found
-            time.sleep(0.25)
+            time.sleep(poll)
         raise TimeoutError(f"{username}/{server} not ready after {timeout}s")
 
     def open_server(self, username, server=""):

@@ -32,6 +32,8 @@ def test_platform_containers_are_hardened(lab):
     for service in ("hub", "proxy", "mlflow", "directory", "controller", "scoring-edge"):
         info = lab.docker.inspect("container", lab.service_container(service))[0]
         assert info["HostConfig"]["CapDrop"] == ["ALL"], service
+        # a runaway upload or leak OOM-kills this service alone, not a neighbour
+        assert info["HostConfig"]["Memory"] > 0, f"{service} has no memory limit"
         assert lab.docker.out("exec", info["Id"], "id", "-u") != "0", service
 
 

@@ -83,3 +83,35 @@ def test_refused_logins_get_the_login_error(lab, username, password_of):
     assert DENIED in r.text
     # no session was opened, as anybody
     assert s.hub_api("/user").status_code == 403
+
+
+LOGIN_IN_HUB = """
+import asyncio, json, sys
+from traitlets.config import Config
+from datalab_hub.auth import DataLabLDAPAuthenticator
+from datalab_hub.config import configure
+
+runtime = json.load(open("/etc/datalab/hub.json"))
+runtime["ldap"]["ca_file"] = sys.argv[2]
+c = Config()
+configure(c, runtime)
+try:
+    model = asyncio.run(DataLabLDAPAuthenticator(config=c).authenticate(None, {"username": sys.argv[1],
+                                                                               "password": sys.stdin.read()}))
+    print("logged in" if model else "refused")
+except Exception as e:
+    print("refused:", type(e).__name__, e)
+"""
+
+
+def test_directory_certificate_is_checked_even_without_a_ca_file(lab):
+    """The hub's own LDAP login code, in the hub's container, against the real slapd: with
+    the lab's CA it logs in; configured for an external directory without a CA file it
+    must check the certificate against the system's trust store (which does not know the
+    lab's CA), not skip the check."""
+    def login(ca_file):
+        return lab.docker.run("exec", "-i", lab.service_container("hub"), "python3", "-c", LOGIN_IN_HUB,
+                              "alice", ca_file, input=lab.logins["alice"]).stdout.strip()
+
+    assert login("/run/secrets/ldap_ca_crt") == "logged in"
+    assert login("").startswith("refused"), "an unverifiable directory certificate was accepted"

@@ -4,6 +4,7 @@ authenticator's refusals before and around LDAP."""
 import asyncio
 import json
 import socket
+import ssl
 
 import pytest
 from tornado import web
@@ -84,3 +85,32 @@ def test_unreachable_directory_is_a_503_with_a_clear_message():
         asyncio.run(auth.authenticate(None, {"username": "alice", "password": "x"}))
     assert err.value.status_code == 503
     assert "directory service cannot be reached" in err.value.log_message
+
+
+def test_directory_certificate_is_verified_with_or_without_a_ca_file(tmp_path):
+    (tmp_path / "proxy_token").write_text("tok\n")
+    (tmp_path / "cli_token").write_text("cli\n")
+    with_ca = runtime(tmp_path)
+    c = Config()
+    configure(c, with_ca, secrets_dir=tmp_path)
+    assert c.DataLabLDAPAuthenticator.tls_kwargs == {"validate": ssl.CERT_REQUIRED,
+                                                     "ca_certs_file": "/run/secrets/ldap_ca_crt"}
+    # an external directory without a CA file: the system's trust store, never CERT_NONE
+    with_ca["ldap"]["ca_file"] = ""
+    c = Config()
+    configure(c, with_ca, secrets_dir=tmp_path)
+    assert c.DataLabLDAPAuthenticator.tls_kwargs == {"validate": ssl.CERT_REQUIRED}
+
+
+def test_plain_ldap_is_refused_unless_a_named_setting_accepts_it_and_then_warns(tmp_path):
+    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides(
+        {"lab": {"data_dir": str(tmp_path)}, "directory": {"tls_strategy": "insecure"}})
+    with pytest.raises(settings_mod.SettingsError, match="allow_insecure_tls"):
+        stack.refuse_unsafe(s)
+    with pytest.raises(settings_mod.SettingsError):
+        stack.hub_runtime(s, [], has_ca=False)
+    accepted = s.with_overrides({"directory": {"allow_insecure_tls": True}})
+    stack.refuse_unsafe(accepted)
+    assert stack.hub_runtime(accepted, [], has_ca=False)["ldap"]["tls_strategy"] == "insecure"
+    assert any("clear text" in w for w in stack.insecure_choices(accepted))
+    assert stack.insecure_choices(settings_mod.load(settings_mod.DEFAULTS_FILE)) == []

@@ -140,3 +140,12 @@ def test_the_proxy_gets_its_token_as_a_secret_and_the_hub_drives_it_from_outside
     # what notebook and job containers call: the services behind the proxy, by its name
     assert runtime["registry"]["url"] == "http://proxy:8000/services/registry"
     assert runtime["jobs"]["url"] == "http://proxy:8000/services/jobs/"
+
+
+def test_every_platform_service_has_a_memory_limit_and_reservation(tmp_path, monkeypatch):
+    _, spec = rendered(tmp_path, monkeypatch, resources={"mlflow": {"memory": "8G"}})
+    for name, svc in spec["services"].items():
+        resources = svc["deploy"]["resources"]
+        assert resources["limits"]["memory"] and resources["reservations"]["memory"], name
+    assert spec["services"]["mlflow"]["deploy"]["resources"] == {"limits": {"memory": "8G"},
+                                                                  "reservations": {"memory": "1G"}}
