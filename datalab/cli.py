@@ -32,6 +32,7 @@ def cmd_up(settings, args):
     for warning in stack.insecure_choices(settings):
         steps.info(f"WARNING: {warning}")
     system.install_packages(system.LAB_PACKAGES, steps)
+    system.ensure_localhost_names(steps)
     docker = Docker(settings)
     system.ensure_engine(docker, steps)
     system.ensure_swarm(docker, settings, steps)
@@ -52,7 +53,7 @@ def cmd_up(settings, args):
     curl = run_demo(settings, steps) if settings["lab"]["demo"] and not args.no_demo else None
     print()
     print(f"DataLab is up: {settings.hub_url}")
-    print(f"Registry (MLflow, behind the hub's login): {settings.hub_url}services/registry/")
+    print(f"Registry (MLflow, behind the hub's login): {settings.service_url('registry')}")
     print(f"Scoring edge: http://127.0.0.1:{settings['scoring']['port']}/v1/score")
     if curl:
         print(f"Score a transaction:\n  {curl}")
@@ -208,6 +209,7 @@ def cmd_install(settings, args):
 
     steps = Steps()
     system.install_packages(system.LAB_PACKAGES + (system.TEST_PACKAGES if args.test else ()), steps)
+    system.ensure_localhost_names(steps)
     docker = Docker(settings)
     system.ensure_engine(docker, steps)
     system.ensure_swarm(docker, settings, steps)
@@ -423,7 +425,7 @@ def parser():
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
     lg = sub.add_parser("logs", help="a service's logs")
-    lg.add_argument("service", choices=["hub", "mlflow", "directory", "controller", "scoring", "scoring-edge"])
+    lg.add_argument("service", choices=["hub", "proxy", "mlflow", "directory", "controller", "scoring", "scoring-edge"])
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("--tail", type=int, default=200)
     lg.set_defaults(func=cmd_logs)

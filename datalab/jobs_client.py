@@ -42,7 +42,7 @@ class JobsClient:
     def for_lab(cls, settings):
         """On the lab's host: the hub's proxy and the CLI service token."""
         token = (settings.data_dir / "secrets" / "cli_token").read_text().strip()
-        return cls(settings.hub_url + "services/jobs/", token)
+        return cls(settings.service_url("jobs"), token)
 
     def _request(self, method, path, body=None, raw=False, stream=False):
         data = json.dumps(body).encode() if body is not None else None

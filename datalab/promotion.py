@@ -42,7 +42,7 @@ def user_token(settings, user, minutes=10):
 
 
 def registry_api(settings, token, method, endpoint, body=None):
-    return _call(f"{settings.hub_url}services/registry/api/2.0/mlflow/{endpoint}", token, method, body,
+    return _call(f"{settings.service_url('registry')}api/2.0/mlflow/{endpoint}", token, method, body,
                  scheme="Bearer")
 
 

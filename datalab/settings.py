@@ -76,7 +76,14 @@ class Settings:
 
     @property
     def hub_url(self):
-        return f"http://127.0.0.1:{self['hub']['port']}/"
+        return f"http://{self['hub']['public_host']}:{self['hub']['port']}/"
+
+    def service_url(self, name):
+        """Where a hub service (jobs, registry) is reached from outside: its own origin
+        under the public host (JupyterHub's "idna" subdomain scheme) with per-user origins."""
+        if not self["hub"]["per_user_origins"]:
+            return f"{self.hub_url}services/{name}/"
+        return f"http://{name}--service.{self['hub']['public_host']}:{self['hub']['port']}/services/{name}/"
 
 
 def settings_file():

@@ -24,13 +24,13 @@ DOCKER_SOCKET = Path("/var/run/docker.sock")
 HUB_UID = "1000"
 MLFLOW_URL = "http://mlflow:5000"  # on the backend and tracking networks only
 # configurable-http-proxy, a service of its own so that a hub restart drops no
-# route: its public side (what notebook and job containers call on the lab
-# network) and its REST API (the hub's, behind the proxy token).
-PROXY_URL = "http://proxy:8000"
+# route: its REST API, the hub's (behind the proxy token).
 PROXY_API_URL = "http://proxy:8001"
-# The hub-managed services as notebook and job containers see them: behind the hub's login.
-REGISTRY_URL = f"{PROXY_URL}/services/registry"
-JOBS_URL = f"{PROXY_URL}/services/jobs/"
+# The hub-managed services as notebook and job containers call them: in the hub's
+# container on the lab network, each checking the caller's token with the hub (the
+# proxy routes browsers by host name, which the lab network's DNS does not know).
+REGISTRY_URL = "http://hub:8091/services/registry"
+JOBS_URL = "http://hub:8090/services/jobs/"
 CONTROLLER_DATA_DIR = "/var/lib/datalab"
 LDAP_UID = "1001"
 
@@ -71,6 +71,9 @@ def refuse_unsafe(settings):
 def insecure_choices(settings):
     """Warnings for the settings that turn a protection off; `up` and `status` print them."""
     warnings = []
+    if not settings["hub"]["per_user_origins"]:
+        warnings.append("[hub] per_user_origins = false: every user's server shares the hub's origin, so a page "
+                        "one user serves can act as any user who opens it (their servers, tokens, the registry)")
     if settings["directory"]["tls_strategy"] == "insecure":
         warnings.append("[directory] tls_strategy = \"insecure\": passwords go to the directory in clear text, "
                         "unverified (allowed by [directory] allow_insecure_tls)")
@@ -85,6 +88,8 @@ def hub_runtime(settings, profile_list, has_ca):
         "hub": {
             "service_name": "hub",
             "proxy_api_url": PROXY_API_URL,
+            "public_url": settings.hub_url.rstrip("/"),
+            "per_user_origins": bool(settings["hub"]["per_user_origins"]),
             **{key: settings["hub"][key] for key in ("concurrent_spawn_limit", "spawn_retry_seconds",
                                                      "active_server_limit")},
         },
@@ -236,7 +241,9 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             refs["hub"],
             ["lab"],
             command=["datalab-proxy", "--default-target", "http://hub:8081",
-                     "--error-target", "http://hub:8081/hub/error"],
+                     "--error-target", "http://hub:8081/hub/error",
+                     # per-user origins: JupyterHub's routes are host/path
+                     *(["--host-routing"] if settings["hub"]["per_user_origins"] else [])],
             ports=[{"target": 8000, "published": settings["hub"]["port"], "protocol": "tcp", "mode": "host"}],
             secrets=[files.secret("proxy_token", secret_files["proxy_token"], HUB_UID)],
             healthcheck={"test": ["CMD", "curl", "-fsS", "http://127.0.0.1:8000/_chp_healthz"],
@@ -413,8 +420,12 @@ def status(docker: Docker, settings):
 
 
 def hub_answers(settings, timeout=3):
+    """The hub answers through its proxy, asked on this machine's loopback under the
+    lab's public name (which this machine may not resolve yet)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{settings['hub']['port']}/hub/health",
+                                     headers={"Host": f"{settings['hub']['public_host']}:{settings['hub']['port']}"})
     try:
-        with urllib.request.urlopen(settings.hub_url + "hub/health", timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             return r.status == 200
     except OSError:
         return False

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from .docker import Docker, DockerError
 
-# What `datalab up` needs on the host, by Debian package.
-LAB_PACKAGES = ("docker.io", "debootstrap", "ldap-utils", "curl")
+# What `datalab up` needs on the host, by Debian package (libnss-myhostname: the
+# lab's *.localhost names, see ensure_localhost_names).
+LAB_PACKAGES = ("docker.io", "debootstrap", "ldap-utils", "curl", "libnss-myhostname")
 # What the tests need in addition (a real browser for UI flows).
 TEST_PACKAGES = ("chromium", "chromium-driver")
 DOCKERD_LOG = Path("/var/log/datalab-dockerd.log")
@@ -40,6 +41,29 @@ def install_packages(packages, steps):
             ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
             check=True, env=env, stdout=subprocess.DEVNULL,
         )
+
+
+NSSWITCH = Path("/etc/nsswitch.conf")
+
+
+def ensure_localhost_names(steps, nsswitch=NSSWITCH):
+    """Have every program on this machine resolve *.localhost (the lab's default names:
+    the hub at lab.localhost, alice's server at alice.lab.localhost) to the loopback,
+    as browsers and curl do by themselves: glibc does through nss-myhostname."""
+    lines = nsswitch.read_text().splitlines()
+    hosts = [i for i, line in enumerate(lines) if line.split(":")[0].strip() == "hosts"]
+    if hosts and "myhostname" in lines[hosts[0]].split():
+        return
+    with steps.step(f"resolving *.localhost to this machine (myhostname in {nsswitch})"):
+        if hosts:
+            name, _, sources = lines[hosts[0]].partition(":")
+            words = sources.split()
+            # right after the hosts file: before dns or mdns, which would answer (or time out) first
+            at = words.index("files") + 1 if "files" in words else 0
+            lines[hosts[0]] = f"{name}:{' ' * 8}{' '.join(words[:at] + ['myhostname'] + words[at:])}"
+        else:
+            lines.append("hosts:          files myhostname dns")
+        nsswitch.write_text("\n".join(lines) + "\n")
 
 
 def ensure_engine(docker: Docker, steps):

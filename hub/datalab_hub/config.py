@@ -16,6 +16,12 @@ def configure(c, runtime, secrets_dir=SECRETS):
     hub, ldap, spawn = runtime["hub"], runtime["ldap"], runtime["spawner"]
 
     c.JupyterHub.bind_url = "http://0.0.0.0:8000/"
+    if hub["per_user_origins"]:
+        # Each user's server on an origin of its own (alice.<host>), and each service
+        # (registry--service.<host>): a page one user serves cannot read the hub's or
+        # anyone else's cookies or call their APIs as the user who opens it.
+        c.JupyterHub.subdomain_host = hub["public_url"]
+        c.JupyterHub.subdomain_hook = "idna"
     c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
     # Notebook containers reach the hub by its service name on the lab network.
     c.JupyterHub.hub_connect_url = f"http://{hub['service_name']}:8081"

@@ -52,7 +52,10 @@ class Lab:
         return proc
 
     def session(self):
-        return HubSession(self.url)
+        return HubSession(self.url, self.settings["hub"]["per_user_origins"])
+
+    def service_url(self, name):
+        return self.settings.service_url(name).rstrip("/")
 
     def login(self, user):
         s = self.session()
@@ -116,7 +119,7 @@ class Lab:
             if rows and all(r["health"] == "idle" or (r["state"] == "running" and r["health"] == "healthy")
                             for r in rows):
                 try:
-                    if HubSession(self.url).http.get(self.url + "/hub/health", timeout=3).ok:
+                    if self.session().http.get(self.url + "/hub/health", timeout=3).ok:
                         return rows
                 except OSError:
                     pass

@@ -2,13 +2,16 @@
 
 import re
 import time
+from urllib.parse import urlsplit
 
 import requests
+from jupyterhub.utils import subdomain_hook_idna
 
 
 class HubSession:
-    def __init__(self, base_url):
+    def __init__(self, base_url, per_user_origins=True):
         self.base = base_url.rstrip("/")
+        self.per_user_origins = per_user_origins
         self.http = requests.Session()
 
     def xsrf(self):
@@ -98,8 +101,16 @@ class HubSession:
         """Do the OAuth dance onto /user/<name>/ (GET lab first)."""
         return self.http.get(f"{self.server_url(username, server)}lab", timeout=60, allow_redirects=True)
 
+    def origin(self, username):
+        """Where the user's servers are: their own origin with per-user origins (the
+        hub's naming scheme, JupyterHub's "idna" subdomain hook), else the hub's."""
+        if not self.per_user_origins:
+            return self.base
+        hub = urlsplit(self.base)
+        return f"{hub.scheme}://{subdomain_hook_idna(username, hub.hostname, 'user')}:{hub.port}"
+
     def server_url(self, username, server=""):
-        return f"{self.base}/user/{username}/" + (f"{server}/" if server else "")
+        return f"{self.origin(username)}/user/{username}/" + (f"{server}/" if server else "")
 
     def contents(self, owner, path="", server=""):
         return self.http.get(f"{self.server_url(owner, server)}api/contents/{path}", timeout=30, allow_redirects=False)

@@ -30,7 +30,7 @@ def test_alice_picks_tensorflow_and_imports_it_in_a_notebook(lab, browser, tmp_p
 
     wait_until(browser, 180, EC.url_contains("/user/alice/lab"),
                lambda: f"server not opened after 180 s; the browser is at {browser.current_url}")
-    browser.get(lab.url + "/user/alice/lab?reset")  # a fresh workspace: the launcher, whatever was open before
+    browser.get(session.server_url("alice") + "lab?reset")  # a fresh workspace: the launcher, whatever was open before
     card = WebDriverWait(browser, 120).until(EC.element_to_be_clickable(
         (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"][title*="TensorFlow 2.21"]')))
     assert "JupyterLab" in browser.title

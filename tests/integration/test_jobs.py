@@ -75,7 +75,7 @@ def as_bob(lab):
     """The jobs REST API as bob, with a token of his (as from inside his notebook server)."""
     session = lab.login("bob")
     headers = {"Authorization": f"token {session.token('bob')}"}
-    base = f"{lab.url}/services/jobs/api/"
+    base = f"{lab.service_url('jobs')}/api/"
 
     class API:
         def get(self, path):
@@ -220,7 +220,7 @@ def test_users_see_and_cancel_only_their_own_jobs(lab, jobs):
     job = jobs.submit("sleep.ipynb", SLEEP, "-p", "seconds", "300", user="alice")
     bob = lab.login("bob")
     token = bob.token("bob")
-    base = f"{lab.url}/services/jobs/api/jobs"
+    base = f"{lab.service_url('jobs')}/api/jobs"
     headers = {"Authorization": f"token {token}"}
     assert job["id"] not in {j["id"] for j in bob.http.get(base, headers=headers).json()["jobs"]}
     assert bob.http.get(f"{base}/{job['id']}", headers=headers).status_code == 404

@@ -59,15 +59,15 @@ def production(lab, model_v1):
 
 
 def test_the_registry_is_behind_the_hubs_login(lab, model_v1):
-    anonymous = requests.get(f"{lab.url}/services/registry/", allow_redirects=False, timeout=10)
+    anonymous = requests.get(f"{lab.service_url('registry')}/", allow_redirects=False, timeout=10)
     assert anonymous.status_code == 302 and "/hub/api/oauth2/authorize" in anonymous.headers["Location"]
-    api = requests.get(f"{lab.url}/services/registry/api/2.0/mlflow/experiments/search", timeout=10)
+    api = requests.get(f"{lab.service_url('registry')}/api/2.0/mlflow/experiments/search", timeout=10)
     assert api.status_code == 401 and "MLFLOW_TRACKING_TOKEN" in api.json()["message"]
-    forged = requests.get(f"{lab.url}/services/registry/api/2.0/mlflow/experiments/search", timeout=10,
+    forged = requests.get(f"{lab.service_url('registry')}/api/2.0/mlflow/experiments/search", timeout=10,
                           headers={"Authorization": "Bearer not-a-token"})
     assert forged.status_code == 401
     session = lab.login("bob")  # the hub's cookie opens the MLflow UI
-    page = session.http.get(f"{lab.url}/services/registry/", timeout=30)
+    page = session.http.get(f"{lab.service_url('registry')}/", timeout=30)
     assert page.status_code == 200 and "static-files" in page.text
     # the reference job went through the gateway as alice: its model belongs to her team
     model = lab.registry("bob", "GET", f"registered-models/get?name={MODEL}")["registered_model"]
@@ -230,7 +230,7 @@ def test_an_approver_promotes_by_setting_the_alias_in_the_registry_ui(lab, produ
     candidate = copy_version(lab, served_version(lab))
     browser_login(browser, lab, "alice")
     WebDriverWait(browser, 60).until(EC.url_contains("/hub/"))
-    browser.get(f"{lab.url}/services/registry/#/models/{MODEL}/versions/{candidate}")
+    browser.get(f"{lab.service_url('registry')}/#/models/{MODEL}/versions/{candidate}")
     try:
         add = WebDriverWait(browser, 60).until(EC.element_to_be_clickable(
             (By.XPATH, ADD_ALIAS)))
@@ -262,7 +262,7 @@ def test_a_non_approver_sees_why_the_registry_ui_refuses_the_alias(lab, producti
     browser_login(browser, lab, "bob")
     WebDriverWait(browser, 60).until(EC.url_contains("/hub/"))
     candidate = copy_version(lab, serving, user="bob")
-    browser.get(f"{lab.url}/services/registry/#/models/{MODEL}/versions/{candidate}")
+    browser.get(f"{lab.service_url('registry')}/#/models/{MODEL}/versions/{candidate}")
     try:
         WebDriverWait(browser, 60).until(EC.element_to_be_clickable(
             (By.XPATH, ADD_ALIAS))).click()

@@ -14,7 +14,7 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     alice.open_server("alice")
     xsrf = [c.value for c in alice.http.cookies if c.name == "_xsrf" and c.path.startswith("/user/alice")]
     put = alice.http.put(
-        f"{lab.url}/user/alice/api/contents/keep-me.txt",
+        f"{alice.server_url('alice')}api/contents/keep-me.txt",
         json={"type": "file", "format": "text", "content": "model notes"},
         headers={"X-XSRFToken": xsrf[0] if xsrf else ""},
     )
@@ -38,7 +38,7 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     alice = lab.login("alice")  # same password: the directory's data survived
     alice.start("alice")
     alice.open_server("alice")
-    file = alice.http.get(f"{lab.url}/user/alice/api/contents/keep-me.txt", timeout=30)
+    file = alice.http.get(f"{alice.server_url('alice')}api/contents/keep-me.txt", timeout=30)
     assert file.status_code == 200 and file.json()["content"] == "model notes"
     # what served serves again, and the promotions' audit trail is intact
     assert json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"] == serving

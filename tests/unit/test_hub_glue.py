@@ -30,6 +30,9 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
     assert c.JupyterHub.concurrent_spawn_limit == 8
     assert c.JupyterHub.spawn_throttle_retry_range == (2, 6)
+    # per-user origins: alice.lab.localhost, registry--service.lab.localhost
+    assert c.JupyterHub.subdomain_host == "http://lab.localhost:8000"
+    assert c.JupyterHub.subdomain_hook == "idna"
     assert c.JupyterHub.cleanup_servers is False
     assert c.JupyterHub.hub_connect_url == "http://hub:8081"
     assert c.DataLabLDAPAuthenticator.allowed_groups == [
@@ -114,3 +117,35 @@ def test_plain_ldap_is_refused_unless_a_named_setting_accepts_it_and_then_warns(
     assert stack.hub_runtime(accepted, [], has_ca=False)["ldap"]["tls_strategy"] == "insecure"
     assert any("clear text" in w for w in stack.insecure_choices(accepted))
     assert stack.insecure_choices(settings_mod.load(settings_mod.DEFAULTS_FILE)) == []
+
+
+def test_one_origin_for_all_only_when_the_settings_say_so_and_then_it_warns(tmp_path):
+    (tmp_path / "proxy_token").write_text("tok\n")
+    (tmp_path / "cli_token").write_text("cli\n")
+    one = runtime(tmp_path)
+    one["hub"]["per_user_origins"] = False
+    c = Config()
+    configure(c, one, secrets_dir=tmp_path)
+    assert "subdomain_host" not in c.JupyterHub
+    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"hub": {"per_user_origins": False}})
+    assert any("per_user_origins = false" in w for w in stack.insecure_choices(s))
+
+
+def test_configured_roles_are_exactly_those_docs_security_md_justifies(tmp_path):
+    """A widened scope must be a reviewed change of docs/security.md."""
+    import re
+    from pathlib import Path
+
+    table = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+    documented = {}
+    for line in table.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.fullmatch(r"`[\w-]+`", cells[0]) and cells[2].startswith("`"):
+            documented[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[2]))
+    (tmp_path / "proxy_token").write_text("tok\n")
+    (tmp_path / "cli_token").write_text("cli\n")
+    c = Config()
+    configure(c, runtime(tmp_path), secrets_dir=tmp_path)
+    configured = {r["name"]: set(r["scopes"]) for r in c.JupyterHub.load_roles}
+    configured["server"] = set(c.DataLabSpawner.server_token_scopes)
+    assert configured == documented

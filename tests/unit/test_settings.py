@@ -14,7 +14,7 @@ def test_defaults_alone(monkeypatch):
     monkeypatch.delenv("DATALAB_SETTINGS", raising=False)
     s = settings_mod.load(settings_mod.DEFAULTS_FILE)
     assert s["hub"]["port"] == 8000
-    assert s.hub_url == "http://127.0.0.1:8000/"
+    assert s.hub_url == "http://lab.localhost:8000/"
     assert s["directory"]["builtin"] is True
 
 
@@ -47,3 +47,14 @@ def test_settings_are_read_only(tmp_path):
 def test_env_var_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DATALAB_SETTINGS", str(write(tmp_path, "[hub]\nport = 7\n")))
     assert settings_mod.load()["hub"]["port"] == 7
+
+
+def test_service_urls_follow_jupyterhubs_own_subdomain_scheme():
+    from jupyterhub.utils import subdomain_hook_idna
+
+    s = settings_mod.load(settings_mod.DEFAULTS_FILE)
+    for name in ("jobs", "registry"):
+        host = subdomain_hook_idna(name, s["hub"]["public_host"], "service")
+        assert s.service_url(name) == f"http://{host}:8000/services/{name}/"
+    one_origin = s.with_overrides({"hub": {"per_user_origins": False}})
+    assert one_origin.service_url("jobs") == "http://lab.localhost:8000/services/jobs/"

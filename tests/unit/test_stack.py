@@ -137,9 +137,14 @@ def test_the_proxy_gets_its_token_as_a_secret_and_the_hub_drives_it_from_outside
     runtime = json.loads((tmp_path / "hub.json").read_text())
     assert runtime["hub"]["proxy_api_url"] == "http://proxy:8001"
     assert runtime["hub"]["concurrent_spawn_limit"] == s["hub"]["concurrent_spawn_limit"]
-    # what notebook and job containers call: the services behind the proxy, by its name
-    assert runtime["registry"]["url"] == "http://proxy:8000/services/registry"
-    assert runtime["jobs"]["url"] == "http://proxy:8000/services/jobs/"
+    # what notebook and job containers call: the services in the hub's container (the proxy
+    # routes by host name with per-user origins, which the lab network's DNS does not know)
+    assert runtime["registry"]["url"] == "http://hub:8091/services/registry"
+    assert runtime["jobs"]["url"] == "http://hub:8090/services/jobs/"
+    assert "--host-routing" in proxy["command"] and runtime["hub"]["per_user_origins"] is True
+    assert runtime["hub"]["public_url"] == "http://lab.localhost:8000"
+    _, one_origin = rendered(tmp_path, monkeypatch, hub={"per_user_origins": False})
+    assert "--host-routing" not in one_origin["services"]["proxy"]["command"]
 
 
 def test_every_platform_service_has_a_memory_limit_and_reservation(tmp_path, monkeypatch):

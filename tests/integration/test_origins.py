@@ -1,0 +1,66 @@
+"""Per-user origins, attacked in a real browser: a page that bob's server serves
+(bob controls everything his server sends) is opened by alice, logged in to the
+hub with her server running. Its script must not read the hub's cookies, mint a
+token as alice, read her files or drive her server."""
+
+import json
+
+import pytest
+from conftest import browser_login
+from selenium.webdriver.support.ui import WebDriverWait
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+# What bob's page tries, run in the page's own context (execute_async_script), each
+# outcome recorded: a thrown error means the browser refused it.
+ATTACK = """
+const [hub, aliceServer, done] = arguments;
+(async () => {
+const out = {cookies: document.cookie};
+async function attempt(name, f) {
+  try { out[name] = await f(); } catch (e) { out[name] = "refused: " + e; }
+}
+await attempt("whoami", async () => { const r = await fetch(hub + "/hub/api/user", {credentials: "include"});
+                                      return r.status + " " + (await r.text()).slice(0, 200); });
+await attempt("mint_json", async () => (await fetch(hub + "/hub/api/users/alice/tokens", {
+  method: "POST", credentials: "include", headers: {"Content-Type": "application/json"}, body: "{}"})).status);
+// a "simple" request is sent without a preflight (its answer unreadable): the hub must refuse it
+await attempt("mint_simple", async () => (await fetch(hub + "/hub/api/users/alice/tokens", {
+  method: "POST", credentials: "include", mode: "no-cors", body: "{}"})).type);
+await attempt("her_files", async () => { const r = await fetch(aliceServer + "api/contents", {credentials: "include"});
+                                         return r.status + " " + (await r.text()).slice(0, 200); });
+await attempt("hub_frame_cookies", () => new Promise((resolve, reject) => {
+  const frame = document.createElement("iframe");
+  frame.src = hub + "/hub/home";
+  frame.onload = () => { try { resolve(frame.contentDocument.cookie); } catch (e) { reject(e); } };
+  document.body.appendChild(frame);
+}));
+done(out);
+})();
+"""
+
+
+def test_a_page_on_bobs_server_cannot_act_as_alice_who_opens_it(lab, browser):
+    bob = lab.fresh_server("bob", "python")
+    alice = lab.login("alice")
+    alice.start("alice", "python")
+    carol = lab.login("carol")
+    tokens_before = carol.hub_api("/users/alice/tokens").json()["api_tokens"]
+
+    browser_login(browser, lab, "alice")
+    WebDriverWait(browser, 60).until(lambda b: "/hub/" in b.current_url and "/login" not in b.current_url)
+    # A page of bob's server that needs no login (its static files): it stays on bob's origin.
+    browser.get(bob.server_url("bob") + "static/no-such-file")
+    assert browser.current_url.startswith(bob.origin("bob")), browser.current_url
+    assert bob.origin("bob") not in (lab.url, alice.origin("alice"))
+
+    browser.set_script_timeout(30)
+    seen = browser.execute_async_script(ATTACK, lab.url, alice.server_url("alice"))
+    report = json.dumps(seen, indent=1)
+    assert "_xsrf" not in seen["cookies"] and "jupyterhub" not in seen["cookies"], report
+    assert str(seen["whoami"]).startswith("refused"), report  # no CORS: unreadable
+    assert str(seen["mint_json"]).startswith("refused"), report  # its preflight is refused
+    assert str(seen["her_files"]).startswith("refused"), report
+    assert str(seen["hub_frame_cookies"]).startswith("refused"), report  # another origin's document
+    tokens_after = carol.hub_api("/users/alice/tokens").json()["api_tokens"]
+    assert len(tokens_after) == len(tokens_before), f"a token was minted as alice: {report}"
