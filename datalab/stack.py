@@ -80,7 +80,7 @@ def insecure_choices(settings):
     return warnings
 
 
-def hub_runtime(settings, profile_list, has_ca):
+def hub_runtime(settings, profile_list, has_ca, hub_image=""):
     refuse_unsafe(settings)
     d = settings["directory"]
     host, port = ldap_endpoint(settings)
@@ -116,6 +116,9 @@ def hub_runtime(settings, profile_list, has_ca):
             "team_mount": settings["volumes"]["team_mount"],
             "datasets_mount": settings["volumes"]["datasets_mount"],
             "volume_init_image": next((p["image"] for p in profile_list if p["image"]), ""),
+            # sets the network rules of notebook and job containers (hub/datalab_hub/netpolicy.py)
+            "netpolicy_image": hub_image,
+            "internet": bool(settings["spawner"]["internet"]),
         },
         "culler": dict(settings["culler"]),
         "jobs": {
@@ -214,7 +217,7 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
     files = _Files()
     has_ca = "ldap_ca_crt" in secret_files
     hub_json = data_dir / "hub.json"
-    hub_json.write_text(json.dumps(hub_runtime(settings, profile_list, has_ca), indent=2))
+    hub_json.write_text(json.dumps(hub_runtime(settings, profile_list, has_ca, refs["hub"]), indent=2))
     docker_gid = str(os.stat(DOCKER_SOCKET).st_gid)
 
     hub_secrets = [

@@ -5,6 +5,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from . import netpolicy
+
 SECRETS = Path("/run/secrets")
 
 
@@ -82,6 +84,10 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.team_mount_template = spawn["team_mount"]
     sp.datasets_mount = spawn["datasets_mount"]
     sp.volume_init_image = spawn["volume_init_image"]
+    sp.netpolicy_image = spawn["netpolicy_image"]
+    sp.internet = bool(spawn["internet"])
+    # the server starts once its network rules are set (netpolicy.py)
+    sp.cmd = [netpolicy.AWAIT_COMMAND, "jupyterhub-singleuser"]
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}
 
     jobs, registry = runtime["jobs"], runtime["registry"]

@@ -8,9 +8,9 @@ from html import escape
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Dict, Int, List, Unicode, default
+from traitlets import Bool, Dict, Int, List, Unicode, default
 
-from . import containers, profiles, volumes
+from . import containers, netpolicy, profiles, volumes
 
 NO_GPU_RUNTIME = (
     "The profile '{name}' needs {gpus} GPU(s), but this lab's Docker engine has no GPU "
@@ -56,6 +56,18 @@ class DataLabSpawner(DockerSpawner):
         "notebook user (uid 1000); any image with chown will do.",
     )
     notebook_uid = Unicode(str(containers.NOTEBOOK_UID), config=True, help="uid:gid that owns new shared volumes.")
+    netpolicy_image = Unicode(
+        "",
+        config=True,
+        help="Image (with iptables) of the one-shot container that sets a server's network "
+        "rules before it starts (netpolicy.py); the hub's own image.",
+    )
+    internet = Bool(
+        True,
+        config=True,
+        help="Servers may open connections outside the lab; on the lab network they reach "
+        "the hub and its services only, either way.",
+    )
     docker_api_threads = Int(
         8,
         config=True,
@@ -139,7 +151,17 @@ class DataLabSpawner(DockerSpawner):
         }
         self.volumes = await self.volume_mounts()
         self.environment = {**self.environment, "DATALAB_PROFILE": profile["name"]}
-        return await super().start()
+        started = await super().start()
+        try:
+            subnet = await asyncio.to_thread(netpolicy.lab_subnet, self.client, self.network_name)
+            await asyncio.to_thread(netpolicy.apply, self.client, self.container_id, self.netpolicy_image, subnet,
+                                    serve_port=self.port, internet=self.internet)
+        except Exception as e:  # closed by default: no rules, no server
+            self.log.error("network rules of %s not set: %s", self.container_name, e)
+            await self.stop(now=True)
+            raise web.HTTPError(500, "Your server could not be isolated on the lab network, so it was not "
+                                     "started; try again, or tell the lab's admins.") from None
+        return started
 
     def get_env(self):
         env = super().get_env()

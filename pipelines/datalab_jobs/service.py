@@ -15,12 +15,13 @@ import re
 import time
 from pathlib import Path
 
+import docker
 import requests
 from croniter import croniter
 from jupyterhub.services.auth import HubAuth
 from tornado import ioloop, web
 
-from datalab_hub import profiles as profile_policy
+from datalab_hub import netpolicy, profiles as profile_policy
 from datalab_hub.identity import HubUsers
 from datalab_hub.volumes import volume_mounts
 
@@ -466,9 +467,16 @@ def main():
     def volumes(user, groups, admin):
         return volume_mounts(spawn, user, groups, admin)
 
+    engine = docker.from_env()
+    subnet = netpolicy.lab_subnet(engine.api, spawn["network"])
+
+    def isolate(container_id):  # as notebook servers: the hub and its services, no other user
+        netpolicy.apply(engine.api, container_id, spawn["netpolicy_image"], subnet, internet=spawn["internet"])
+
     runner = Runner(spawn["prefix"], [spawn["network"]] + settings["jobs"]["extra_networks"], volumes,
                     settings["jobs"]["environment"], pids_limit=int(spawn["pids_limit"]),
-                    max_log_mb=settings["jobs"]["max_log_mb"], max_output_mb=settings["jobs"]["max_output_mb"])
+                    max_log_mb=settings["jobs"]["max_log_mb"], max_output_mb=settings["jobs"]["max_output_mb"],
+                    isolate=isolate, client=engine)
     hub_auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
     jobs = Jobs(settings, store, runner, HubUsers(hub_auth.api_url, hub_auth.api_token))
     jobs.recover()

@@ -175,6 +175,47 @@ def browser_login(browser, lab, user):
     browser.find_element(By.ID, "login_submit").click()
 
 
+def notebook(*cells, params="", kernel="datascience-py3.11"):
+    def cell(source, tags=()):
+        return {"cell_type": "code", "execution_count": None, "metadata": {"tags": list(tags)},
+                "outputs": [], "source": source}
+    return {"nbformat": 4, "nbformat_minor": 5, "cells": [cell(params, ["parameters"])] + [cell(c) for c in cells],
+            "metadata": {"kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}}}
+
+
+@pytest.fixture
+def jobs(lab, tmp_path):
+    for user in ("alice", "bob"):  # users exist in the hub once they have logged in
+        lab.login(user)
+
+    class Jobs:
+        def write(self, name, nb):
+            path = tmp_path / name
+            path.write_text(json.dumps(nb))
+            return str(path)
+
+        def cli(self, *args, check=True):
+            return lab.datalab("jobs", *args, check=check)
+
+        def submit(self, name, nb, *args, user="alice", check=True):
+            proc = self.cli("submit", self.write(name, nb), "--as", user, "--json", *args, check=check)
+            return json.loads(proc.stdout) if proc.returncode == 0 else proc
+
+        def show(self, job_id):
+            return json.loads(self.cli("show", job_id, "--json").stdout)
+
+        def wait(self, job_id, statuses=("succeeded", "failed", "cancelled", "timed out"), timeout=240):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                job = self.show(job_id)
+                if job["status"] in statuses:
+                    return job
+                time.sleep(1)
+            raise TimeoutError(f"job {job_id} still {job['status']}")
+
+    return Jobs()
+
+
 MODEL = "fraud-test"  # registered by the reference workload (test_jobs.py), or by model_v1 if missing
 
 

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import notebook
 
 from datalab import manifest
 
@@ -12,14 +13,6 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = manifest.load()["python"]  # the profile whose limits the attacks below go beyond
 
 pytestmark = pytest.mark.integration
-
-
-def notebook(*cells, params="", kernel="datascience-py3.11"):
-    def cell(source, tags=()):
-        return {"cell_type": "code", "execution_count": None, "metadata": {"tags": list(tags)},
-                "outputs": [], "source": source}
-    return {"nbformat": 4, "nbformat_minor": 5, "cells": [cell(params, ["parameters"])] + [cell(c) for c in cells],
-            "metadata": {"kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}}}
 
 
 SUM = notebook('total = sum(range(n + 1))\nprint(f"{label}: sum={total} rate={rate}")',
@@ -35,39 +28,6 @@ OUTPUT = "/tmp/job/output.ipynb"
 OUTPUT_A_DIRECTORY = notebook(f'import os\nos.remove("{OUTPUT}")\nos.mkdir("{OUTPUT}")')
 OUTPUT_DEEPLY_NESTED = notebook(f'import os\nwith open("{OUTPUT}", "w") as f:\n    f.write("[" * 100_000 + "]" * 100_000)\n'
                                 f'os.chmod("{OUTPUT}", 0o444)\nos.chmod("/tmp/job", 0o555)')
-
-
-@pytest.fixture
-def jobs(lab, tmp_path):
-    for user in ("alice", "bob"):  # users exist in the hub once they have logged in
-        lab.login(user)
-
-    class Jobs:
-        def write(self, name, nb):
-            path = tmp_path / name
-            path.write_text(json.dumps(nb))
-            return str(path)
-
-        def cli(self, *args, check=True):
-            return lab.datalab("jobs", *args, check=check)
-
-        def submit(self, name, nb, *args, user="alice", check=True):
-            proc = self.cli("submit", self.write(name, nb), "--as", user, "--json", *args, check=check)
-            return json.loads(proc.stdout) if proc.returncode == 0 else proc
-
-        def show(self, job_id):
-            return json.loads(self.cli("show", job_id, "--json").stdout)
-
-        def wait(self, job_id, statuses=("succeeded", "failed", "cancelled", "timed out"), timeout=240):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                job = self.show(job_id)
-                if job["status"] in statuses:
-                    return job
-                time.sleep(1)
-            raise TimeoutError(f"job {job_id} still {job['status']}")
-
-    return Jobs()
 
 
 @pytest.fixture

@@ -89,6 +89,7 @@ class FakeEngine:
     def __init__(self):
         self.by_id, self.archive_reads = {}, []
         self.containers = self
+        self.isolated = []  # containers whose network rules the runner had set
 
     def create(self, image, **options):
         container = FakeContainer(self, f"c{len(self.by_id) + 1}-{options['name']}", options)
@@ -115,7 +116,7 @@ def make_jobs(tmp_path, **limits):
                      "max_log_mb": 0.001, **limits}
     engine = FakeEngine()
     runner = Runner("lab", ["lab"], lambda user, groups, admin: {}, max_log_mb=jobs_settings["max_log_mb"],
-                    max_output_mb=jobs_settings["max_output_mb"], client=engine)
+                    max_output_mb=jobs_settings["max_output_mb"], isolate=engine.isolated.append, client=engine)
     store = Store(tmp_path)
     return Jobs({"jobs": jobs_settings, "spawner": {"profiles": [PROFILE]}}, store, runner, FakeHubUsers()), engine
 
@@ -313,3 +314,26 @@ class JobsAPI(AsyncHTTPTestCase):
         code, body = self.call("GET", f"jobs/{mine['job']['id']}/logs")
         assert code == 200 and b"bob's" not in body
         assert self.call("GET", f"jobs/{theirs['job']['id']}/output", user="bob")[0] == 200
+
+
+def test_a_job_runs_only_once_its_network_rules_are_set(tmp_path):
+    jobs, engine = make_jobs(tmp_path)
+    job = submit(jobs, "alice")
+    jobs.tick()
+    container = container_of(jobs, engine, job)
+    assert engine.isolated == [container.id]
+    assert container.options["command"][0] == "datalab-await-network"  # papermill waits for them
+
+
+def test_a_job_whose_network_rules_cannot_be_set_never_runs(tmp_path):
+    jobs, engine = make_jobs(tmp_path)
+
+    def cannot_isolate(container_id):
+        raise RuntimeError("network rules not set (exit 4)")
+
+    jobs.runner.isolate = cannot_isolate
+    job = submit(jobs, "alice")
+    jobs.tick()
+    found = jobs.store.job(job)
+    assert found["status"] == "failed" and "network rules not set" in found["error"]
+    assert not engine.by_id  # its container is gone: closed by default

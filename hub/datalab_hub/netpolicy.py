@@ -1,0 +1,79 @@
+"""What a container running user code (a notebook server, a job) may reach on
+the lab network, and what may reach it.
+
+Notebook and job containers share the `lab` overlay network with the hub and
+the proxy, so without rules every user's container reaches every port of every
+other user's (a dashboard one user runs unauthenticated is open to all). The
+rules, set in the container's own network namespace, which its user has no
+capability to change:
+  - from the lab network in: only the server's port (the proxy and the hub
+    call it), and replies;
+  - to the lab network out: only the hub's API and its services' ports, and
+    replies;
+  - elsewhere (the internet, for `pip install`): allowed, or not (`internet`).
+A short-lived helper container joins the target's network namespace with
+NET_ADMIN alone to set them (a `docker exec` cannot add capabilities to a
+container with no-new-privileges, by design), then the platform drops a marker
+file into the target: its command (`datalab-await-network`, in every notebook
+image) starts the server or papermill only then, so no user code runs before
+the rules.
+"""
+
+import io
+import tarfile
+
+HUB_PORTS = (8081, 8090, 8091)  # the hub's API, the jobs service, the registry gateway
+READY_MARKER = "/tmp/.datalab-network-ready"
+AWAIT_COMMAND = "datalab-await-network"  # images/python/datalab-await-network
+
+
+class PolicyError(RuntimeError):
+    pass
+
+
+def rules(lab_subnet, serve_port=None, internet=True):
+    """The iptables commands, in order."""
+    subnet, hub_ports = lab_subnet, ",".join(str(p) for p in HUB_PORTS)
+    replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
+    found = [["-A", "INPUT", "-s", subnet, *replies]]
+    if serve_port:
+        found.append(["-A", "INPUT", "-s", subnet, "-p", "tcp", "--dport", str(serve_port), "-j", "ACCEPT"])
+    found += [
+        ["-A", "INPUT", "-s", subnet, "-j", "DROP"],
+        ["-A", "OUTPUT", "-d", subnet, *replies],
+        ["-A", "OUTPUT", "-d", subnet, "-p", "tcp", "-m", "multiport", "--dports", hub_ports, "-j", "ACCEPT"],
+        ["-A", "OUTPUT", "-d", subnet, "-j", "REJECT"],
+    ]
+    if not internet:  # Docker's DNS (127.0.0.11) is on the loopback
+        found += [["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"], ["-A", "OUTPUT", *replies],
+                  ["-A", "OUTPUT", "-j", "REJECT"]]
+    return [["iptables", "-w", "5", *rule] for rule in found]
+
+
+def lab_subnet(api, network):
+    """The lab network's subnet (the same on every node of an overlay)."""
+    return api.inspect_network(network)["IPAM"]["Config"][0]["Subnet"]
+
+
+def apply(api, container_id, image, lab_subnet, serve_port=None, internet=True, timeout=60):
+    """Set the rules in the container's network namespace, then let its command start.
+    `api`: docker-py's low-level APIClient. Raises PolicyError if they did not apply."""
+    script = " && ".join(" ".join(command) for command in rules(lab_subnet, serve_port, internet))
+    helper = api.create_container(
+        image, entrypoint=["sh", "-c"], command=[script], user="0",
+        host_config=api.create_host_config(network_mode=f"container:{container_id}", cap_drop=["ALL"],
+                                           cap_add=["NET_ADMIN", "NET_RAW"], security_opt=["no-new-privileges"]),
+        labels={"org.datalab.netpolicy-for": container_id},
+    )["Id"]
+    try:
+        api.start(helper)
+        status = api.wait(helper, timeout=timeout)["StatusCode"]
+        if status != 0:
+            raise PolicyError(f"network rules not set (exit {status}): "
+                              f"{api.logs(helper).decode(errors='replace')[-500:]}")
+    finally:
+        api.remove_container(helper, force=True)
+    marker = io.BytesIO()
+    with tarfile.open(fileobj=marker, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo(READY_MARKER.rsplit("/", 1)[1]), io.BytesIO(b""))
+    api.put_archive(container_id, READY_MARKER.rsplit("/", 1)[0], marker.getvalue())
