@@ -58,29 +58,38 @@ class JSONHandler(web.RequestHandler):
 class Score(JSONHandler):
     async def post(self):
         started = time.perf_counter()
-        state, count = self.state, 0
+        state = self.state
         try:
             if state.model is None:
                 raise RequestError(503, "the model is not loaded yet" if not state.load_error
                                    else f"the model could not be loaded: {state.load_error}")
             rows, many = parse(self.request.body, self.request.headers.get("Content-Type"), state.model.fields,
-                         state.max_batch, state.max_bytes)
-            count = len(rows)
-            probabilities = await state.batcher.score(rows)
+                               state.max_batch, state.max_bytes)
+            results = self.results(await state.batcher.score(rows), many)
         except RequestError as e:
             self.set_status(e.status)
             self.finish({"error": e.message})
             state.metrics.request(e.status, time.perf_counter() - started)
             return
         m = state.model
-        results = []
-        for p in probabilities:
-            score = round(100.0 * p, 2)
-            results.append({"score": score, "decision": "block" if score >= state.threshold else "allow",
-                            "model": m.name, "version": m.version})
         self.finish(results[0] if not many else {"results": results, "model": m.name, "version": m.version,
                                                 "threshold": state.threshold})
-        state.metrics.request(200, time.perf_counter() - started, count)
+        state.metrics.request(200, time.perf_counter() - started, len(rows))
+
+    def results(self, probabilities, many):
+        m, threshold = self.state.model, self.state.threshold
+        results = []
+        for i, p in enumerate(probabilities):
+            # NaN too: a float32 network overflows inside on huge values (3e38 times a weight of 2 is
+            # inf, and inf - inf is NaN), and NaN >= threshold is False: it would read "allow".
+            if not 0.0 <= p <= 1.0:
+                where = f"transaction {i}: " if many else ""
+                raise RequestError(422, f"{where}the model's score is {p!r}, not a probability: the transaction's "
+                                        "values are beyond what the model can compute with")
+            score = round(100.0 * p, 2)
+            results.append({"score": score, "decision": "block" if score >= threshold else "allow",
+                            "model": m.name, "version": m.version})
+        return results
 
 
 class Schema(JSONHandler):
@@ -133,9 +142,12 @@ async def main_async():
     env = os.environ
     state = State(threshold=float(env.get("SCORING_THRESHOLD", "50")),
                   max_batch=int(env.get("SCORING_MAX_BATCH", "1000")),
+                  # the edge's limit too (images/edge/haproxy.cfg): change both together
                   max_bytes=int(env.get("SCORING_MAX_BYTES", str(1 << 20))),
                   model_name=env.get("SCORING_MODEL_NAME", "model"),
                   model_version=env.get("SCORING_MODEL_VERSION", "0"))
+    # Bodies up to twice the limit are read and answered with a 413 that names it; Tornado cuts larger
+    # ones off with a bare 400 (the edge refuses any body over the limit that declares its length).
     server = httpserver.HTTPServer(app(state), max_body_size=state.max_bytes * 2)
     server.listen(int(env.get("SCORING_PORT", "8080")), "0.0.0.0")
     log.info("listening; loading the model")

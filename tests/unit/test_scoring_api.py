@@ -12,13 +12,16 @@ FIELDS = [("TX_AMOUNT", "float"), ("TERMINAL_ID_RISK_7DAY_WINDOW", "float")]
 EXAMPLE = [{"TX_AMOUNT": 12.5, "TERMINAL_ID_RISK_7DAY_WINDOW": 0.0}]
 
 
-def fake_predict(rows):  # a "model": probability grows with the amount
-    return [min(1.0, row[0] / 1000.0) for row in rows]
+def fake_predict(rows):  # a "model": probability grows with the amount; NaN from 1e38, as a network overflowing
+    return [min(1.0, row[0] / 1000.0) if row[0] < 1e38 else float("nan") for row in rows]
 
 
-class ScoringAPI(AsyncHTTPTestCase):
+class ServedModel(AsyncHTTPTestCase):
+    """The API serving the stand-in model; bodies up to `max_bytes`."""
+    max_bytes = 4096
+
     def get_app(self):
-        self.state = State(threshold=50, max_batch=10, max_bytes=4096, model_name="fraud", model_version="3")
+        self.state = State(threshold=50, max_batch=10, max_bytes=self.max_bytes, model_name="fraud", model_version="3")
         self.state.serve(Model("fraud", "3", FIELDS, EXAMPLE, fake_predict, "fake"))
         return app(self.state)
 
@@ -27,6 +30,8 @@ class ScoringAPI(AsyncHTTPTestCase):
         r = self.fetch("/v1/score", method="POST", body=data, headers={"Content-Type": content_type})
         return r.code, json.loads(r.body)
 
+
+class ScoringAPI(ServedModel):
     def test_one_transaction(self):
         code, out = self.post({"TX_AMOUNT": 600, "TERMINAL_ID_RISK_7DAY_WINDOW": 0.1})
         assert code == 200
@@ -76,6 +81,49 @@ class ScoringAPI(AsyncHTTPTestCase):
         assert "scoring_batch_size_count 1" in metrics
         r = self.fetch("/v2/score")
         assert r.code == 404 and "POST /v1/score" in json.loads(r.body)["error"]
+
+
+class MalformedBodies(ServedModel):
+    max_bytes = 1 << 20  # the service's default: room for 100,000 brackets
+
+    def test_malformed_bodies_of_any_shape_are_4xx_naming_the_problem(self):
+        tx = '{"TX_AMOUNT": %s, "TERMINAL_ID_RISK_7DAY_WINDOW": 0}'
+        cases = [
+            ("[" * 100_000 + "]" * 100_000, 400, "nested too deeply"),  # RecursionError in the decoder
+            ('{"a": ' * 100_000 + "1" + "}" * 100_000, 400, "nested too deeply"),
+            (tx % ("[" * 500 + "]" * 500), 422, "field 'TX_AMOUNT' must be a number (float), got a list"),
+            (tx % ("9" * 400), 422, "field 'TX_AMOUNT' is out of range: an integer of 400 digits"),  # float() overflows
+            (tx % ("-" + "9" * 400), 422, "an integer of 400 digits"),
+            (tx % ("9" * 5000), 400, "an integer of more than 4300 digits"),  # int-string conversion limit
+            (tx % "1e400", 422, "field 'TX_AMOUNT' must be finite, got inf"),
+            (tx % "-Infinity", 422, "field 'TX_AMOUNT' must be finite, got -inf"),
+            (tx % "1e39", 422, "field 'TX_AMOUNT' is out of range: 1e+39 (the model computes in float32"),
+            (tx % "-3.5e38", 422, "field 'TX_AMOUNT' is out of range: -3.5e+38"),
+            (tx % "3e38", 422, "the model's score is nan, not a probability"),
+            (f"[{tx % 1}, {tx % '3e38'}]", 422, "transaction 1: the model's score is nan"),
+            (tx % ('"' + "x" * 3000 + '"'), 422, '"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (3002 characters)'),
+            (tx % "null", 422, "field 'TX_AMOUNT' must be a number (float), got null"),
+            (tx % "{}", 422, "field 'TX_AMOUNT' must be a number (float), got an object"),
+            ("", 400, "request body is empty"),
+            ("  \n ", 400, "not valid JSON: Expecting value"),
+            (b"\xff\xfe\x00garbage\x80", 400, "not UTF-8: byte 0 is 0xff"),
+            ('{"TX_AMOUNT": 1}'.encode("utf-16"), 400, "not UTF-8"),
+            (b"\x00\x01\x02", 400, "not valid JSON"),
+            ("12", 422, "request body must be a JSON object (one transaction) or a list of them, got 12"),
+            ('"text"', 422, 'or a list of them, got "text"'),
+            ("null", 422, "or a list of them, got null"),
+            ("true", 422, "or a list of them, got true"),
+            ('{"transactions": 3}', 422, "'transactions' must be a list"),
+            ('{"transactions": [[1, 2]]}', 422, "transaction 0: a transaction must be a JSON object of fields, "
+                                                "got a list"),
+            ("[null]", 422, "transaction 0: a transaction must be a JSON object of fields, got null"),
+            (tx % 1 + "x", 400, "not valid JSON: Extra data"),
+        ]
+        for body, status, message in cases:
+            code, out = self.post(body)
+            assert (code, message in out["error"]) == (status, True), (body[:60], code, out)
+        assert self.post(EXAMPLE[0])[0] == 200
+        assert 'code="500"' not in self.fetch("/metrics").body.decode()
 
 
 class NotReady(AsyncHTTPTestCase):
