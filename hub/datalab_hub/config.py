@@ -5,6 +5,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from jupyterhub.utils import subdomain_hook_idna
+
 from . import netpolicy
 
 SECRETS = Path("/run/secrets")
@@ -23,7 +25,8 @@ def configure(c, runtime, secrets_dir=SECRETS):
         # (registry--service.<host>): a page one user serves cannot read the hub's or
         # anyone else's cookies or call their APIs as the user who opens it.
         c.JupyterHub.subdomain_host = hub["public_url"]
-        c.JupyterHub.subdomain_hook = "idna"
+        # the callable: JupyterHub 5.5 does not resolve its own default name "idna"
+        c.JupyterHub.subdomain_hook = subdomain_hook_idna
     c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
     # Notebook containers reach the hub by its service name on the lab network.
     c.JupyterHub.hub_connect_url = f"http://{hub['service_name']}:8081"
@@ -42,7 +45,10 @@ def configure(c, runtime, secrets_dir=SECRETS):
     c.JupyterHub.cleanup_servers = False
     # A login wave is served in turns (429 + "try again in N s") rather than all at once.
     c.JupyterHub.concurrent_spawn_limit = int(hub["concurrent_spawn_limit"])
-    c.JupyterHub.spawn_throttle_retry_range = tuple(int(seconds) for seconds in hub["spawn_retry_seconds"])
+    # (JupyterHub 5.5's spawn_throttle_retry_range is not a config option; its handlers
+    # read it from the tornado settings, which these update)
+    c.JupyterHub.tornado_settings = {
+        "spawn_throttle_retry_range": tuple(int(seconds) for seconds in hub["spawn_retry_seconds"])}
     c.JupyterHub.active_server_limit = int(hub["active_server_limit"])
     c.JupyterHub.upgrade_db = True
     c.JupyterHub.template_vars = {"announcement_login": hub.get("login_banner", "")}

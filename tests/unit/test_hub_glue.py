@@ -13,6 +13,7 @@ from traitlets.config import Config
 from datalab import manifest, settings as settings_mod, stack
 from datalab_hub.auth import DataLabLDAPAuthenticator
 from datalab_hub.config import configure
+from jupyterhub.utils import subdomain_hook_idna
 
 
 def runtime(tmp_path):
@@ -29,10 +30,10 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.ConfigurableHTTPProxy.should_start is False  # the stack's own proxy service
     assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
     assert c.JupyterHub.concurrent_spawn_limit == 8
-    assert c.JupyterHub.spawn_throttle_retry_range == (2, 6)
+    assert c.JupyterHub.tornado_settings["spawn_throttle_retry_range"] == (2, 6)
     # per-user origins: alice.lab.localhost, registry--service.lab.localhost
     assert c.JupyterHub.subdomain_host == "http://lab.localhost:8000"
-    assert c.JupyterHub.subdomain_hook == "idna"
+    assert c.JupyterHub.subdomain_hook is subdomain_hook_idna
     assert c.JupyterHub.cleanup_servers is False
     assert c.JupyterHub.hub_connect_url == "http://hub:8081"
     assert c.DataLabLDAPAuthenticator.allowed_groups == [
