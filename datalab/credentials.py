@@ -1,7 +1,8 @@
 """Secrets generated at first `up`: cookie secret, proxy token, directory admin
-password, the directory's CA and server certificate, and the demo users'
-passwords. Written once into <data_dir>/secrets (0600), reused afterwards,
-never printed (except the demo logins, on purpose, by `demo-logins`)."""
+password, the password of the hub's read-only directory account, the
+directory's CA and server certificate, and the demo users' passwords. Written
+once into <data_dir>/secrets (0600), reused afterwards, never printed (except
+the demo logins, on purpose, by `demo-logins`)."""
 
 import base64
 import datetime
@@ -141,6 +142,8 @@ def ensure(settings):
     if settings["directory"]["builtin"]:
         ensure_directory_pki(sdir)
         _ensure(sdir / "ldap_admin_password", lambda: secrets.token_urlsafe(24))
+        # the hub reads users' groups between logins as cn=hub-reader (directory/start-slapd makes it)
+        _ensure(sdir / "ldap_search_password", lambda: secrets.token_urlsafe(24))
         ldif = SEED_LDIF.read_text()
         logins = json.loads(
             _ensure(
@@ -151,13 +154,18 @@ def ensure(settings):
         _ensure(sdir / "ldap-seed.ldif", lambda: render_seed(ldif, settings["directory"]["base_dn"], logins))
         files.update(
             ldap_admin_password=sdir / "ldap_admin_password",
+            ldap_search_password=sdir / "ldap_search_password",
             ldap_seed=sdir / "ldap-seed.ldif",
             ldap_server_crt=sdir / "ldap-server.crt",
             ldap_server_key=sdir / "ldap-server.key",
             ldap_ca_crt=sdir / "ca.crt",
         )
-    elif settings["directory"]["ca_file"]:
-        files["ldap_ca_crt"] = Path(settings["directory"]["ca_file"])
+    else:
+        if settings["directory"]["ca_file"]:
+            files["ldap_ca_crt"] = Path(settings["directory"]["ca_file"])
+        # the password of [directory] search_bind_dn, a file on the host the operator keeps
+        if settings["directory"]["search_password_file"]:
+            files["ldap_search_password"] = Path(settings["directory"]["search_password_file"])
     if settings["mlflow"]["aws_credentials_file"]:
         files["aws_credentials"] = Path(settings["mlflow"]["aws_credentials_file"])
     return files

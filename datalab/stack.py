@@ -62,6 +62,9 @@ def profiles(notebook_images, refs):
 def refuse_unsafe(settings):
     """Settings that would turn a protection off without saying so stop `up`."""
     d = settings["directory"]
+    if not d["builtin"] and bool(d["search_bind_dn"]) != bool(d["search_password_file"]):
+        raise SettingsError("[directory] search_bind_dn and search_password_file go together: the hub binds as "
+                            "that account, with the password in that file, to read users' groups between logins")
     if d["tls_strategy"] == "insecure" and not d["allow_insecure_tls"]:
         raise SettingsError("[directory] tls_strategy = \"insecure\" sends passwords in clear text to an "
                             "unverified directory; use \"before_bind\" (StartTLS) or \"on_connect\" (ldaps), "
@@ -71,6 +74,10 @@ def refuse_unsafe(settings):
 def insecure_choices(settings):
     """Warnings for the settings that turn a protection off; `up` and `status` print them."""
     warnings = []
+    d = settings["directory"]
+    if not d["builtin"] and not d["search_bind_dn"]:
+        warnings.append("[directory] search_bind_dn is empty: someone removed from a group in the directory keeps "
+                        "its rights in the hub, its tokens and its schedules until their next login")
     if not settings["hub"]["per_user_origins"]:
         warnings.append("[hub] per_user_origins = false: every user's server shares the hub's origin, so a page "
                         "one user serves can act as any user who opens it (their servers, tokens, the registry)")
@@ -91,7 +98,8 @@ def hub_runtime(settings, profile_list, has_ca, hub_image=""):
             "public_url": settings.hub_url.rstrip("/"),
             "per_user_origins": bool(settings["hub"]["per_user_origins"]),
             **{key: settings["hub"][key] for key in ("concurrent_spawn_limit", "spawn_retry_seconds",
-                                                     "active_server_limit")},
+                                                     "active_server_limit", "auth_refresh_age",
+                                                     "group_sync_every")},
         },
         "ldap": {
             "host": host,
@@ -104,6 +112,10 @@ def hub_runtime(settings, profile_list, has_ca, hub_image=""):
             "group_membership_filter": d["group_membership_filter"],
             "group_name_attribute": d["group_name_attribute"],
             "admin_groups": list(settings["hub"]["admin_groups"]),
+            # the hub's read-only account: users' groups between logins (auth.py, groupsync.py); "": none
+            "search_bind_dn": f"cn=hub-reader,{d['base_dn']}" if d["builtin"] else d["search_bind_dn"],
+            "search_password_file": ("/run/secrets/ldap_search_password"
+                                     if d["builtin"] or d["search_password_file"] else ""),
         },
         "spawner": {
             "profiles": profile_list,
@@ -227,6 +239,8 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
     ]
     if has_ca:
         hub_secrets.append(files.secret("ldap_ca_crt", secret_files["ldap_ca_crt"], HUB_UID, 0o444))
+    if "ldap_search_password" in secret_files:
+        hub_secrets.append(files.secret("ldap_search_password", secret_files["ldap_search_password"], HUB_UID))
     services = {
         "hub": _service(
             refs["hub"],
@@ -277,7 +291,8 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             volumes=["directory-data:/var/lib/datalab-ldap"],
             secrets=[
                 files.secret(name, secret_files[name], LDAP_UID)
-                for name in ("ldap_admin_password", "ldap_seed", "ldap_server_crt", "ldap_server_key", "ldap_ca_crt")
+                for name in ("ldap_admin_password", "ldap_seed", "ldap_server_crt", "ldap_server_key", "ldap_ca_crt",
+                             "ldap_search_password")
             ],
         )
     services["controller"] = controller_service(settings, refs, files, secret_files, docker_gid)

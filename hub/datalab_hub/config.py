@@ -69,6 +69,13 @@ def configure(c, runtime, secrets_dir=SECRETS):
     auth.group_membership_filter = ldap["group_membership_filter"]
     auth.group_name_attribute = ldap["group_name_attribute"]
     auth.admin_ldap_groups = set(ldap["admin_groups"])
+    auth.search_bind_dn = ldap["search_bind_dn"]
+    auth.search_password_file = ldap["search_password_file"]
+    # A user's groups and admin flag are read from the directory again at their first
+    # request to the hub after auth_refresh_age seconds, and before every spawn (a new
+    # server mounts the team volumes of the groups they are in now, not at login).
+    auth.auth_refresh_age = int(hub["auth_refresh_age"])
+    auth.refresh_pre_spawn = True
 
     c.JupyterHub.spawner_class = "datalab_hub.spawner.DataLabSpawner"
     c.JupyterHub.allow_named_servers = True
@@ -145,6 +152,20 @@ def configure(c, runtime, secrets_dir=SECRETS):
             "name": "idle-culler",
             "services": ["idle-culler"],
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        })
+    if ldap["search_bind_dn"]:
+        # Users who do not come to the hub (a schedule, an MLflow client) get the directory's
+        # groups too, within hub.group_sync_every seconds (hub/datalab_hub/groupsync.py).
+        services.append({
+            "name": "group-sync",
+            "command": [sys.executable, "-m", "datalab_hub.groupsync"],
+            "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
+        })
+        roles.append({
+            "name": "group-sync",
+            "services": ["group-sync"],
+            "scopes": ["list:users", "read:users:groups", "read:servers", "delete:servers", "groups",
+                       "delete:users"],
         })
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles

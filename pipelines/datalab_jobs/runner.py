@@ -159,6 +159,10 @@ class Runner:
             raise
         return container.id
 
+    def mounts(self, container_id):
+        """The container's mounts, as Docker's inspect lists them."""
+        return self.client.containers.get(container_id).attrs.get("Mounts", [])
+
     def state(self, container_id):
         """(running, exit code) of the job's container; (False, None) if it is gone."""
         try:

@@ -22,6 +22,7 @@ from jupyterhub.services.auth import HubAuth
 from tornado import ioloop, web
 
 from datalab_hub import netpolicy, profiles as profile_policy
+from datalab_hub.groupsync import excess_mounts
 from datalab_hub.identity import HubUsers
 from datalab_hub.volumes import volume_mounts
 
@@ -30,6 +31,9 @@ from .runner import Runner, error_of
 from .store import FINAL, UNFINISHED, Store
 
 log = logging.getLogger("datalab.jobs")
+# A running job whose owner left a group is stopped within this many seconds (plus the
+# hub's group sync and identity.py's cache).
+RIGHTS_CHECK_EVERY_S = 10
 ACCESS_SCOPES = {"access:services", "access:services!service=jobs"}
 REGISTRY_SCOPE = "access:services!service=registry"
 MEMORY_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}  # binary, as Docker reads 512M or 4G
@@ -72,6 +76,25 @@ class Jobs:
         self.store = store
         self.runner = runner
         self.users = users  # datalab_hub.identity.HubUsers
+        self._rights_checked = {}  # job id -> when its owner's rights were last checked
+
+    def lost_rights(self, user, profile_name, container_id=None):
+        """Why `user` may no longer run this (None if they may): out of the lab, a profile their
+        groups no longer open, or (a running job) a volume mounted that their groups no longer give.
+        The hub's groups follow the directory (hub/datalab_hub/groupsync.py)."""
+        who = self.user_info(user)
+        if who is None:
+            return f"{user} is no longer a user of the lab"
+        try:
+            profile_policy.choose(self.profiles, who["groups"], profile_name)
+        except profile_policy.ProfileError as e:
+            return e.message
+        if container_id:
+            expected = self.runner.volumes(user, who["groups"], who["admin"])
+            excess = excess_mounts(self.runner.mounts(container_id), expected, self.runner.lab)
+            if excess:
+                return f"it mounts {', '.join(excess)}, which {user}'s groups no longer give"
+        return None
 
     def user_info(self, name):
         """{"name", "groups", "admin"} as the hub knows them now, or None."""
@@ -203,6 +226,10 @@ class Jobs:
         if not profile or not profile.get("image"):
             log.error("schedule %s: profile %s is gone; not fired", schedule["id"], schedule["profile"])
             return
+        why = self.lost_rights(schedule["user"], schedule["profile"])
+        if why:  # it fires again by itself once the rights come back
+            log.warning("schedule %s not fired, its owner may no longer run it: %s", schedule["id"], why)
+            return
         notebook = json.loads(self.store.schedule_notebook(schedule["id"]).read_text())
         try:
             # checked again: the profile's limits may have been lowered since it was made
@@ -234,7 +261,10 @@ class Jobs:
         """Whether the job's container started; a job that cannot start fails, saying why."""
         attempt = job["attempt"] + 1
         try:
-            who = self.user_info(job["user"]) or {"groups": [], "admin": False}
+            why = self.lost_rights(job["user"], job["profile"])
+            if why:
+                raise RuntimeError(why)
+            who = self.user_info(job["user"])
             notebook = json.loads(self.store.read_job_file(job["id"], "input.ipynb"))
             container_id = self.runner.start({**job, "attempt": attempt}, notebook, who["groups"], who["admin"],
                                              self.registry_environment(job))
@@ -251,6 +281,13 @@ class Jobs:
     def watch(self, job, now):
         running, exit_code = self.runner.state(job["container_id"])
         if running:
+            if now - self._rights_checked.get(job["id"], 0) > RIGHTS_CHECK_EVERY_S:
+                self._rights_checked[job["id"]] = now
+                why = self.lost_rights(job["user"], job["profile"], job["container_id"])
+                if why:
+                    self.runner.stop(job["container_id"])
+                    self.finish(job, "cancelled", f"stopped: {why}")
+                    return
             if now - job["started_at"] > job["timeout_s"]:
                 self.runner.stop(job["container_id"], grace=1)
                 self.finish(job, "timed out", f"stopped after its {job['timeout_s']} s timeout")

@@ -279,6 +279,9 @@ def lab():
         "demo = false\n"  # the tests train and promote their own models
         "[hub]\n"
         "port = 18000\n"
+        # groups read again within seconds: test_group_changes.py waits seconds, not minutes
+        "auth_refresh_age = 10\n"
+        "group_sync_every = 5\n"
         "[scoring]\n"
         "port = 18500\n"
         # servers report their activity (busy kernels included) every 4 s: the culler test waits seconds, not minutes

@@ -46,7 +46,7 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.DataLabSpawner.pull_policy == "never"
     assert c.JupyterHub.allow_named_servers is True
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert set(services) == {"jobs", "registry", "datalab-cli", "idle-culler"}
+    assert set(services) == {"jobs", "registry", "datalab-cli", "idle-culler", "group-sync"}
     assert services["datalab-cli"]["api_token"] == "cli"
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     # the culler reads the hub's activity records and stops servers; it may not call them
@@ -150,3 +150,22 @@ def test_configured_roles_are_exactly_those_docs_security_md_justifies(tmp_path)
     configured = {r["name"]: set(r["scopes"]) for r in c.JupyterHub.load_roles}
     configured["server"] = set(c.DataLabSpawner.server_token_scopes)
     assert configured == documented
+
+
+def test_groups_are_read_again_between_logins(tmp_path):
+    (tmp_path / "proxy_token").write_text("tok\n")
+    (tmp_path / "cli_token").write_text("cli\n")
+    c = Config()
+    configure(c, runtime(tmp_path), secrets_dir=tmp_path)
+    auth = c.DataLabLDAPAuthenticator
+    assert auth.search_bind_dn == "cn=hub-reader,dc=datalab,dc=example"
+    assert auth.search_password_file == "/run/secrets/ldap_search_password"
+    assert auth.auth_refresh_age == 300 and auth.refresh_pre_spawn is True
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert services["group-sync"]["command"][1:] == ["-m", "datalab_hub.groupsync"]
+    no_reader = runtime(tmp_path)
+    no_reader["ldap"]["search_bind_dn"] = ""
+    c = Config()
+    configure(c, no_reader, secrets_dir=tmp_path)
+    assert "group-sync" not in {s["name"] for s in c.JupyterHub.services}
+    assert "group-sync" not in {r["name"] for r in c.JupyterHub.load_roles}

@@ -51,10 +51,11 @@ class FakeContainer:
         self.engine, self.id, self.options = engine, container_id, options
         self.status, self.exit_code = "created", None
         self.log_chunks, self.output = [], None  # output: a tar, or an exception to raise
+        self.mounts = []
 
     @property
     def attrs(self):
-        return {"State": {"ExitCode": self.exit_code}}
+        return {"State": {"ExitCode": self.exit_code}, "Mounts": self.mounts}
 
     def put_archive(self, path, data):
         pass
@@ -337,3 +338,30 @@ def test_a_job_whose_network_rules_cannot_be_set_never_runs(tmp_path):
     found = jobs.store.job(job)
     assert found["status"] == "failed" and "network rules not set" in found["error"]
     assert not engine.by_id  # its container is gone: closed by default
+
+
+def test_a_job_whose_owner_left_the_profiles_group_is_stopped_and_does_not_start_again(tmp_path):
+    jobs, engine = make_jobs(tmp_path)
+    running = submit(jobs, "alice")
+    jobs.tick()
+    assert jobs.store.job(running)["status"] == "running"
+    jobs.users.info = lambda name: {"name": name, "groups": ["aml-team"], "admin": False}  # left datascientists
+    queued = submit(jobs, "alice")  # queued when her groups still allowed it
+    jobs._rights_checked.clear()
+    jobs.tick()
+    stopped = jobs.store.job(running)
+    assert stopped["status"] == "cancelled" and stopped["exit_reason"].startswith("stopped:")
+    refused = jobs.store.job(queued)
+    assert refused["status"] == "failed" and "None of your groups may start" in refused["error"], refused
+
+
+def test_a_running_job_holding_a_team_volume_its_owner_left_is_stopped(tmp_path):
+    jobs, engine = make_jobs(tmp_path)
+    job = submit(jobs, "alice")
+    jobs.tick()
+    container = container_of(jobs, engine, job)
+    container.mounts = [{"Type": "volume", "Name": "lab-team-fraud-team", "RW": True}]
+    jobs._rights_checked.clear()
+    jobs.tick()
+    assert jobs.store.job(job)["status"] == "cancelled"
+    assert "lab-team-fraud-team" in jobs.store.job(job)["exit_reason"]

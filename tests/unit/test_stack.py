@@ -154,3 +154,32 @@ def test_every_platform_service_has_a_memory_limit_and_reservation(tmp_path, mon
         assert resources["limits"]["memory"] and resources["reservations"]["memory"], name
     assert spec["services"]["mlflow"]["deploy"]["resources"] == {"limits": {"memory": "8G"},
                                                                   "reservations": {"memory": "1G"}}
+
+
+def test_the_hubs_directory_reader_reaches_the_hub_and_the_directory_only(tmp_path, monkeypatch):
+    _, spec = rendered(tmp_path, monkeypatch)
+    holders = {name for name, svc in spec["services"].items()
+               if "ldap_search_password" in [x["target"] for x in svc.get("secrets", [])]}
+    assert holders == {"hub", "directory"}  # the directory sets the account's password at start
+    ldap = json.loads((tmp_path / "hub.json").read_text())["ldap"]
+    assert ldap["search_bind_dn"] == "cn=hub-reader,dc=datalab,dc=example"
+    assert ldap["search_password_file"] == "/run/secrets/ldap_search_password"
+
+
+def test_a_corporate_directory_names_its_reader_or_is_warned(tmp_path, monkeypatch):
+    import pytest
+
+    corporate = {"builtin": False, "url": "ldaps://ldap.corp.example", "tls_strategy": "on_connect"}
+    secret = tmp_path / "reader-password"
+    secret.write_text("pw")
+    s, spec = rendered(tmp_path, monkeypatch, directory={
+        **corporate, "search_bind_dn": "cn=datalab,ou=Services,dc=corp", "search_password_file": str(secret)})
+    assert "ldap_search_password" in [x["target"] for x in spec["services"]["hub"]["secrets"]]
+    assert stack.hub_runtime(s, PROFILES, has_ca=False)["ldap"]["search_bind_dn"] == "cn=datalab,ou=Services,dc=corp"
+    assert not any("search_bind_dn" in w for w in stack.insecure_choices(s))
+    s, spec = rendered(tmp_path, monkeypatch, directory=corporate)
+    assert stack.hub_runtime(s, PROFILES, has_ca=False)["ldap"]["search_bind_dn"] == ""
+    assert any("search_bind_dn is empty" in w for w in stack.insecure_choices(s))
+    half = s.with_overrides({"directory": {"search_bind_dn": "cn=datalab,ou=Services,dc=corp"}})
+    with pytest.raises(settings_mod.SettingsError, match="go together"):
+        stack.refuse_unsafe(half)
