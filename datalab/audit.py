@@ -7,6 +7,9 @@ outcome: "deployed", "rejected" (the gate, or a version that cannot be
 fetched or evaluated), "rolled back" (the rollout failed), "failed" (MLflow
 or the engine failed three times), "superseded" (the alias moved on during
 the gate) or "adopted" (the version already served, by `datalab deploy`).
+Records with `"kind": "platform"` (empty model and version) are the
+controller's platform-only actions in the registry, e.g. (re)registering its
+webhook or deleting a webhook it did not make.
 """
 
 import json

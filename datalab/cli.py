@@ -281,6 +281,8 @@ def cmd_promote(settings, args):
 
 
 def audit_line(r):
+    if r.get("kind") == "platform":  # the controller's own registry actions (its webhook)
+        return f"{r['at']}  platform: {r['outcome']} by {r['by']}  ({'; '.join(r['reasons'])})"
     gate = (r.get("gate") or {}).get("candidate") or {}
     figures = " ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in gate.items())
     why = f"  ({'; '.join(r['reasons'])})" if r.get("reasons") else ""

@@ -89,14 +89,11 @@ def save(settings, deployment):
 
 
 @contextlib.contextmanager
-def fetched(docker: Docker, settings, scoring_ref, name, ref, evaluate_against=None, threshold=50.0):
+def fetched(docker: Docker, settings, scoring_ref, name, ref):
     """Fetch name@ref from the registry in a one-shot container of the scoring
-    image (with evaluate_against: also measure it against that NAME/VERSION, or
-    alone for ""); yields (the fetcher's answer, a folder holding model/)."""
+    image; yields (the fetcher's answer, a folder holding model/)."""
     container = f"{settings.lab}-fetch-{uuid.uuid4().hex[:10]}"
     command = ["python3", "-m", "datalab_scoring.fetch", name, ref, "/tmp/fetched/model"]
-    if evaluate_against is not None:
-        command += ["--evaluate-against", evaluate_against, "--threshold", str(threshold)]
     try:
         proc = docker.run("run", "--name", container, "--network", f"{settings.lab}_tracking",
                           "-e", f"MLFLOW_TRACKING_URI={MLFLOW_URL}", "--cap-drop", "ALL",
@@ -127,12 +124,10 @@ def bake(docker: Docker, scoring_ref, answer, work):
     return {"model": name, "version": version, "run_id": answer["run_id"], "image": image}
 
 
-def prepare(docker: Docker, settings, scoring_ref, name, ref, evaluate_against=None, threshold=50.0,
-            accept=lambda answer: True):
-    """Fetch (and with evaluate_against, evaluate) name@ref, then bake it if
-    accept(answer) says so: (answer, baked image dict or None)."""
-    with fetched(docker, settings, scoring_ref, name, ref, evaluate_against, threshold) as (answer, work):
-        return answer, (bake(docker, scoring_ref, answer, work) if accept(answer) else None)
+def prepare(docker: Docker, settings, scoring_ref, name, ref):
+    """Fetch name@ref, then bake it: (the fetcher's answer, baked image dict)."""
+    with fetched(docker, settings, scoring_ref, name, ref) as (answer, work):
+        return answer, bake(docker, scoring_ref, answer, work)
 
 
 def baked_image(docker: Docker, image):

@@ -3,11 +3,16 @@ in the registry is a promotion; this makes it happen, or undoes it.
 
 MLflow calls /webhook on every alias change (HMAC-signed; an unsigned or
 forged delivery is refused and logged) and the controller also polls, since
-MLflow's delivery is fire-and-forget. Either way it reconciles: for each
-registered model whose production alias names another version than the
-one it last accepted, it gates the candidate against what serves, rolls it
-out (deploy.rollout, as `datalab deploy` does) or moves the alias back,
-tags the version, and appends the attempt to the audit log.
+MLflow's delivery is fire-and-forget. Either way it reconciles: it seals the
+versions it has not seen yet (seals.py), then, for each registered model
+whose production alias names another version than the one it last
+accepted, it fetches the candidate's sealed artifacts itself (no model code
+runs here), has them scored and judged in sandboxes with no network
+(sandbox.py), rolls the very files it judged out (deploy.bake and
+deploy.rollout, as `datalab deploy` does) or moves the alias back, tags the
+version, and appends the attempt to the audit log. Only the controller
+talks to MLflow; webhooks are the platform's, and what it does to them is
+audited too.
 
 The attempt under way is written to promotions.json before each step with a
 side effect, so a restarted controller resumes it (an issued rollout is
@@ -15,9 +20,11 @@ followed, not issued again) rather than losing or repeating it.
 """
 
 import datetime
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +35,7 @@ from datalab import audit, deploy, images
 from datalab.docker import Docker
 from datalab.settings import Settings
 
-from . import gate, webhooks
+from . import gate, sandbox, seals, webhooks
 from .tenancy import REQUESTED_BY_TAG
 
 log = logging.getLogger("datalab.controller")
@@ -50,6 +57,7 @@ class Controller:
         self.state_path = deploy.deployments_dir(settings) / "promotions.json"
         self.lock = threading.Lock()
         self.wake = threading.Event()
+        self.unsealed = set()  # versions whose sealing failed (logged once)
 
     # ---- state ----
     def load(self):
@@ -62,9 +70,39 @@ class Controller:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
 
+    # ---- seals ----
+    def seal_new_versions(self):
+        """Seal every version not sealed yet (the gateway has kept its artifacts
+        as they were since its registration), once READY."""
+        served = f"name='{self.served_model}'" if self.served_model else None
+        token = None
+        while True:
+            page = self.client.search_model_versions(filter_string=served, max_results=1000, page_token=token)
+            for version in page:
+                if seals.SEAL_TAG not in version.tags and str(version.status) == "READY":
+                    self.seal(version)
+            token = page.token
+            if not token:
+                return
+
+    def seal(self, version):
+        key = (version.name, str(version.version))
+        try:
+            with tempfile.TemporaryDirectory(prefix="datalab-seal-") as work:
+                digest = seals.fetch(version, work).digest
+        except Exception as e:  # noqa: BLE001 (its artifacts unreadable now: again at the next poll)
+            if key not in self.unsealed:
+                log.warning("cannot seal %s v%s yet: %s", *key, f"{type(e).__name__}: {e}"[:300])
+            self.unsealed.add(key)
+            return
+        self.client.set_model_version_tag(version.name, version.version, seals.SEAL_TAG, digest)
+        self.unsealed.discard(key)
+        log.info("sealed %s v%s: sha256 %s", *key, digest)
+
     # ---- reconcile ----
     def reconcile(self):
         with self.lock:
+            self.seal_new_versions()
             state = self.load()
             if state.get("in_progress"):
                 log.info("resuming the promotion of %(model)s v%(version)s (%(step)s)", state["in_progress"])
@@ -109,6 +147,9 @@ class Controller:
                 self.finish(state, record, "failed", [f"{type(e).__name__}: {e}"[:1000],
                                                       "the alias could not be moved back"])
 
+    def exists(self, name, version):
+        return any(str(v.version) == version for v in self.client.search_model_versions(f"name='{name}'"))
+
     def still_wanted(self, name, version):
         return str((self.client.get_registered_model(name).aliases or {}).get(self.alias)) == version
 
@@ -126,20 +167,23 @@ class Controller:
         if record["step"] == "gate":
             serving = record["serving"]
             threshold = float(serving["threshold"]) if serving else float(self.settings["scoring"]["threshold"])
-            limits = self.settings["gate"]
-            try:
-                answer, baked = deploy.prepare(
-                    self.docker, self.settings, images.current_ref(self.docker, "scoring"), name, version,
-                    evaluate_against=f"{serving['model']}/{serving['version']}" if serving else "",
-                    threshold=threshold, accept=lambda a: not gate.failures(a["evaluation"], limits))
-            except deploy.DeployError as e:
-                return self.undo(state, record, "rejected", [str(e)])
-            record["gate"] = answer["evaluation"]
-            reasons = gate.failures(answer["evaluation"], limits)
-            if reasons:
-                return self.undo(state, record, "rejected", reasons)
-            if not self.still_wanted(name, version):  # the alias moved on while the gate ran
-                return self.finish(state, record, "superseded", ["the alias was moved during the gate"])
+            scoring_ref = images.current_ref(self.docker, "scoring")
+            with tempfile.TemporaryDirectory(prefix="datalab-gate-") as work:
+                try:
+                    candidate = self.verified(name, version, work)
+                    run_tags = self.client.get_run(candidate.run_id).data.tags if candidate.run_id else {}
+                    record["gate"] = sandbox.evaluate(self.docker, self.settings, scoring_ref, candidate.model,
+                                                      candidate.evaluation_set(run_tags), serving, threshold)
+                except (seals.Broken, sandbox.GateError, gate.Unreadable) as e:
+                    return self.undo(state, record, "rejected", [str(e)])
+                reasons = gate.failures(record["gate"], self.settings["gate"])
+                if reasons:
+                    return self.undo(state, record, "rejected", reasons)
+                if not self.still_wanted(name, version):  # the alias moved on while the gate ran
+                    return self.finish(state, record, "superseded", ["the alias was moved during the gate"])
+                # the very files judged: the image serves nothing else
+                baked = deploy.bake(self.docker, scoring_ref, {"name": name, "version": version,
+                                                               "run_id": candidate.run_id}, candidate.model.parent)
             replicas = serving["replicas"] if serving else self.settings["scoring"]["replicas"]
             record.update(step="rolling out", issued=False, rollout_t0=time.time(),
                           target={**baked, "replicas": int(replicas), "threshold": threshold})
@@ -163,14 +207,25 @@ class Controller:
         state["accepted"][name] = version
         self.finish(state, record, "deployed", [])
 
+    def verified(self, name, version, work):
+        """The candidate's artifacts, fetched and checked against its seal (made now if
+        the version was registered and promoted within one poll: this is first sight)."""
+        found = self.client.get_model_version(name, version)
+        fetched = seals.fetch(found, work)
+        if seals.SEAL_TAG not in found.tags:
+            self.client.set_model_version_tag(name, version, seals.SEAL_TAG, fetched.digest)
+        else:
+            seals.verify(found, fetched)
+        return fetched
+
     def undo(self, state, record, outcome, reasons):
         """The alias goes back to the version accepted before; the candidate says why."""
         name, version = record["model"], record["version"]
         previous = state["accepted"].get(name)
         if self.still_wanted(name, version):  # unless someone has moved it on meanwhile
-            if previous:
+            if previous and self.exists(name, previous):
                 self.client.set_registered_model_alias(name, self.alias, previous)
-            else:
+            else:  # (an approver may have deleted the version accepted before: its image still serves)
                 self.client.delete_registered_model_alias(name, self.alias)
         self.client.set_model_version_tag(name, version, REJECTED_TAG, f"{outcome}: " + "; ".join(reasons)[:4000])
         self.finish(state, record, outcome, reasons)
@@ -196,14 +251,37 @@ class Controller:
             self.wake.clear()
 
 
-def ensure_webhook(client, url, secret):
-    """One webhook of ours, with the current secret (a rotated secret takes effect at restart)."""
+def ensure_webhook(client, settings, url, secret):
+    """One webhook, ours, with the current secret (a rotated secret takes effect at
+    restart). Webhooks are the platform's: any other is removed. Every change is
+    a platform action, appended to the audit log."""
+    fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:16]  # MLflow never gives a secret back
+    description = f"DataLab: production alias -> gate -> rollout (secret sha256 {fingerprint})"
+    ours = None
     for hook in client.list_webhooks():
-        if hook.name == WEBHOOK_NAME:
-            client.update_webhook(hook.webhook_id, url=url, events=WEBHOOK_EVENTS, secret=secret, status="ACTIVE")
-            return
-    client.create_webhook(name=WEBHOOK_NAME, url=url, events=WEBHOOK_EVENTS, secret=secret,
-                          description="DataLab: production alias -> gate -> rollout")
+        if hook.name == WEBHOOK_NAME and ours is None:
+            ours = hook
+        else:
+            client.delete_webhook(hook.webhook_id)
+            platform_action(settings, "webhook removed", f"{hook.name} -> {hook.url}: not the platform's")
+    if ours is None:
+        client.create_webhook(name=WEBHOOK_NAME, url=url, events=WEBHOOK_EVENTS, secret=secret,
+                              description=description)
+        platform_action(settings, "webhook registered", f"{WEBHOOK_NAME} -> {url} ({', '.join(WEBHOOK_EVENTS)})")
+    elif (ours.url, sorted(str(e) for e in ours.events), str(ours.status), ours.description) != \
+            (url, sorted(WEBHOOK_EVENTS), "ACTIVE", description):
+        client.update_webhook(ours.webhook_id, url=url, events=WEBHOOK_EVENTS, secret=secret, status="ACTIVE",
+                              description=description)
+        platform_action(settings, "webhook updated", f"{WEBHOOK_NAME} -> {url} ({', '.join(WEBHOOK_EVENTS)})")
+
+
+def platform_action(settings, action, detail):
+    """An audit record of something only the platform does (kind "platform": not a
+    promotion, no model or version, so `datalab promote --wait` never takes it for one)."""
+    audit.append(settings, {"at": now_iso(), "kind": "platform", "model": "", "version": "", "from": None,
+                            "by": "controller", "outcome": action, "reasons": [detail], "gate": None,
+                            "rollout_s": None, "duration_s": 0})
+    log.info("platform: %s (%s)", action, detail)
 
 
 class WebhookHandler(web.RequestHandler):
@@ -240,9 +318,10 @@ def main():
     secret = Path("/run/secrets/webhook_secret").read_text().strip()
     client = MlflowClient()
     controller = Controller(settings, client, Docker(settings))
+    sandbox.remove_leftovers(controller.docker, settings.lab)
     while True:  # MLflow may still be starting
         try:
-            ensure_webhook(client, "http://controller:8080/webhook", secret)
+            ensure_webhook(client, settings, "http://controller:8080/webhook", secret)
             break
         except Exception as e:  # noqa: BLE001 (any failure: MLflow not up yet)
             log.info("registering the webhook with MLflow: %s; again in 3 s", str(e).splitlines()[0][:200])

@@ -4,8 +4,11 @@ the hub's login.
 A JupyterHub service (run by the hub in its container). Browsers come with
 the hub's OAuth cookie; the MLflow client in notebooks and jobs comes with
 `Authorization: Bearer <JupyterHub token>` (MLFLOW_TRACKING_TOKEN). Every
-request is checked against the team rules of tenancy.py, then forwarded to
-the MLflow server, which only the hub's backend network reaches.
+request is matched against MLflow's route table (routes.py; a route it does
+not know is refused), the objects it names are looked up, the team rules of
+tenancy.py decide, and it is forwarded to the MLflow server, which only the
+hub's backend network reaches, with the very query and body that were judged.
+Every refusal is logged: who, the request, the route, why.
 """
 
 import asyncio
@@ -14,29 +17,40 @@ import logging
 import os
 import time
 from pathlib import Path
-from urllib.parse import quote
+import re
+from urllib.parse import quote, urlencode
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import httpclient, ioloop, web
 
 from datalab_hub.identity import HubUsers
 
-from . import tenancy
+from . import routes, tenancy
 
 log = logging.getLogger("datalab.registry")
-# Hop-by-hop headers, and the caller's credentials, which MLflow never sees.
+# Hop-by-hop headers, the caller's credentials, which MLflow never sees, and
+# MLflow's workspace selector (one lab, one workspace).
 DROPPED_REQUEST_HEADERS = {"host", "cookie", "authorization", "content-length", "connection", "origin", "referer",
-                           "accept-encoding", "transfer-encoding", "keep-alive", "upgrade"}
+                           "accept-encoding", "transfer-encoding", "keep-alive", "upgrade", "x-mlflow-workspace"}
 DROPPED_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "server",
                             "set-cookie", "keep-alive"}
 LARGEST_BODY = 2 << 30
 URL_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 API_PATHS = ("api/", "ajax-api/", "graphql", "get-artifact", "model-versions/get-artifact")
+# Where MLflow serves artifacts (files users logged): get-artifact, model-versions/get-artifact,
+# the artifact proxy (mlflow-artifacts/artifacts/...), logged models' artifact files.
+ARTIFACT_PATH = re.compile(r"get-artifact|mlflow-artifacts/artifacts|logged-models/[^/]+/artifacts")
+XSRF_SCRIPT_PATH = "_datalab/xsrf.js"
+API = "api/2.0/mlflow/"
+MLFLOW_ID = re.compile(r"[A-Za-z0-9_-]+")  # run and logged model ids, as MLflow makes them
 
 
 class Owners:
-    """Which team owns an experiment, run, registered model or logged model.
-    Cached for a minute (a deleted and re-created model may change hands)."""
+    """What the gateway asks MLflow before deciding: which team owns an
+    experiment, run, registered model, logged model or artifact path; which
+    registered version a run or logged model holds; what serves production.
+    Owners and seals are cached for a minute (a deleted and re-created model may
+    change hands); what is not there yet, and what serves production, never."""
 
     TTL = 60.0
 
@@ -46,9 +60,8 @@ class Owners:
         self._cache = {}
 
     async def _get(self, path, **args):
-        """The JSON answer, None for a 404; LookupError when MLflow cannot say."""
-        query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in args.items())
-        r = await self.client.fetch(f"{self.mlflow_url}/api/2.0/mlflow/{path}?{query}", raise_error=False,
+        """The JSON answer, None for a 4xx (no such thing); LookupError when MLflow cannot say."""
+        r = await self.client.fetch(f"{self.mlflow_url}/{API}{path}?{urlencode(args)}", raise_error=False,
                                     request_timeout=30)
         if r.code == 200:
             return json.loads(r.body)
@@ -56,38 +69,106 @@ class Owners:
             return None
         raise LookupError(f"the registry cannot tell who owns this now ({path}: {r.code}); try again")
 
-    async def team(self, ref):
-        cached = self._cache.get(ref)
+    async def _cached(self, key, lookup, keep):
+        cached = self._cache.get(key)
         if cached and time.monotonic() - cached[0] < self.TTL:
             return cached[1]
+        found = await lookup()
+        if keep(found):
+            self._cache[key] = (time.monotonic(), found)
+        return found
+
+    async def team(self, ref):
+        """The team owning ref, None when shared, tenancy.MISSING when MLflow has no such thing."""
+        return await self._cached(("team", ref), lambda: self._team(ref), lambda t: t is not tenancy.MISSING)
+
+    async def _team(self, ref):
         kind, key = ref
-        team = None
         if kind == "experiment":
             found = await self._get("experiments/get", experiment_id=key)
-            tags = (found or {}).get("experiment", {}).get("tags", [])
-            team = {t["key"]: t["value"] for t in tags}.get(tenancy.TEAM_TAG)
-        elif kind == "run":
+            return _team_tag(found, "experiment")
+        if kind == "experiment_name":
+            found = await self._get("experiments/get-by-name", experiment_name=key)
+            return _team_tag(found, "experiment")
+        if kind == "model":
+            found = await self._get("registered-models/get", name=key)
+            return _team_tag(found, "registered_model")
+        if kind == "run":
             found = await self._get("runs/get", run_id=key)
             exp = (found or {}).get("run", {}).get("info", {}).get("experiment_id")
-            team = await self.team(("experiment", exp)) if exp else None
-        elif kind == "model":
-            found = await self._get("registered-models/get", name=key)
-            tags = (found or {}).get("registered_model", {}).get("tags", [])
-            team = {t["key"]: t["value"] for t in tags}.get(tenancy.TEAM_TAG)
         elif kind == "logged_model":
             found = await self._get(f"logged-models/{quote(key, safe='')}")
             exp = (found or {}).get("model", {}).get("info", {}).get("experiment_id")
-            team = await self.team(("experiment", exp)) if exp else None
-        if found is not None:
-            self._cache[ref] = (time.monotonic(), team)
-        return team
+        else:  # an artifact path: its experiment's (MLflow does not check that one exists)
+            exp = tenancy.artifact_location(key)[0]
+        return await self.team(("experiment", exp)) if exp else tenancy.MISSING
+
+    async def sealed(self, ref):
+        """The registered version ("model vN") whose artifacts ref holds, or None."""
+        if ref[0] == "artifact":
+            ref = tenancy.artifact_location(ref[1])[1]
+        if not ref or not MLFLOW_ID.fullmatch(ref[1]):
+            return None  # not a run's or logged model's folder, or not an id MLflow makes
+        kind, key = ref
+        search = f"run_id='{key}'" if kind == "run" else f"source_path='models:/{key}'"
+        return await self._cached(("sealed", ref), lambda: self._version(search), lambda v: v is not None)
+
+    async def _version(self, search):
+        found = await self._get("model-versions/search", filter=search, max_results=1)
+        versions = (found or {}).get("model_versions") or []
+        return f"{versions[0]['name']} v{versions[0]['version']}" if versions else None
+
+    async def run_tags(self, run_id):
+        found = await self._get("runs/get", run_id=run_id)
+        return {t["key"]: t["value"] for t in (found or {}).get("run", {}).get("data", {}).get("tags", [])}
+
+    async def production(self, alias):
+        """{reference: tenancy.Production} for every object a production version was
+        made from: its model, the version, its run, logged model and experiment."""
+        found, token = {}, None
+        while True:
+            page = await self._get("registered-models/search", max_results=1000,
+                                   **({"page_token": token} if token else {}))
+            if page is None:
+                raise LookupError("the registry cannot tell what serves production now; try again")
+            for model in page.get("registered_models", []):
+                version = {a["alias"]: a["version"] for a in model.get("aliases", [])}.get(alias)
+                if version is not None:
+                    team = {t["key"]: t["value"] for t in model.get("tags", [])}.get(tenancy.TEAM_TAG)
+                    serving = tenancy.Production(model["name"], str(version), team)
+                    for ref in await self._made_from(model["name"], str(version)):
+                        found[ref] = serving
+            token = page.get("next_page_token")
+            if not token:
+                return found
+
+    async def _made_from(self, name, version):
+        refs = [("model", name), ("version", name, version)]
+        found = (await self._get("model-versions/get", name=name, version=version) or {}).get("model_version", {})
+        source = found.get("source") or ""
+        if source.startswith("models:/m-"):
+            refs.append(("logged_model", source.removeprefix("models:/")))
+        if found.get("run_id"):
+            refs.append(("run", found["run_id"]))
+            run = await self._get("runs/get", run_id=found["run_id"])
+            exp = (run or {}).get("run", {}).get("info", {}).get("experiment_id")
+            if exp:
+                refs.append(("experiment", exp))
+        return refs
 
     async def tag_version(self, name, version, key, value):
-        r = await self.client.fetch(f"{self.mlflow_url}/api/2.0/mlflow/model-versions/set-tag", method="POST",
+        r = await self.client.fetch(f"{self.mlflow_url}/{API}model-versions/set-tag", method="POST",
                                     body=json.dumps({"name": name, "version": str(version), "key": key,
                                                      "value": value}),
                                     headers={"Content-Type": "application/json"}, raise_error=False)
         return r.code == 200
+
+
+def _team_tag(found, key):
+    if found is None:
+        return tenancy.MISSING
+    tags = found.get(key, {}).get("tags", [])
+    return {t["key"]: t["value"] for t in tags}.get(tenancy.TEAM_TAG)
 
 
 class RegistryHandler(HubOAuthenticated, web.RequestHandler):
@@ -97,20 +178,15 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
     def hub_auth(self):
         return self.settings["hub_auth"]
 
-    def check_xsrf_cookie(self):
-        # MLflow's UI fetches its API without an XSRF token. A browser marks a
-        # same-origin request so (a page cannot set Sec-Fetch-Site), which stops
-        # cross-site forgeries; anything else needs the hub's token. Pages of the
-        # lab's own origin (users' servers) are not stopped by this: see README.
-        if self.request.headers.get("Sec-Fetch-Site") == "same-origin":
-            return
-        return super().check_xsrf_cookie()
-
-    def refuse(self, status, message):
+    def refuse(self, status, message, who=None, route=None):
+        log.warning("refused %s %s /%s%s: %d %s", who or "(not logged in)", self.request.method,
+                    self.path_args[0] if self.path_args else "", f" (route {route.path})" if route else "", status,
+                    message)
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         # MLflow's own error shape: its UI and client show `message`.
-        code = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}.get(status, "ERROR")
+        code = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                404: "RESOURCE_DOES_NOT_EXIST"}.get(status, "ERROR")
         self.finish({"error_code": code, "message": message})
 
     def identity(self):
@@ -128,56 +204,78 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
                                     "(MLFLOW_TRACKING_TOKEN) with access to the registry")
         who = await asyncio.to_thread(self.identity)
         if who is None:
-            return self.refuse(403, "services do not use the registry gateway")
+            return self.refuse(403, "services do not use the registry gateway", "a service")
         if any(c in path for c in "?#") or any(ord(c) < 32 for c in path):
             # a %3F or %23 would move part of the path into MLflow's query string
-            return self.refuse(400, "the path may not contain '?', '#' or control characters")
+            return self.refuse(400, "the path may not contain '?', '#' or control characters", who.name)
+        route, params = routes.match(self.request.method, "/" + path)
+        if route is None:
+            return self.refuse(403, f"{self.request.method} /{path} is no route of MLflow's that the registry "
+                                    "gateway knows (unclassified routes are refused)", who.name)
+        try:
+            args = {k: [v.decode() for v in vs] for k, vs in self.request.query_arguments.items()}
+        except UnicodeDecodeError:
+            return self.refuse(400, "the query is not UTF-8", who.name, route)
         raw = self.request.body or b""
         body = None
-        if raw and tenancy.Request(self.request.method, path).endpoint is not None:
-            # MLflow parses an API request's body as JSON whatever its Content-Type says
+        if raw and not route.rule.raw_body and route.rule.cls not in (routes.OPEN, routes.PLATFORM, routes.REFUSED):
+            # MLflow parses the body as JSON whatever its Content-Type says
             try:
                 body = json.loads(raw)
             except ValueError:
-                return self.refuse(400, "the request body is not JSON")
+                return self.refuse(400, "the request body is not JSON", who.name, route)
             if not isinstance(body, dict):
-                return self.refuse(400, "the request body must be a JSON object")
-        req = tenancy.Request(self.request.method, path,
-                              {k: [v.decode() for v in vs] for k, vs in self.request.query_arguments.items()}, body)
+                return self.refuse(400, "the request body must be a JSON object", who.name, route)
+        req = tenancy.Request(self.request.method, path, args, body, params)
+        policy = self.settings["policy"]
         try:
-            owners = {ref: await self.settings["owners"].team(ref) for ref in tenancy.references(req)}
+            facts = await self.facts(who, route, req, policy)
+            forwarded = tenancy.authorize(who, route, req, facts, policy)
         except LookupError as e:  # fail closed: an unknown owner is not "shared"
-            return self.refuse(503, str(e))
-        try:
-            forwarded = tenancy.authorize(who, req, owners, self.settings["policy"])
+            return self.refuse(503, str(e), who.name, route)
         except tenancy.Refused as e:
-            log.info("refused %s %s %s: %s", who.name, req.method, path, e.message)
-            return self.refuse(e.status, e.message)
-        if forwarded is not req.body:
-            raw = json.dumps(forwarded).encode()
-        if req.endpoint == "registered-models/alias" and req.method == "POST" \
-                and req.value("alias") == self.settings["policy"].production_alias:
+            return self.refuse(e.status, e.message, who.name, route)
+        if route.rule.promotes and self.request.method == "POST" \
+                and (req.value("alias") or "").lower() == policy.production_alias.lower():
             # Who asked for the promotion: the controller reads it for its audit.
             await self.settings["owners"].tag_version(req.value("name"), req.value("version"),
                                                       tenancy.REQUESTED_BY_TAG, who.name)
             log.info("%s sets %s on %s v%s", who.name, req.value("alias"), req.value("name"), req.value("version"))
-        await self.forward(path, raw, who)
+        await self.forward(path, route, args, raw if forwarded is None else json.dumps(forwarded).encode(), who)
 
-    async def forward(self, path, raw, who):
-        # the path as judged, encoded again (artifact names may hold spaces or '%')
+    async def facts(self, who, route, req, policy):
+        """What the decision needs to know about the objects the request names."""
+        rule, owners, facts = route.rule, self.settings["owners"], tenancy.Facts()
+        if rule.cls not in (routes.READ, routes.WRITE) or (rule.cls == routes.READ and not policy.judges_reads(who)):
+            return facts
+        refs = tenancy.references(route, req)
+        facts.owners = {ref: await owners.team(ref) for ref in refs}
+        if rule.seals:
+            facts.sealed = {ref: found for ref in refs if (found := await owners.sealed(ref))}
+        if rule.seals == "tags":
+            facts.run_tags = {ref[1]: await owners.run_tags(ref[1]) for ref in facts.sealed if ref[0] == "run"}
+        if rule.guard:
+            facts.production = await owners.production(policy.production_alias)
+        return facts
+
+    async def forward(self, path, route, args, body, who):
+        # the path and query as judged, encoded again (artifact names may hold spaces or '%')
         url = f"{self.settings['mlflow_url']}/{quote(path, safe=URL_PATH_SAFE)}"
-        if self.request.query:
-            url += "?" + self.request.query
+        if args:
+            url += "?" + urlencode([(k, v) for k, vs in args.items() for v in vs])
         headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in DROPPED_REQUEST_HEADERS}
         headers["X-Forwarded-User"] = who.name
         response = await self.settings["owners"].client.fetch(httpclient.HTTPRequest(
             url, method=self.request.method, headers=headers,
-            body=raw if self.request.method in ("POST", "PUT", "PATCH", "DELETE") else None,
+            body=body if self.request.method in ("POST", "PUT", "PATCH", "DELETE") else None,
             allow_nonstandard_methods=True, follow_redirects=False, request_timeout=900,
             decompress_response=True), raise_error=False)
         if response.code == 599:
-            return self.refuse(502, f"the MLflow server did not answer: {response.error}")
-        payload = self.filter_listing(path, response, who)
+            return self.refuse(502, f"the MLflow server did not answer: {response.error}", who.name, route)
+        try:
+            payload = await self.filter_listing(route, response, who)
+        except LookupError as e:  # fail closed
+            return self.refuse(503, str(e), who.name, route)
         self.set_status(response.code, response.reason)
         copied = set()
         for key, value in response.headers.get_all():
@@ -185,18 +283,37 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
                 # set first (replacing tornado's default Content-Type), add repeats
                 (self.add_header if key.lower() in copied else self.set_header)(key, value)
                 copied.add(key.lower())
+        if ARTIFACT_PATH.search(path):
+            # a user's file, whatever its type: opened directly, it renders in an origin of
+            # its own (no registry cookies, no API calls as the viewer) and is never sniffed
+            self.set_header("Content-Security-Policy", "sandbox")
+            self.set_header("X-Content-Type-Options", "nosniff")
+        elif response.code == 200 and response.headers.get("Content-Type", "").startswith("text/html"):
+            payload = self.with_xsrf_script(payload)
         self.finish(payload)
 
-    def filter_listing(self, path, response, who):
+    def with_xsrf_script(self, page):
+        """MLflow's page, loading xsrf.js first; the _xsrf cookie it reads is set now."""
+        self.xsrf_token  # noqa: B018 (sets the _xsrf cookie, bound to this login, on a page view)
+        script = f'<script src="{self.settings["prefix"]}{XSRF_SCRIPT_PATH}"></script>'.encode()
+        head = re.search(rb"<head[^>]*>", page, re.I)
+        return page[:head.end()] + script + page[head.end():] if head else script + page
+
+    async def filter_listing(self, route, response, who):
         """With registry.others = "none", searches list only the caller's teams' (and shared) things."""
         policy = self.settings["policy"]
-        endpoint = tenancy.Request("GET", path).endpoint or ""
-        if policy.others != "none" or response.code != 200 or not endpoint.endswith("search"):
+        key = route.rule.listing
+        if not key or not policy.judges_reads(who) or response.code != 200:
             return response.body
         data = json.loads(response.body)
-        for key in ("experiments", "registered_models"):
-            if key in data:
-                data[key] = [x for x in data[key] if tenancy.visible(who, x.get("tags", []), policy)]
+        if key == "model_versions":  # a version is its model's: look the models up
+            mine = policy.teams_of(who)
+            teams = {name: await self.settings["owners"].team(("model", name))
+                     for name in {v.get("name") for v in data.get(key, [])}}
+            data[key] = [v for v in data.get(key, []) if teams[v.get("name")] in (None, tenancy.MISSING)
+                         or teams[v.get("name")] in mine]
+        elif key in data:
+            data[key] = [x for x in data[key] if tenancy.visible(who, x.get("tags", []), policy)]
         return json.dumps(data).encode()
 
     async def get(self, path):
@@ -214,8 +331,9 @@ def main():
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/registry/")
     app = web.Application([
         (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
+        (rf"{prefix}_datalab/(xsrf\.js)", web.StaticFileHandler, {"path": str(Path(__file__).parent)}),
         (rf"{prefix}(.*)", RegistryHandler),
-    ], hub_auth=hub_auth, cookie_secret=os.urandom(32),
+    ], hub_auth=hub_auth, cookie_secret=os.urandom(32), prefix=prefix,
         users=HubUsers(hub_auth.api_url, hub_auth.api_token),
         owners=Owners(registry["mlflow_url"]), mlflow_url=registry["mlflow_url"],
         policy=tenancy.Policy.from_settings(registry, registry["teams"]))

@@ -4,26 +4,13 @@ candidate's held-out evaluation set, with the very code that serves them
 
 The evaluation set is the parquet file the candidate's run names in its
 `datalab.evaluation` tag (the reference workload logs one): the model's
-fields and the label column TX_FRAUD.
+fields and the label column TX_FRAUD. The controller hands it over as a file
+(model_registry/datalab_registry/sandbox.py).
 """
 
 import math
 
 LABEL = "TX_FRAUD"
-EVALUATION_TAG = "datalab.evaluation"
-
-
-def evaluation_set(client, run_id, dest):
-    import pandas as pd
-    from mlflow.artifacts import download_artifacts
-
-    path = client.get_run(run_id).data.tags.get(EVALUATION_TAG)
-    if not path:
-        raise ValueError(f"run {run_id} has no evaluation set (tag {EVALUATION_TAG}): the gate cannot judge it")
-    frame = pd.read_parquet(download_artifacts(run_id=run_id, artifact_path=path, dst_path=dest))
-    if LABEL not in frame:
-        raise ValueError(f"the evaluation set of run {run_id} has no {LABEL} column")
-    return frame
 
 
 def scores(model, frame, batch=4096):

@@ -14,8 +14,8 @@ def test_status_json_lists_every_service_healthy(lab):
     # scoring: 0 replicas of the bare runtime until a first deployment (then running and healthy)
     assert rows["scoring"]["health"] in ("idle", "healthy")
     assert all(r["state"] == "running" and r["health"] == "healthy" for n, r in rows.items() if n != "scoring")
-    assert rows["proxy"]["url"] == "http://127.0.0.1:18000/"  # the front door
-    assert rows["hub"]["url"] == "http://127.0.0.1:18000/hub/"
+    assert rows["proxy"]["url"] == "http://lab.localhost:18000/"  # the front door
+    assert rows["hub"]["url"] == "http://lab.localhost:18000/hub/"
     assert rows["scoring-edge"]["url"] == "http://127.0.0.1:18500/v1/score"
 
 

@@ -32,7 +32,10 @@ await attempt("her_files", async () => { const r = await fetch(aliceServer + "ap
 await attempt("hub_frame_cookies", () => new Promise((resolve, reject) => {
   const frame = document.createElement("iframe");
   frame.src = hub + "/hub/home";
-  frame.onload = () => { try { resolve(frame.contentDocument.cookie); } catch (e) { reject(e); } };
+  const read = () => { try { resolve(frame.contentDocument ? frame.contentDocument.cookie : "no document"); }
+                       catch (e) { reject(e); } };
+  frame.onload = read;
+  setTimeout(read, 5000);  // a frame the hub refuses to be shown in may never report a load
   document.body.appendChild(frame);
 }));
 done(out);
@@ -48,7 +51,7 @@ def test_a_page_on_bobs_server_cannot_act_as_alice_who_opens_it(lab, browser):
     tokens_before = carol.hub_api("/users/alice/tokens").json()["api_tokens"]
 
     browser_login(browser, lab, "alice")
-    WebDriverWait(browser, 60).until(lambda b: "/hub/" in b.current_url and "/login" not in b.current_url)
+    WebDriverWait(browser, 60).until(lambda b: "/login" not in b.current_url)  # logged in: the hub sent her on
     # A page of bob's server that needs no login (its static files): it stays on bob's origin.
     browser.get(bob.server_url("bob") + "static/no-such-file")
     assert browser.current_url.startswith(bob.origin("bob")), browser.current_url
@@ -61,6 +64,7 @@ def test_a_page_on_bobs_server_cannot_act_as_alice_who_opens_it(lab, browser):
     assert str(seen["whoami"]).startswith("refused"), report  # no CORS: unreadable
     assert str(seen["mint_json"]).startswith("refused"), report  # its preflight is refused
     assert str(seen["her_files"]).startswith("refused"), report
-    assert str(seen["hub_frame_cookies"]).startswith("refused"), report  # another origin's document
+    # another origin's document: unreadable (or the hub refuses to be framed at all)
+    assert str(seen["hub_frame_cookies"]).startswith("refused") or seen["hub_frame_cookies"] == "no document", report
     tokens_after = carol.hub_api("/users/alice/tokens").json()["api_tokens"]
     assert len(tokens_after) == len(tokens_before), f"a token was minted as alice: {report}"

@@ -69,6 +69,17 @@ def test_the_registry_is_behind_the_hubs_login(lab, model_v1):
     session = lab.login("bob")  # the hub's cookie opens the MLflow UI
     page = session.http.get(f"{lab.service_url('registry')}/", timeout=30)
     assert page.status_code == 200 and "static-files" in page.text
+    assert "_datalab/xsrf.js" in page.text  # MLflow's UI sends the XSRF token (it loads first)
+    # with the cookie alone, an API call is not bob's: no same-origin exemption, whatever
+    # Sec-Fetch-Site says; with the page's _xsrf cookie as X-XSRFToken, it is
+    search = f"{lab.service_url('registry')}/ajax-api/2.0/mlflow/experiments/search"
+    forged = session.http.post(search, json={"max_results": 1}, timeout=30,
+                               headers={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
+    assert forged.status_code == 401, forged.text[:300]
+    xsrf = next(c.value for c in session.http.cookies if c.name == "_xsrf" and c.path.startswith("/services/registry"))
+    allowed = session.http.post(search, json={"max_results": 1}, timeout=30,
+                                headers={"X-XSRFToken": xsrf, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
+    assert allowed.status_code == 200, allowed.text[:300]
     # the reference job went through the gateway as alice: its model belongs to her team
     model = lab.registry("bob", "GET", f"registered-models/get?name={MODEL}")["registered_model"]
     assert {t["key"]: t["value"] for t in model["tags"]}["datalab.team"] == "fraud-team"

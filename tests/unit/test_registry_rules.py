@@ -1,12 +1,13 @@
 """The registry gateway's team rules, the promotion gate and webhook
 signatures, without a server; the real gateway, MLflow and controller are in
-tests/integration/test_registry.py."""
+tests/integration/test_registry.py. The route table and the attacks on it:
+test_registry_routes.py."""
 
 import time
 
 import pytest
 
-from datalab_registry import gate, tenancy, webhooks
+from datalab_registry import gate, routes, tenancy, webhooks
 from datalab import settings as settings_mod
 
 POLICY = tenancy.Policy(teams=frozenset({"fraud-team", "aml-team"}))
@@ -21,63 +22,74 @@ def req(method, endpoint, body=None, **args):
     return tenancy.Request(method, f"api/2.0/mlflow/{endpoint}", {k: [v] for k, v in args.items()}, body)
 
 
+def authorize(who, request, owners, policy=POLICY, **facts):
+    """tenancy.authorize for the route MLflow would serve the request with."""
+    route, params = routes.match(request.method, "/" + request.path)
+    assert route is not None, f"{request.method} {request.path} is no route"
+    request.params = params
+    return tenancy.authorize(who, route, request, tenancy.Facts(owners=owners, **facts), policy)
+
+
 def test_a_new_experiment_gets_the_creators_team():
-    body = tenancy.authorize(BOB, req("POST", "experiments/create", {"name": "x"}), {}, POLICY)
+    body = authorize(BOB, req("POST", "experiments/create", {"name": "x"}), {}, POLICY)
     assert {"key": "datalab.team", "value": "fraud-team"} in body["tags"]
 
 
 def test_creating_needs_one_team_or_says_which():
     with pytest.raises(tenancy.Refused, match="in no team"):
-        tenancy.authorize(EVE, req("POST", "registered-models/create", {"name": "m"}), {}, POLICY)
+        authorize(EVE, req("POST", "registered-models/create", {"name": "m"}), {}, POLICY)
     both = tenancy.Identity("zoe", frozenset({"fraud-team", "aml-team"}))
     with pytest.raises(tenancy.Refused, match="several teams .* datalab.team=<team>") as e:
-        tenancy.authorize(both, req("POST", "experiments/create", {"name": "x"}), {}, POLICY)
+        authorize(both, req("POST", "experiments/create", {"name": "x"}), {}, POLICY)
     assert e.value.status == 400
     body = {"name": "x", "tags": [{"key": "datalab.team", "value": "aml-team"}]}
-    assert tenancy.authorize(both, req("POST", "experiments/create", body), {}, POLICY) == body
+    assert authorize(both, req("POST", "experiments/create", body), {}, POLICY) == body
     with pytest.raises(tenancy.Refused, match="not in team aml-team"):
-        tenancy.authorize(BOB, req("POST", "experiments/create", body), {}, POLICY)
+        authorize(BOB, req("POST", "experiments/create", body), {}, POLICY)
 
 
 def test_writes_go_to_the_owning_team_and_reads_follow_the_others_setting():
     log_metric = req("POST", "runs/log-metric", {"run_id": "r1", "key": "auc", "value": 0.9})
     owners = {("run", "r1"): "fraud-team"}
-    assert tenancy.authorize(BOB, log_metric, owners, POLICY) is log_metric.body
+    assert authorize(BOB, log_metric, owners, POLICY) is log_metric.body
     with pytest.raises(tenancy.Refused, match="may not change what team fraud-team owns"):
-        tenancy.authorize(DAVE, log_metric, owners, POLICY)
-    assert tenancy.authorize(CAROL, log_metric, owners, POLICY) is log_metric.body  # hub admin
+        authorize(DAVE, log_metric, owners, POLICY)
+    assert authorize(CAROL, log_metric, owners, POLICY) is log_metric.body  # hub admin
     read = req("GET", "runs/get", run_id="r1")
-    assert tenancy.authorize(DAVE, read, owners, POLICY) is None
+    assert authorize(DAVE, read, owners, POLICY) is None
     closed = tenancy.Policy(teams=POLICY.teams, others="none")
     with pytest.raises(tenancy.Refused, match="not in team fraud-team"):
-        tenancy.authorize(DAVE, read, owners, closed)
+        authorize(DAVE, read, owners, closed)
     assert not tenancy.visible(DAVE, [{"key": "datalab.team", "value": "fraud-team"}], closed)
     assert tenancy.visible(DAVE, [], closed) and tenancy.visible(BOB, {"datalab.team": "fraud-team"}, closed)
 
 
 def test_artifact_uploads_belong_to_the_experiment_in_their_path():
-    upload = tenancy.Request("PUT", "api/2.0/mlflow-artifacts/artifacts/7/abc/artifacts/model/MLmodel")
-    assert tenancy.references(upload) == [("experiment", "7")]
-    with pytest.raises(tenancy.Refused):
-        tenancy.authorize(DAVE, upload, {("experiment", "7"): "fraud-team"}, POLICY)
+    path = "7/abc/artifacts/model/MLmodel"
+    upload = tenancy.Request("PUT", f"api/2.0/mlflow-artifacts/artifacts/{path}")
+    route, upload.params = routes.match("PUT", "/" + upload.path)
+    assert tenancy.references(route, upload) == [("artifact", path)]
+    assert tenancy.artifact_location(path) == ("7", ("run", "abc"))
+    with pytest.raises(tenancy.Refused, match="may not change what team fraud-team owns"):
+        authorize(DAVE, upload, {("artifact", path): "fraud-team"}, POLICY)
 
 
 def test_only_approvers_set_or_remove_the_production_alias():
     owners = {("model", "fraud-detector"): "fraud-team"}
     for method in ("POST", "DELETE"):
         alias = req(method, "registered-models/alias", {"name": "fraud-detector", "alias": "production", "version": "2"})
-        assert tenancy.authorize(ALICE, alias, owners, POLICY) == alias.body
+        assert authorize(ALICE, alias, owners, POLICY) == alias.body
         with pytest.raises(tenancy.Refused, match="only members of model-approvers") as e:
-            tenancy.authorize(BOB, alias, owners, POLICY)
+            authorize(BOB, alias, owners, POLICY)
         assert e.value.status == 403
         with pytest.raises(tenancy.Refused):  # an admin is not an approver
-            tenancy.authorize(CAROL, alias, owners, POLICY)
+            authorize(CAROL, alias, owners, POLICY)
     staging = req("POST", "registered-models/alias", {"name": "fraud-detector", "alias": "staging", "version": "2"})
-    assert tenancy.authorize(BOB, staging, owners, POLICY) == staging.body
+    assert authorize(BOB, staging, owners, POLICY) == staging.body
     own = tenancy.Policy(teams=POLICY.teams, team_approvers={"fraud-team": "fraud-approvers"})
     alias = req("POST", "registered-models/alias", {"name": "fraud-detector", "alias": "production", "version": "2"})
     with pytest.raises(tenancy.Refused, match="only members of fraud-approvers"):
-        tenancy.authorize(ALICE, alias, owners, own)
+        authorize(ALICE, alias, owners, own)
 
 
 def test_platform_tags_cannot_be_written_through_the_gateway():
@@ -85,17 +97,18 @@ def test_platform_tags_cannot_be_written_through_the_gateway():
         forged = req("POST", endpoint, {"name": "m", "version": "1", "experiment_id": "1",
                                         "key": "datalab.deployed_by", "value": "alice"})
         with pytest.raises(tenancy.Refused, match="written by the platform"):
-            tenancy.authorize(CAROL, forged, {("model", "m"): None, ("experiment", "1"): None}, POLICY)
+            authorize(CAROL, forged, {("model", "m"): None, ("experiment", "1"): None}, POLICY)
     create = req("POST", "registered-models/create", {"name": "m", "tags": [
         {"key": "datalab.promotion.requested_by", "value": "alice"}]})
     with pytest.raises(tenancy.Refused):
-        tenancy.authorize(BOB, create, {}, POLICY)
+        authorize(BOB, create, {}, POLICY)
 
 
-def test_a_write_the_rules_do_not_cover_is_refused_to_users():
-    with pytest.raises(tenancy.Refused, match="not open to users"):
-        tenancy.authorize(BOB, req("POST", "webhooks", {"url": "http://evil"}), {}, POLICY)
-    assert req("POST", "runs/search", {}).read_only and req("POST", "experiments/search", {}).read_only
+def test_webhooks_are_the_platforms_even_for_admins():
+    with pytest.raises(tenancy.Refused, match=r"POST /api/2.0/mlflow/webhooks is the platform's"):
+        authorize(CAROL, req("POST", "webhooks", {"url": "http://evil"}), {}, POLICY)
+    assert routes.match("POST", "/api/2.0/mlflow/runs/search")[0].rule.cls == routes.READ
+    assert routes.match("POST", "/ajax-api/2.0/mlflow/experiments/search")[0].rule.cls == routes.READ
 
 
 def test_team_approvers_is_a_free_form_table_in_settings(tmp_path):
@@ -146,42 +159,42 @@ def test_webhook_signatures_match_mlflows_and_forgeries_are_refused():
 
 def test_runs_keep_their_own_datalab_tags():
     batch = req("POST", "runs/log-batch", {"run_id": "r1", "tags": [{"key": "datalab.evaluation", "value": "e.parquet"}]})
-    assert tenancy.authorize(BOB, batch, {("run", "r1"): "fraud-team"}, POLICY) is batch.body
+    assert authorize(BOB, batch, {("run", "r1"): "fraud-team"}, POLICY) is batch.body
 
 
 def test_a_run_is_made_by_the_caller_whatever_the_client_says():
     create = req("POST", "runs/create", {"experiment_id": "1", "user_id": "jovyan",
                                          "tags": [{"key": "mlflow.user", "value": "jovyan"}]})
-    body = tenancy.authorize(BOB, create, {("experiment", "1"): "fraud-team"}, POLICY)
+    body = authorize(BOB, create, {("experiment", "1"): "fraud-team"}, POLICY)
     assert body["user_id"] == "bob" and body["tags"] == [{"key": "mlflow.user", "value": "bob"}]
 
 
-def test_a_write_is_judged_on_the_body_mlflow_reads_not_on_the_query():
+def test_a_request_naming_its_object_in_two_places_must_name_the_same_one():
     owners = {("model", "theirs"): "aml-team", ("model", "mine"): "fraud-team"}
-    # MLflow ignores a POST's query: naming one's own model there changes nothing
+    # the gateway does not guess which place MLflow reads: it reads them all
     smuggled = tenancy.Request("POST", "api/2.0/mlflow/registered-models/alias", {"name": ["mine"]},
                                {"name": "theirs", "alias": "production", "version": "1"})
-    assert tenancy.references(smuggled) == [("model", "theirs")]
-    with pytest.raises(tenancy.Refused):
-        tenancy.authorize(ALICE, smuggled, owners, POLICY)
+    with pytest.raises(tenancy.Refused, match=r"the query's name \(mine\) and the body's name \(theirs\) disagree") as e:
+        authorize(ALICE, smuggled, owners, POLICY)
+    assert e.value.status == 400
     # protobuf takes camelCase field names too
     camel = req("POST", "runs/log-metric", {"runId": "r9", "key": "auc", "value": 1})
-    assert tenancy.references(camel) == [("run", "r9")]
+    assert tenancy.references(routes.match("POST", "/" + camel.path)[0], camel) == [("run", "r9")]
 
 
-def test_only_known_searches_count_as_reads():
-    assert not req("POST", "registered-models/alias/search", {}).read_only
-    assert not req("POST", "runs/delete", {"run_id": "x"}).read_only
-    assert req("POST", "logged-models/search", {}).read_only
+def test_reads_are_the_routes_the_table_says_are():
+    assert routes.match("POST", "/api/2.0/mlflow/registered-models/alias/search") == (None, {})
+    assert routes.match("POST", "/api/2.0/mlflow/runs/delete")[0].rule.cls == routes.WRITE
+    assert routes.match("POST", "/api/2.0/mlflow/logged-models/search")[0].rule.cls == routes.READ
 
 
 def test_mlflow_user_cannot_be_slipped_into_a_batch_of_tags():
     batch = req("POST", "runs/log-batch", {"run_id": "r1", "metrics": [],
                                            "tags": [{"key": "mlflow.user", "value": "alice"}]})
-    body = tenancy.authorize(BOB, batch, {("run", "r1"): "fraud-team"}, POLICY)
+    body = authorize(BOB, batch, {("run", "r1"): "fraud-team"}, POLICY)
     assert body["tags"] == [{"key": "mlflow.user", "value": "bob"}] and body["metrics"] == []
     tag = req("POST", "runs/set-tag", {"run_id": "r1", "key": "mlflow.user", "value": "alice"})
-    assert tenancy.authorize(BOB, tag, {("run", "r1"): "fraud-team"}, POLICY)["value"] == "bob"
+    assert authorize(BOB, tag, {("run", "r1"): "fraud-team"}, POLICY)["value"] == "bob"
     with pytest.raises(tenancy.Refused, match="says who made the run"):
-        tenancy.authorize(BOB, req("POST", "runs/delete-tag", {"run_id": "r1", "key": "mlflow.user"}),
+        authorize(BOB, req("POST", "runs/delete-tag", {"run_id": "r1", "key": "mlflow.user"}),
                           {("run", "r1"): "fraud-team"}, POLICY)

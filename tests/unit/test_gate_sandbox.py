@@ -1,0 +1,329 @@
+"""The promotion gate's integrity, without an engine or MLflow: seals (digests
+of a version's artifacts), the sandboxes' docker arguments and sequence (a
+fake engine records them), the strict reading of what a sandbox answers, the
+worker that runs inside them, and the controller's use of all of it (a fake
+MLflow client). The real thing: tests/integration/test_registry_attacks.py."""
+
+import json
+import subprocess
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from datalab import audit, settings as settings_mod
+from datalab.docker import DockerError
+from datalab_registry import controller as controller_mod, gate, gate_worker, sandbox, seals
+
+MARK = gate_worker.MARKER
+EVALUATION = {"threshold": 50.0, "transactions": 3, "frauds": 1,
+              "candidate": {"average_precision": 0.9, "recall": 1.0, "false_positive_rate": 0.0, "block_rate": 0.3},
+              "production": {"average_precision": 0.8, "recall": 1.0, "false_positive_rate": 0.5, "block_rate": 0.6},
+              "score_psi": 0.1}
+
+
+def settings_in(tmp_path):
+    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"lab": {"data_dir": str(tmp_path),
+                                                                              "name": "lab1"}})
+    (tmp_path / "deployments").mkdir(exist_ok=True)
+    return s
+
+
+# ---- seals ----
+
+def test_a_seal_covers_every_files_place_and_content_and_refuses_links(tmp_path):
+    model, run = tmp_path / "model", tmp_path / "run"
+    (model / "data").mkdir(parents=True)
+    (run / "evaluation").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}")
+    (model / "data" / "weights.bin").write_bytes(b"\0" * 10)
+    (run / "evaluation" / "evaluation.parquet").write_bytes(b"PAR1")
+    sealed = seals.digest({"model": model, "run": run})
+    assert sealed == seals.digest({"run": run, "model": model})
+    (run / "evaluation" / "evaluation.parquet").write_bytes(b"PAR2")
+    assert seals.digest({"model": model, "run": run}) != sealed
+    (run / "evaluation" / "evaluation.parquet").write_bytes(b"PAR1")
+    (run / "evaluation" / "evaluation.parquet").rename(run / "evaluation" / "other.parquet")
+    assert seals.digest({"model": model, "run": run}) != sealed
+    (run / "link").symlink_to("/etc/passwd")
+    with pytest.raises(seals.Broken, match="is a link"):
+        seals.digest({"model": model, "run": run})
+
+
+def test_the_evaluation_set_is_a_file_among_the_sealed_run_artifacts(tmp_path):
+    (tmp_path / "run" / "evaluation").mkdir(parents=True)
+    (tmp_path / "run" / "evaluation" / "e.parquet").write_bytes(b"PAR1")
+    fetched = seals.Fetched(tmp_path / "model", tmp_path / "run", "r1", "d")
+    assert fetched.evaluation_set({seals.EVALUATION_TAG: "evaluation/e.parquet"}).name == "e.parquet"
+    with pytest.raises(seals.Broken, match="no evaluation set"):
+        fetched.evaluation_set({})
+    with pytest.raises(seals.Broken, match="not a file among the run's artifacts"):
+        fetched.evaluation_set({seals.EVALUATION_TAG: "../../etc/passwd"})
+
+
+def test_a_version_whose_artifacts_changed_is_refused_by_name():
+    version = SimpleNamespace(name="fraud", version="4", tags={seals.SEAL_TAG: "a" * 64})
+    seals.verify(version, SimpleNamespace(digest="a" * 64))
+    with pytest.raises(seals.Broken, match=r"the artifacts of fraud v4 are not those sealed at its registration"):
+        seals.verify(version, SimpleNamespace(digest="b" * 64))
+
+
+# ---- what a sandbox answers ----
+
+def test_scores_are_read_strictly_from_the_last_line():
+    assert gate.parse_scores(f"model noise\n{MARK}{json.dumps({'scores': [0, 12.5, 100]})}\n", "x") == [0, 12.5, 100]
+    for bad in (f"{MARK}" + '{"scores": [NaN]}', f"{MARK}" + '{"scores": [1e999]}', f"{MARK}" + '{"scores": [101]}',
+                f"{MARK}" + '{"scores": [true]}', f"{MARK}" + '{"scores": []}', f"{MARK}" + '{"scores": [1], "x": 1}',
+                f"{MARK}" + '[1, 2]', "no marker at all",
+                f"{MARK}" + '{"scores": [1]}\nforged afterwards by the model'):
+        with pytest.raises(gate.Unreadable):
+            gate.parse_scores(bad, "the candidate's scoring")
+
+
+def test_the_judgement_is_read_in_its_exact_shape():
+    assert gate.parse_evaluation(MARK + json.dumps(EVALUATION), 50.0, 3) == EVALUATION
+    alone = {**EVALUATION, "production": None, "score_psi": None}
+    assert gate.parse_evaluation(MARK + json.dumps(alone), 50.0, 3) == alone
+    for bad in ({**EVALUATION, "extra": 1}, {**EVALUATION, "transactions": 4}, {**EVALUATION, "threshold": 10.0},
+                {**EVALUATION, "frauds": 7}, {**EVALUATION, "frauds": 1.5}, {**EVALUATION, "score_psi": None},
+                {**EVALUATION, "candidate": {**EVALUATION["candidate"], "recall": 1.2}},
+                {**EVALUATION, "candidate": {**EVALUATION["candidate"], "bonus": 1.0}}):
+        with pytest.raises(gate.Unreadable):
+            gate.parse_evaluation(MARK + json.dumps(bad), 50.0, 3)
+
+
+# ---- the worker inside ----
+
+def test_the_worker_judges_labels_and_scores_and_answers_what_the_controller_reads(tmp_path, monkeypatch, capsys):
+    frame = pd.DataFrame({"TX_FRAUD": [0, 1, 0], "amount": [1.0, 300.0, 2.0]})
+    monkeypatch.setattr(pd, "read_parquet", lambda path: frame)
+    (tmp_path / "c.json").write_text(json.dumps({"scores": [10.0, 90.0, 60.0]}))
+    (tmp_path / "p.json").write_text(json.dumps({"scores": [20.0, 70.0, 10.0]}))
+    gate_worker.main(["judge", "e.parquet", str(tmp_path / "c.json"), "--production", str(tmp_path / "p.json"),
+                      "--threshold", "50"])
+    figures = gate.parse_evaluation(capsys.readouterr().out, 50.0, 3)
+    assert figures["candidate"]["recall"] == 1.0 and figures["candidate"]["block_rate"] == pytest.approx(2 / 3)
+    assert figures["production"]["false_positive_rate"] == 0.0 and figures["score_psi"] > 0
+    (tmp_path / "c.json").write_text(json.dumps({"scores": [10.0]}))
+    with pytest.raises(ValueError, match="1 candidate scores for 3 transactions"):
+        gate_worker.judge("e.parquet", str(tmp_path / "c.json"), None, 50.0)
+
+
+def test_the_worker_scores_with_the_scoring_runtimes_loader(monkeypatch, capsys):
+    from datalab_scoring import model
+
+    frame = pd.DataFrame({"TX_FRAUD": [0, 1], "amount": [1.0, 300.0]})
+    monkeypatch.setattr(pd, "read_parquet", lambda path: frame)
+    loaded = SimpleNamespace(fields=[("amount", "double")], predict=lambda rows: [r[0] / 1000 for r in rows])
+    monkeypatch.setattr(model, "load", lambda path, name, version: loaded)
+    gate_worker.main(["score", "/gate/model", "/gate/evaluation.parquet"])
+    assert gate.parse_scores(capsys.readouterr().out, "x") == [0.1, 30.0]
+
+
+# ---- the sandboxes ----
+
+class FakeEngine:
+    """Records docker commands; a sandbox answers by its command (score/judge) and image."""
+
+    def __init__(self, answers, status="0", fail_on=None, slow=False):
+        self.calls, self.answers, self.status, self.fail_on, self.slow = [], answers, status, fail_on, slow
+        self.created = {}
+
+    def run(self, *args, check=True, timeout=None, **kwargs):
+        self.calls.append(args)
+        if args[0] == self.fail_on:
+            raise DockerError(f"docker {args[0]} failed: no such image")
+        if args[0] == "create":
+            self.created[args[args.index("--name") + 1]] = args
+        if args[0] == "wait" and self.slow:
+            raise subprocess.TimeoutExpired(args, timeout)
+        stdout, stderr = "", ""
+        if args[0] == "wait":
+            stdout = self.status
+        if args[0] == "logs":
+            created = self.created[args[1]]
+            stdout = self.answers[created[created.index("python3") + 1], created[created.index("python3") + 3]]
+            stderr = "Traceback (most recent call last):\nValueError: the model's warm-up answered [7.0]\n"
+        return subprocess.CompletedProcess(args, 0, stdout, stderr)
+
+    def out(self, *args, **kwargs):
+        return self.run(*args, **kwargs).stdout.strip()
+
+    def creates(self):
+        return [c for c in self.calls if c[0] == "create"]
+
+
+SERVING = {"model": "fraud", "version": "3", "image": "datalab/scoring-model:fraud-v3-abc", "threshold": 50.0}
+ANSWERS = {("datalab/scoring:new", "score"): "loading...\n" + MARK + json.dumps({"scores": [10.0, 90.0, 60.0]}),
+           (SERVING["image"], "score"): MARK + json.dumps({"scores": [20.0, 70.0, 10.0]}),
+           ("datalab/scoring:new", "judge"): MARK + json.dumps(EVALUATION)}
+
+
+def evaluate(engine, tmp_path, serving=SERVING):
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}")
+    (tmp_path / "evaluation.parquet").write_bytes(b"PAR1")
+    return sandbox.evaluate(engine, settings_in(tmp_path), "datalab/scoring:new", tmp_path / "model",
+                            tmp_path / "evaluation.parquet", serving, 50.0)
+
+
+def test_each_model_runs_alone_with_no_network_no_credentials_and_limits(tmp_path):
+    engine = FakeEngine(ANSWERS)
+    assert evaluate(engine, tmp_path) == EVALUATION
+    candidate, production, judge = engine.creates()
+    for create in (candidate, production, judge):
+        flags = list(create)
+        assert flags[flags.index("--network") + 1] == "none" and "--read-only" in flags
+        assert [flags[i + 1] for i, f in enumerate(flags) if f in ("--env", "-e")] == ["HOME=/tmp"]
+        assert flags[flags.index("--cap-drop") + 1] == "ALL" and "no-new-privileges" in flags
+        assert flags[flags.index("--memory") + 1] == "2G" and flags[flags.index("--memory-swap") + 1] == "2G"
+        assert "--pids-limit" in flags and "--cpus" in flags and "max-file=1" in flags
+        assert not any("docker.sock" in f or f.startswith("-v") for f in flags)
+    assert candidate[candidate.index("python3") + 1:][:3] == ("datalab/scoring:new", "/gate/gate_worker.py", "score")
+    # production scores in the image that serves it, from its baked /model
+    assert production[production.index("python3") + 1:] == (
+        SERVING["image"], "/gate/gate_worker.py", "score", "/model", "/gate/evaluation.parquet")
+    assert judge[-4:] == ("--threshold", "50.0", "--production", "/gate/production.json")
+    copied = {}
+    for call in engine.calls:
+        if call[0] == "cp":
+            copied.setdefault(call[2].split(":")[0], []).append(call[2].split(":")[1])
+    names = [c[c.index("--name") + 1] for c in engine.creates()]
+    assert sorted(copied[names[0]]) == ["/gate/evaluation.parquet", "/gate/gate_worker.py", "/gate/model"]
+    assert sorted(copied[names[1]]) == ["/gate/evaluation.parquet", "/gate/gate_worker.py"]  # nothing of the candidate
+    assert sorted(copied[names[2]]) == ["/gate/candidate.json", "/gate/evaluation.parquet", "/gate/gate_worker.py",
+                                        "/gate/production.json"]
+    assert [c[-1] for c in engine.calls if c[0] == "rm"] == names
+    assert all(n.startswith("lab1-gate-") and f"{sandbox.LABEL}=lab1" in c for n, c in zip(names, engine.creates()))
+
+
+def test_a_first_promotion_is_judged_alone(tmp_path):
+    engine = FakeEngine({**ANSWERS, ("datalab/scoring:new", "judge"): MARK + json.dumps(
+        {**EVALUATION, "production": None, "score_psi": None})})
+    assert evaluate(engine, tmp_path, serving=None)["production"] is None
+    assert len(engine.creates()) == 2 and "--production" not in engine.creates()[1]
+
+
+def test_a_sandbox_that_fails_runs_too_long_or_cannot_start_is_a_gate_error_and_is_removed(tmp_path):
+    engine = FakeEngine(ANSWERS, status="1")
+    with pytest.raises(sandbox.GateError, match=r"the candidate's scoring failed \(exit 1\): ValueError: the model's"):
+        evaluate(engine, tmp_path)
+    engine = FakeEngine(ANSWERS, slow=True)
+    with pytest.raises(sandbox.GateError, match=f"took more than {sandbox.TIMEOUT_S} s"):
+        evaluate(engine, tmp_path)
+    assert engine.calls[-1][0] == "rm"
+    with pytest.raises(sandbox.GateError, match="could not run: docker create failed: no such image"):
+        evaluate(FakeEngine(ANSWERS, fail_on="create"), tmp_path)
+
+
+# ---- the controller ----
+
+class FakeMlflow:
+    def __init__(self, versions=(), aliases=None, webhooks=()):
+        self.versions = {(v.name, str(v.version)): v for v in versions}
+        self.aliases = aliases or {}
+        self.hooks = list(webhooks)
+        self.calls = []
+
+    def get_model_version(self, name, version):
+        return self.versions[name, str(version)]
+
+    def search_model_versions(self, filter_string=None, max_results=None, page_token=None):
+        found = [v for v in self.versions.values() if not filter_string or filter_string == f"name='{v.name}'"]
+        return _Page(found)
+
+    def get_registered_model(self, name):
+        return SimpleNamespace(aliases=dict(self.aliases.get(name, {})))
+
+    def get_run(self, run_id):
+        return SimpleNamespace(data=SimpleNamespace(tags={seals.EVALUATION_TAG: "evaluation/e.parquet"}))
+
+    def set_model_version_tag(self, name, version, key, value):
+        self.calls.append(("tag", name, str(version), key, value))
+        self.versions[name, str(version)].tags[key] = value
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.calls.append(("alias", name, alias, version))
+        self.aliases.setdefault(name, {})[alias] = version
+
+    def delete_registered_model_alias(self, name, alias):
+        self.calls.append(("unalias", name, alias))
+        self.aliases.get(name, {}).pop(alias, None)
+
+    def list_webhooks(self):
+        return list(self.hooks)
+
+    def create_webhook(self, **spec):
+        self.calls.append(("create_webhook", spec["url"]))
+        self.hooks.append(SimpleNamespace(webhook_id="w1", status="ACTIVE", **spec))
+
+    def update_webhook(self, webhook_id, **spec):
+        self.calls.append(("update_webhook", webhook_id))
+
+    def delete_webhook(self, webhook_id):
+        self.calls.append(("delete_webhook", webhook_id))
+        self.hooks = [h for h in self.hooks if h.webhook_id != webhook_id]
+
+
+class _Page(list):
+    token = None
+
+
+def version(number, tags=None, status="READY"):
+    return SimpleNamespace(name="fraud", version=str(number), run_id=f"r{number}", tags=dict(tags or {}),
+                           status=status, aliases=[])
+
+
+def test_the_controller_seals_each_ready_version_once_and_a_candidate_at_first_sight(tmp_path, monkeypatch):
+    fetched = []
+    monkeypatch.setattr(seals, "fetch",
+                        lambda v, work: fetched.append(v.version) or SimpleNamespace(digest="d" + v.version))
+    client = FakeMlflow([version(1, {seals.SEAL_TAG: "d1"}), version(2), version(3, status="PENDING_REGISTRATION")])
+    ctl = controller_mod.Controller(settings_in(tmp_path), client, docker=None)
+    ctl.seal_new_versions()
+    ctl.seal_new_versions()
+    assert fetched == ["2"] and client.versions["fraud", "2"].tags[seals.SEAL_TAG] == "d2"
+    assert ctl.verified("fraud", "3", tmp_path).digest == "d3"  # first sight: sealed now
+    assert client.versions["fraud", "3"].tags[seals.SEAL_TAG] == "d3"
+    client.versions["fraud", "2"].tags[seals.SEAL_TAG] = "changed since"
+    with pytest.raises(seals.Broken, match="fraud v2 are not those sealed"):
+        ctl.verified("fraud", "2", tmp_path)
+
+
+def test_a_candidate_whose_artifacts_changed_is_rejected_before_any_of_its_code_runs(tmp_path, monkeypatch):
+    s = settings_in(tmp_path)
+    client = FakeMlflow([version(1, {seals.SEAL_TAG: "d1"}), version(2, {seals.SEAL_TAG: "sealed"})],
+                        aliases={"fraud": {"production": "2"}})
+    monkeypatch.setattr(controller_mod.images, "current_ref", lambda docker, name: "datalab/scoring:new")
+    monkeypatch.setattr(seals, "fetch", lambda v, work: seals.Fetched(tmp_path, tmp_path, v.run_id, "overwritten"))
+    monkeypatch.setattr(sandbox, "evaluate", lambda *a: pytest.fail("a sandbox ran on unsealed artifacts"))
+    ctl = controller_mod.Controller(s, client, docker=None)
+    state = {"accepted": {"fraud": "1"}, "in_progress": None}
+    ctl.promote(state, {"model": "fraud", "version": "2", "step": "gate"})
+    record = audit.records(s)[-1]
+    assert record["outcome"] == "rejected" and "fraud v2 are not those sealed" in record["reasons"][0]
+    assert client.aliases["fraud"]["production"] == "1"
+
+
+def test_the_alias_is_removed_when_the_version_accepted_before_is_gone(tmp_path):
+    client = FakeMlflow([version(2, {seals.SEAL_TAG: "d2"})], aliases={"fraud": {"production": "2"}})
+    ctl = controller_mod.Controller(settings_in(tmp_path), client, docker=None)
+    record = {"model": "fraud", "version": "2", "started_at": "t", "t0": 0, "from": "fraud v1", "by": "alice"}
+    ctl.undo({"accepted": {"fraud": "1"}, "in_progress": None}, record, "rejected", ["worse"])
+    assert ("unalias", "fraud", "production") in client.calls and "production" not in client.aliases["fraud"]
+
+
+def test_webhooks_are_the_platforms_and_every_change_is_audited(tmp_path):
+    s = settings_in(tmp_path)
+    foreign = SimpleNamespace(webhook_id="w0", name="exfiltrate", url="http://attacker.example/", events=[],
+                              status="ACTIVE", description="")
+    client = FakeMlflow(webhooks=[foreign])
+    controller_mod.ensure_webhook(client, s, "http://controller:8080/webhook", "s3cret")
+    assert client.calls == [("delete_webhook", "w0"), ("create_webhook", "http://controller:8080/webhook")]
+    controller_mod.ensure_webhook(client, s, "http://controller:8080/webhook", "s3cret")  # as it is: nothing
+    controller_mod.ensure_webhook(client, s, "http://controller:8080/webhook", "rotated")
+    assert client.calls[-1] == ("update_webhook", "w1")
+    records = audit.records(s)
+    assert [(r["kind"], r["outcome"]) for r in records] == [
+        ("platform", "webhook removed"), ("platform", "webhook registered"), ("platform", "webhook updated")]
+    assert all(r["model"] == "" and r["version"] == "" for r in records)  # never taken for a promotion
