@@ -18,6 +18,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 from urllib3.util.retry import Retry
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -167,12 +168,15 @@ class ScoringLoad(RequestLoad):
         super().__init__(lambda: http.post(url, json=example, timeout=10), pause)
 
 
-def browser_login(browser, lab, user):
-    """Log `user` in through the hub's login form, in the browser."""
+def browser_login(browser, lab, user, timeout=60):
+    """Log `user` in through the hub's login form, in the browser, and wait until the
+    hub has let them in (it sends them on to the spawn form, or to their running
+    server on its own origin)."""
     browser.get(lab.url + "/hub/login")
     browser.find_element(By.ID, "username_input").send_keys(user)
     browser.find_element(By.ID, "password_input").send_keys(lab.logins[user])
     browser.find_element(By.ID, "login_submit").click()
+    WebDriverWait(browser, timeout).until(lambda b: "/hub/login" not in b.current_url)
 
 
 def notebook(*cells, params="", kernel="datascience-py3.11"):

@@ -240,7 +240,6 @@ def alias_offered(browser):
 def test_an_approver_promotes_by_setting_the_alias_in_the_registry_ui(lab, production, browser, tmp_path):
     candidate = copy_version(lab, served_version(lab))
     browser_login(browser, lab, "alice")
-    WebDriverWait(browser, 60).until(EC.url_contains("/hub/"))
     browser.get(f"{lab.service_url('registry')}/#/models/{MODEL}/versions/{candidate}")
     try:
         add = WebDriverWait(browser, 60).until(EC.element_to_be_clickable(
@@ -271,7 +270,6 @@ def test_an_approver_promotes_by_setting_the_alias_in_the_registry_ui(lab, produ
 def test_a_non_approver_sees_why_the_registry_ui_refuses_the_alias(lab, production, browser, tmp_path):
     serving = served_version(lab)
     browser_login(browser, lab, "bob")
-    WebDriverWait(browser, 60).until(EC.url_contains("/hub/"))
     candidate = copy_version(lab, serving, user="bob")
     browser.get(f"{lab.service_url('registry')}/#/models/{MODEL}/versions/{candidate}")
     try:
