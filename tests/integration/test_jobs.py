@@ -144,17 +144,23 @@ def test_a_job_cannot_ask_for_more_than_its_profile(as_bob, field, value, messag
     assert len(as_bob.get("jobs").json()["jobs"]) == before
 
 
+def fill_to_the_cap(as_bob, body, room, made, kind):
+    """Submit `body` until the cap leaves no room (each id made into `made`, for the
+    cleanup), then once more: returns that last answer."""
+    for _ in range(room):
+        r = as_bob.post("jobs", body)
+        assert r.status_code == 201, r.text
+        made.append(r.json()[kind]["id"])
+    return as_bob.post("jobs", body)
+
+
 def test_a_user_cannot_flood_the_queue_or_the_schedules(lab, jobs, as_bob):
     cap = lab.settings["jobs"]["max_queued_per_user"]
     sleeping = {"notebook": SLEEP, "profile": "python", "params": {"seconds": 300}}
     unfinished = [j for j in as_bob.get("jobs").json()["jobs"] if j["status"] in ("queued", "running")]
     submitted = []
     try:
-        for _ in range(cap - len(unfinished)):
-            r = as_bob.post("jobs", sleeping)
-            assert r.status_code == 201, r.text
-            submitted.append(r.json()["job"]["id"])
-        refused = as_bob.post("jobs", sleeping)
+        refused = fill_to_the_cap(as_bob, sleeping, cap - len(unfinished), submitted, "job")
         assert refused.status_code == 429 and f"(jobs.max_queued_per_user = {cap})" in refused.json()["error"]
     finally:
         for job_id in submitted:
@@ -165,11 +171,8 @@ def test_a_user_cannot_flood_the_queue_or_the_schedules(lab, jobs, as_bob):
     yearly = {"notebook": SUM, "profile": "python", "schedule": "0 0 1 1 *"}
     made = []
     try:
-        for _ in range(cap - len(as_bob.get("schedules").json()["schedules"])):
-            r = as_bob.post("jobs", yearly)
-            assert r.status_code == 201, r.text
-            made.append(r.json()["schedule"]["id"])
-        refused = as_bob.post("jobs", yearly)
+        refused = fill_to_the_cap(as_bob, yearly, cap - len(as_bob.get("schedules").json()["schedules"]), made,
+                                  "schedule")
         assert refused.status_code == 429 and f"(jobs.max_schedules_per_user = {cap})" in refused.json()["error"]
     finally:
         for schedule_id in made:
