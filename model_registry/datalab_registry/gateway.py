@@ -265,6 +265,9 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
             url += "?" + urlencode([(k, v) for k, vs in args.items() for v in vs])
         headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in DROPPED_REQUEST_HEADERS}
         headers["X-Forwarded-User"] = who.name
+        if body and not any(k.lower() == "content-type" for k in headers):
+            # else tornado's client calls a POST body a form, which MLflow then parses away
+            headers["Content-Type"] = "application/octet-stream"
         response = await self.settings["owners"].client.fetch(httpclient.HTTPRequest(
             url, method=self.request.method, headers=headers,
             body=body if self.request.method in ("POST", "PUT", "PATCH", "DELETE") else None,

@@ -3,7 +3,7 @@ through, and where the request names the object it acts on.
 
 The gateway decides from this table and nothing else: a route that is not
 here is refused with a 403 naming it, so a route that a new MLflow adds stays
-closed until someone classifies it. tests/integration/test_registry_routes.py
+closed until someone classifies it. tests/integration/test_registry_route_coverage.py
 compares the table with the route table of the MLflow image the lab runs,
 both ways (an unclassified route, or a classified one MLflow no longer has,
 fails it).

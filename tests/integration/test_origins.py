@@ -50,6 +50,11 @@ def test_a_page_on_bobs_server_cannot_act_as_alice_who_opens_it(lab, browser):
     tokens_before = carol.hub_api("/users/alice/tokens").json()["api_tokens"]
 
     browser_login(browser, lab, "alice")
+    alices_cookies = {}
+    for page in (lab.url + "/hub/home", alice.server_url("alice") + "api/status"):
+        browser.get(page)  # what the browser holds for the hub's origin and for her server's
+        alices_cookies.update({c["name"]: c["value"] for c in browser.get_cookies()})
+    assert any(name.startswith("jupyterhub-user-alice") or name == "jupyterhub-hub-login" for name in alices_cookies)
     # A page of bob's server that needs no login (its static files): it stays on bob's origin.
     browser.get(bob.server_url("bob") + "static/no-such-file")
     assert browser.current_url.startswith(bob.origin("bob")), browser.current_url
@@ -58,7 +63,12 @@ def test_a_page_on_bobs_server_cannot_act_as_alice_who_opens_it(lab, browser):
     browser.set_script_timeout(30)
     seen = browser.execute_async_script(ATTACK, lab.url, alice.server_url("alice"))
     report = json.dumps(seen, indent=1)
-    assert "_xsrf" not in seen["cookies"] and "jupyterhub" not in seen["cookies"], report
+    # none of alice's cookies of the hub's or her server's origin is readable there (bob's own
+    # server may set cookies of its origin; JupyterHub shares its session id, which signs nothing
+    # by itself, with every subdomain on purpose: logout everywhere)
+    leaked = [name for name, value in alices_cookies.items()
+              if name != "jupyterhub-session-id" and value in seen["cookies"]]
+    assert not leaked, f"alice's cookies {leaked} readable by bob's page: {report}"
     assert str(seen["whoami"]).startswith("refused"), report  # no CORS: unreadable
     assert str(seen["mint_json"]).startswith("refused"), report  # its preflight is refused
     assert str(seen["her_files"]).startswith("refused"), report

@@ -1,6 +1,6 @@
 """The registry gateway's route table and the attacks on its decisions, with
 fake owners (no server). That the table covers the installed MLflow's routes,
-both ways, is tests/integration/test_registry_routes.py; the same attacks on a
+both ways, is tests/integration/test_registry_route_coverage.py; the same attacks on a
 real lab are tests/integration/test_registry_attacks.py."""
 
 import re
