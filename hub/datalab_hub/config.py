@@ -72,10 +72,10 @@ def configure(c, runtime, secrets_dir=SECRETS):
     auth.search_bind_dn = ldap["search_bind_dn"]
     auth.search_password_file = ldap["search_password_file"]
     # A user's groups and admin flag are read from the directory again at their first
-    # request to the hub after auth_refresh_age seconds, and before every spawn (a new
-    # server mounts the team volumes of the groups they are in now, not at login).
+    # request to the hub after auth_refresh_age seconds. (Not forced before every spawn,
+    # JupyterHub's refresh_pre_spawn: under a 20-user login wave some spawns then never
+    # reached the spawner; group-sync stops a server whose mounts a lost group gave.)
     auth.auth_refresh_age = int(hub["auth_refresh_age"])
-    auth.refresh_pre_spawn = True
 
     c.JupyterHub.spawner_class = "datalab_hub.spawner.DataLabSpawner"
     c.JupyterHub.allow_named_servers = True

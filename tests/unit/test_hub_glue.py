@@ -160,7 +160,7 @@ def test_groups_are_read_again_between_logins(tmp_path):
     auth = c.DataLabLDAPAuthenticator
     assert auth.search_bind_dn == "cn=hub-reader,dc=datalab,dc=example"
     assert auth.search_password_file == "/run/secrets/ldap_search_password"
-    assert auth.auth_refresh_age == 300 and auth.refresh_pre_spawn is True
+    assert auth.auth_refresh_age == 300
     services = {s["name"]: s for s in c.JupyterHub.services}
     assert services["group-sync"]["command"][1:] == ["-m", "datalab_hub.groupsync"]
     no_reader = runtime(tmp_path)
