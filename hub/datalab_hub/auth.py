@@ -194,7 +194,7 @@ class DataLabLDAPAuthenticator(LDAPAuthenticator):
 
     async def refresh_user(self, user, handler=None):
         """Called by the hub on a request of `user` once auth_refresh_age has passed
-        (and before each spawn): their groups and admin flag as the directory has them
+        (and the group-sync service for everyone): their groups and admin flag as the directory has them
         now, or False (a new login is needed, which is refused) once they are in no
         allowed group or gone. A directory that does not answer changes nothing: the
         group-sync service catches up when it answers again."""

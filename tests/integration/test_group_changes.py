@@ -61,7 +61,7 @@ def test_a_user_removed_from_a_team_loses_its_objects_and_volume_within_the_refr
         assert lab.notebook_container("bob") is None
         assert TEAM not in bob.hub_api("/user").json()["groups"]  # his own session: still logged in
         assert writes(lab, "alice", experiment)  # the team itself keeps its rights
-        # a server he starts now (groups read again before each spawn) has no team volume
+        # a server he starts now (with the groups the sync gave the hub) has no team volume
         bob.start("bob", "python")
         assert team_mounts(lab.notebook_container("bob")) == set()
         bob.stop("bob")
