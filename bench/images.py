@@ -44,7 +44,7 @@ def main():
         rows[name] = {"cold_s": round(cold[name], 1), "cached_s": round(cached[name], 1), "size_mb": sizes.get(name)}
         print(f"{name:16} {cold[name]:8.1f} {cached[name]:9.1f} {sizes.get(name) or 0:8}")
     print(f"{'total':16} {sum(cold.values()):8.1f} {sum(cached.values()):9.1f}")
-    print("reference (shared/design.md): notebook image 74 s / 669 MB; + tensorflow-cpu +53 s, 2.19 GB")
+    print("reference (docs/targets.md): notebook image 74 s / 669 MB; + tensorflow-cpu +53 s, 2.19 GB")
     print(json.dumps({"images": rows, "total_cold_s": round(sum(cold.values()), 1),
                       "total_cached_s": round(sum(cached.values()), 1)}))
 

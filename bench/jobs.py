@@ -3,7 +3,7 @@
 
 Submits --n trivial notebooks one after another as --user (on the lab's host,
 with the CLI token), waits for each, and prints p50/p95 next to the target
-(submit → running ≤ 3 s, shared/design.md). Last line: one JSON object.
+(submit → running ≤ 3 s, docs/targets.md). Last line: one JSON object.
 
     .venv/bin/python bench/jobs.py [--settings FILE] [--n 10] [--user alice] [--profile datascience]
 """

@@ -4,7 +4,7 @@
 Starts both on this host from the deployed model's image (each limited to
 --cpus CPUs, one replica, published on loopback), then sends single-transaction
 requests at fixed rates and at saturation, and prints p50/p99 latency and
-throughput for both and the ratio. Targets (shared/design.md): p99 <= 5 ms at
+throughput for both and the ratio. Targets (docs/targets.md): p99 <= 5 ms at
 300 req/s on one 2-core replica; >= 5x mlflow's throughput. Last line: JSON.
 
     .venv/bin/python bench/scoring.py [--settings FILE] [--rates 100,300] [--seconds 10]

@@ -188,7 +188,7 @@ def scoring_services(settings, refs, deployment):
     until a model is deployed, so that a rollout is always a service update."""
     edge = _service(refs["edge"], ["scoring"], ports=[
         {"target": 8500, "published": settings["scoring"]["port"], "protocol": "tcp", "mode": "host"}])
-    edge["deploy"]["update_config"] = {"order": "stop-first"}  # host-mode port (design.md)
+    edge["deploy"]["update_config"] = {"order": "stop-first"}  # host-mode port (docs/architecture.md)
     deployment = deployment or {"image": refs["scoring"], "replicas": 0, "threshold": settings["scoring"]["threshold"],
                                 "model": "", "version": ""}
     scoring = _service(deployment["image"], ["scoring"], environment={

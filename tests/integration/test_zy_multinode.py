@@ -23,7 +23,8 @@ NETWORK = "dltest-nodes"
 NODE_IMAGE = "datalab/swarm-node:test"
 ANSIBLE = REPO / ".venv-ansible" / "bin"
 # A node runs its own engine: every capability but one the host lacks, and the host's cgroups
-# (design.md field notes); its /var/lib/docker is a volume, so the inner engine gets overlay2.
+# (--privileged fails: the host's bounding set lacks CAP_SYS_RESOURCE); its /var/lib/docker is a
+# volume, so the inner engine gets overlay2.
 NODE_FLAGS = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
               "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
               "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"]
