@@ -60,7 +60,7 @@ class FakeMlflow:
         return 200, {"model_versions": [{"name": "fraud-detector"}, {"name": "aml-model"}]} \
             if path == "model-versions/search" else {}
 
-    def app(self):
+    def handler(self):
         fake = self
 
         class Handler(web.RequestHandler):
@@ -74,7 +74,10 @@ class FakeMlflow:
 
             get = post = put = patch = delete = handle
 
-        return web.Application([(r"/api/2.0/mlflow/(.*)", Handler), (r"/(.*)", Handler)])
+        return Handler
+
+    def app(self):
+        return web.Application([(r"/api/2.0/mlflow/(.*)", self.handler()), (r"/(.*)", self.handler())])
 
 
 class AsCaller(gateway.RegistryHandler):
@@ -183,3 +186,106 @@ def test_an_owner_mlflow_cannot_name_fails_closed():
 def test_ids_that_disagree_are_refused(path):
     status, answer, _ = call("dave", "GET", path)
     assert status == 400 and "disagree" in answer["message"]
+
+
+class StreamingMlflow:
+    """An MLflow that takes uploads and serves downloads a chunk at a time, and tells when each chunk passed."""
+
+    def __init__(self):
+        self.upload_started, self.chunk_read, self.uploaded = asyncio.Event(), asyncio.Event(), bytearray()
+
+    def app(self):
+        fake = self
+
+        @web.stream_request_body
+        class Artifact(web.RequestHandler):
+            def data_received(self, chunk):
+                fake.uploaded += chunk
+                fake.upload_started.set()
+
+            def put(self, path):
+                self.finish({})
+
+            async def get(self, path):
+                self.set_header("Content-Length", str(2 * len(CHUNK)))
+                self.write(CHUNK)
+                await self.flush()
+                # the second chunk only once the caller has the first: a gateway that reads
+                # the whole answer before passing it on never gets it
+                await asyncio.wait_for(fake.chunk_read.wait(), 10)
+                self.finish(CHUNK)
+
+        # the gateway's lookups (whose run r9 is) answered as FakeMlflow answers them
+        return web.Application([(r"/api/2.0/mlflow-artifacts/artifacts/(.*)", Artifact),
+                                (r"/api/2.0/mlflow/(.*)", FakeMlflow().handler())])
+
+
+CHUNK = b"x" * (256 << 10)
+ARTIFACT = "api/2.0/mlflow-artifacts/artifacts/9/r9/artifacts/model.bin"
+
+
+async def streaming_gateway(mlflow):
+    sockets = [bind_unused_port() for _ in range(2)]
+    url = f"http://127.0.0.1:{sockets[0][1]}"
+    servers = [HTTPServer(mlflow.app()),
+               HTTPServer(web.Application([(r"/services/registry/(.*)", AsCaller)], owners=gateway.Owners(url),
+                                          mlflow_url=url, policy=POLICY))]
+    for server, (sock, _) in zip(servers, sockets):
+        server.add_sockets([sock])
+    return servers, f"http://127.0.0.1:{sockets[1][1]}/services/registry/"
+
+
+def test_an_upload_reaches_mlflow_while_the_caller_is_still_sending():
+    mlflow = StreamingMlflow()
+
+    async def run():
+        servers, base = await streaming_gateway(mlflow)
+
+        async def body(write):
+            await write(CHUNK)
+            # MLflow hears of the file before its end is sent: the gateway holds no whole file
+            await asyncio.wait_for(mlflow.upload_started.wait(), 10)
+            await write(CHUNK)
+
+        try:
+            return await httpclient.AsyncHTTPClient().fetch(
+                base + ARTIFACT, method="PUT", headers={"X-Caller": "dave", "Content-Length": str(2 * len(CHUNK))},
+                body_producer=body, raise_error=False, request_timeout=30)
+        finally:
+            for server in servers:
+                server.stop()
+
+    response = asyncio.run(run())
+    assert response.code == 200 and bytes(mlflow.uploaded) == 2 * CHUNK
+
+
+def test_a_download_reaches_the_caller_while_mlflow_is_still_sending():
+    mlflow = StreamingMlflow()
+    received = bytearray()
+
+    def on_chunk(chunk):
+        received.extend(chunk)
+        mlflow.chunk_read.set()
+
+    async def run():
+        servers, base = await streaming_gateway(mlflow)
+        try:
+            return await httpclient.AsyncHTTPClient().fetch(
+                base + ARTIFACT, headers={"X-Caller": "dave"}, streaming_callback=on_chunk, raise_error=False,
+                request_timeout=30)
+        finally:
+            for server in servers:
+                server.stop()
+
+    response = asyncio.run(run())
+    assert response.code == 200 and bytes(received) == 2 * CHUNK
+    assert response.headers["Content-Length"] == str(2 * len(CHUNK))
+    assert response.headers["Content-Security-Policy"] == "sandbox"
+
+
+def test_json_bodies_past_the_limit_are_refused_by_size(monkeypatch):
+    monkeypatch.setattr(gateway, "LARGEST_FIELDS", 1000)
+    big = {"run_id": "r5", "key": "k", "value": 1, "pad": "x" * 2000}
+    status, answer, mlflow = call("bob", "POST", "api/2.0/mlflow/runs/log-metric", big)
+    assert (status, answer["error_code"]) == (413, "REQUEST_LIMIT_EXCEEDED") and not mlflow.received
+    assert "takes at most 1000 bytes of JSON" in answer["message"]
