@@ -26,6 +26,7 @@ _tokens = {}
 def gateway(lab, user, method, path, **kwargs):
     """Any request to the registry gateway as `user` (a registry token of theirs): any path, any body."""
     if user not in _tokens:
+        lab.login(user)  # a hub user from their first login on: tokens are made for them then
         _tokens[user] = promotion.user_token(lab.settings, user, minutes=120)
     headers = {"Authorization": f"Bearer {_tokens[user]}", **kwargs.pop("headers", {})}
     return requests.request(method, f"{lab.service_url('registry')}/{path}", headers=headers, timeout=120, **kwargs)

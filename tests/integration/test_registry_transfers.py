@@ -37,14 +37,20 @@ class File:
         return chunk
 
 
+def memory_file(pid):
+    """The file of the memory a process's cgroup uses (what the container's limit counts), cgroup v1 or v2."""
+    groups = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    if "memory" in groups:
+        return Path("/sys/fs/cgroup/memory", groups["memory"].lstrip("/"), "memory.usage_in_bytes")
+    return Path("/sys/fs/cgroup", groups[""].lstrip("/"), "memory.current")
+
+
 class MemoryWatch(threading.Thread):
-    """The highest memory use of a container (its cgroup's memory.current), sampled every 50 ms."""
+    """The highest memory use of a container, sampled every 50 ms."""
 
     def __init__(self, lab, container):
         super().__init__(daemon=True)
-        pid = lab.docker.out("inspect", "-f", "{{.State.Pid}}", container).strip()
-        group = Path(f"/proc/{pid}/cgroup").read_text().strip().split("::", 1)[1]
-        self.current = Path("/sys/fs/cgroup", group.lstrip("/"), "memory.current")
+        self.current = memory_file(lab.docker.out("inspect", "-f", "{{.State.Pid}}", container).strip())
         self.baseline = self.highest = self.read()
         self.done = threading.Event()
 
@@ -71,6 +77,7 @@ class MemoryWatch(threading.Thread):
 @pytest.fixture(scope="module")
 def daves_artifacts(lab):
     """The gateway path of an artifact folder of dave's own run."""
+    lab.login("dave")  # a hub user from his first login on: his tokens are made for him
     experiment = lab.registry("dave", "POST", "experiments/create", {"name": f"dave-transfers-{time.time_ns()}"})
     run = lab.registry("dave", "POST", "runs/create", {"experiment_id": experiment["experiment_id"]})["run"]["info"]
     return f"api/2.0/mlflow-artifacts/artifacts/{store_path(run['artifact_uri'])}"
