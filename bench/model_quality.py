@@ -2,7 +2,10 @@
 """The reference workload at the reference size, run as a real job on the lab
 (5,000 customers, 10,000 terminals, 183 days, training from 2018-07-25):
 our TensorFlow model vs the baselines trained side by side vs the handbook's
-published results. Prints the table; last line: one JSON object.
+published results. Card precision@100 is the handbook's (cards detected on
+an earlier test day left out); CP@100 kept, ours alone, keeps them (this
+lab's figure before it followed the handbook). Prints the table; last line:
+one JSON object.
 
     .venv/bin/python bench/model_quality.py [--settings FILE] [--user alice] [-p NAME VALUE]...
 """
@@ -26,6 +29,7 @@ PUBLISHED = {  # Fraud Detection Handbook, baseline results on the same protocol
     "handbook tuned XGBoost": (0.869, 0.687, 0.303),
 }
 METRICS = ("auc_roc", "average_precision", "card_precision_at_100")
+KEPT = "card_precision_at_100_keeping_detected"  # not published by the handbook
 
 
 def run_metrics(docker, settings, run_id):
@@ -56,19 +60,26 @@ def main():
     if not run_id:
         sys.exit(f"job {job['id']} succeeded but its log names no MLflow run")
     metrics = run_metrics(Docker(settings), settings, run_id)
-    rows = {"ours: tensorflow": tuple(metrics[m] for m in METRICS)}
+    rows, kept = {"ours: tensorflow": tuple(metrics[m] for m in METRICS)}, {"ours: tensorflow": metrics.get(KEPT)}
     for name in ("logistic_regression", "random_forest", "xgboost"):
         rows[f"ours: {name}"] = tuple(metrics[f"{name}_{m}"] for m in METRICS)
+        kept[f"ours: {name}"] = metrics.get(f"{name}_{KEPT}")  # absent from images older than the figure
     rows.update(PUBLISHED)
     best = tuple(max(v[i] for v in PUBLISHED.values()) for i in range(3))
-    print(f"\n{'model':32} {'AUC ROC':>8} {'AP':>7} {'CP@100':>7}")
+    print(f"\n{'model':32} {'AUC ROC':>8} {'AP':>7} {'CP@100':>7} {'CP@100 kept':>12}")
     for name, values in rows.items():
-        print(f"{name:32} {values[0]:8.3f} {values[1]:7.3f} {values[2]:7.3f}")
+        shown = "—" if kept.get(name) is None else f"{kept[name]:.3f}"
+        print(f"{name:32} {values[0]:8.3f} {values[1]:7.3f} {values[2]:7.3f} {shown:>12}")
+    if kept["ours: tensorflow"] is None:
+        print("warning: the run has no CP@100 kept: its image's fraudlab predates it, and its CP@100 keeps "
+              "detected cards too (not the handbook's): rebuild the images (datalab up) and run again")
     ours = rows["ours: tensorflow"]
     met = all(o >= b for o, b in zip(ours, best))
     print(f"target: at least the best published on every metric {best}: {'met' if met else 'not met'}")
+    models = {k: {**dict(zip(METRICS, v)), **({KEPT: kept[k]} if kept.get(k) is not None else {})}
+              for k, v in rows.items()}
     print(json.dumps({"job": job["id"], "run_id": run_id, "duration_s": done.get("duration_s"),
-                      "models": {k: dict(zip(METRICS, v)) for k, v in rows.items()}, "target_met": met}))
+                      "models": models, "target_met": met}))
 
 
 if __name__ == "__main__":

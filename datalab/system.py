@@ -11,8 +11,9 @@ from .docker import Docker, DockerError
 # What `datalab up` needs on the host, by Debian package (libnss-myhostname: the
 # lab's *.localhost names, see ensure_localhost_names).
 LAB_PACKAGES = ("docker.io", "debootstrap", "ldap-utils", "curl", "libnss-myhostname")
-# What the tests need in addition (a real browser for UI flows).
-TEST_PACKAGES = ("chromium", "chromium-driver")
+# What the tests need in addition (a real browser for UI flows; the online
+# feature store's tests start a redis-server of their own).
+TEST_PACKAGES = ("chromium", "chromium-driver", "redis-server")
 DOCKERD_LOG = Path("/var/log/datalab-dockerd.log")
 
 

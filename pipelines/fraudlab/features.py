@@ -2,23 +2,32 @@
 per customer, the number and mean amount of their transactions over the last
 1, 7 and 30 days (this one included); per terminal, the number of
 transactions and the share of frauds over 1, 7 and 30-day windows that end
-`delay` days ago (labels are known a week late)."""
+`delay` days ago (labels are known a week late).
+
+The constants below are the one definition of the windows, the delay and the
+feature names: the online path (online.py) computes the same features from
+them."""
 
 import numpy as np
 import pandas as pd
 
-WINDOWS = (1, 7, 30)
+WINDOWS = (1, 7, 30)  # days, ascending
+DELAY = 7  # days until a transaction's label is known
+WEEKEND_FROM = 5  # day of the week (Monday = 0) from which a day is a weekend day
+NIGHT_UNTIL = 6  # hours 0 to 6 are night
+CUSTOMER_NB_TX, CUSTOMER_AVG_AMOUNT = "CUSTOMER_ID_NB_TX_{}DAY_WINDOW", "CUSTOMER_ID_AVG_AMOUNT_{}DAY_WINDOW"
+TERMINAL_NB_TX, TERMINAL_RISK = "TERMINAL_ID_NB_TX_{}DAY_WINDOW", "TERMINAL_ID_RISK_{}DAY_WINDOW"
 FEATURES = (
     ["TX_AMOUNT", "TX_DURING_WEEKEND", "TX_DURING_NIGHT"]
-    + [f"CUSTOMER_ID_{k}_{w}DAY_WINDOW" for w in WINDOWS for k in ("NB_TX", "AVG_AMOUNT")]
-    + [f"TERMINAL_ID_{k}_{w}DAY_WINDOW" for w in WINDOWS for k in ("NB_TX", "RISK")]
+    + [name.format(w) for w in WINDOWS for name in (CUSTOMER_NB_TX, CUSTOMER_AVG_AMOUNT)]
+    + [name.format(w) for w in WINDOWS for name in (TERMINAL_NB_TX, TERMINAL_RISK)]
 )
 
 
 def calendar_flags(df):
     return pd.DataFrame({
-        "TX_DURING_WEEKEND": (df["TX_DATETIME"].dt.day_of_week >= 5).astype(int),
-        "TX_DURING_NIGHT": (df["TX_DATETIME"].dt.hour <= 6).astype(int),
+        "TX_DURING_WEEKEND": (df["TX_DATETIME"].dt.day_of_week >= WEEKEND_FROM).astype(int),
+        "TX_DURING_NIGHT": (df["TX_DATETIME"].dt.hour <= NIGHT_UNTIL).astype(int),
     }, index=df.index)
 
 
@@ -28,12 +37,12 @@ def customer_spending(df, windows=WINDOWS):
     grouped = ordered.set_index("TX_DATETIME").groupby("CUSTOMER_ID")["TX_AMOUNT"]
     for w in windows:
         rolling = grouped.rolling(f"{w}D")
-        out[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = rolling.count().to_numpy()
-        out[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = rolling.mean().to_numpy()
+        out[CUSTOMER_NB_TX.format(w)] = rolling.count().to_numpy()
+        out[CUSTOMER_AVG_AMOUNT.format(w)] = rolling.mean().to_numpy()
     return out.reindex(df.index)
 
 
-def terminal_risk(df, windows=WINDOWS, delay=7):
+def terminal_risk(df, windows=WINDOWS, delay=DELAY):
     """Day-level windows: for a transaction on day d, counts over days
     [d - delay - w, d - delay) and the frauds among them."""
     nb_days = int(df["TX_TIME_DAYS"].max()) + 1
@@ -50,10 +59,10 @@ def terminal_risk(df, windows=WINDOWS, delay=7):
         start = np.clip(day - delay - w, 0, nb_days)
         n = counts[term, end] - counts[term, start]
         f = frauds[term, end] - frauds[term, start]
-        out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = n
-        out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = np.divide(f, n, out=np.zeros_like(f), where=n > 0)
+        out[TERMINAL_NB_TX.format(w)] = n
+        out[TERMINAL_RISK.format(w)] = np.divide(f, n, out=np.zeros_like(f), where=n > 0)
     return out
 
 
-def add_features(df, delay=7):
+def add_features(df, delay=DELAY):
     return pd.concat([df, calendar_flags(df), customer_spending(df), terminal_risk(df, delay=delay)], axis=1)

@@ -2,6 +2,7 @@
 protocol behave as specified. Small sizes, seconds."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fraudlab import evaluate, features, simulate
@@ -73,4 +74,23 @@ def test_card_precision_at_k_counts_cards_per_day(data):
     perfect = evaluate.metrics(test, test.TX_FRAUD.to_numpy(), k=5)
     assert perfect["auc_roc"] == 1.0 and perfect["average_precision"] == 1.0
     frauds_per_day = test[test.TX_FRAUD == 1].groupby("TX_TIME_DAYS").CUSTOMER_ID.nunique()
-    assert perfect["card_precision_at_5"] == pytest.approx((frauds_per_day.clip(upper=5) / 5).reindex(range(49, 56), fill_value=0).mean())
+    assert perfect["card_precision_at_5_keeping_detected"] == pytest.approx(
+        (frauds_per_day.clip(upper=5) / 5).reindex(range(49, 56), fill_value=0).mean())
+    assert perfect["card_precision_at_5"] <= perfect["card_precision_at_5_keeping_detected"]
+
+
+def test_card_precision_at_k_leaves_out_cards_detected_on_earlier_days():
+    """The handbook's card_precision_top_k (remove_detected_compromised_cards=True), by hand, k = 1:
+    day 0: A (fraud, its best score 0.9 of two transactions) before B (0.5): A found, 1/1; A is detected.
+    day 1: A (fraud, 0.8) before B (genuine, 0.7). Keeping A: A found, 1. Leaving A out: B, 0.
+    day 2: A (fraud, 0.9), C (fraud, 0.6), B (0.3). Keeping A: A, 1. Leaving A out: C, 1.
+    Keeping detected cards: (1 + 1 + 1) / 3 = 1. Leaving them out: (1 + 0 + 1) / 3 = 2/3."""
+    rows = [(0, "A", 0, 0.2), (0, "A", 1, 0.9), (0, "B", 0, 0.5),
+            (1, "A", 1, 0.8), (1, "B", 0, 0.7), (1, "C", 0, 0.1),
+            (2, "A", 1, 0.9), (2, "C", 1, 0.6), (2, "B", 0, 0.3)]
+    test = pd.DataFrame(rows, columns=["TX_TIME_DAYS", "CUSTOMER_ID", "TX_FRAUD", "score"])
+    assert evaluate.card_precision_at_k(test, test.score, k=1) == pytest.approx(2 / 3)
+    assert evaluate.card_precision_at_k(test, test.score, k=1, remove_detected_compromised_cards=False) == 1.0
+    figures = evaluate.metrics(test, test.score, k=1)
+    assert figures["card_precision_at_1"] == pytest.approx(2 / 3)
+    assert figures["card_precision_at_1_keeping_detected"] == 1.0

@@ -1,0 +1,440 @@
+"""The online path of the features in features.py: the same definition
+(windows, delay, names: features.py's constants), computed one transaction at
+a time from state kept in Redis, for real-time scoring. Batch training
+(add_features) and online serving agree within 1e-6 on every feature
+(tests/integration/test_feature_store.py replays a simulation through both).
+
+A raw transaction: {"transaction_id": str, "customer_id": int|str,
+"terminal_id": int|str, "amount": float >= 0, "datetime": ISO-8601 str, UTC
+when it has no offset}. Its day (for the terminal windows) is the number of
+whole days since the Unix epoch of its UTC time; the calendar flags are read
+in UTC too.
+
+Keys, for prefix P (default "fs:"); ids as given, so customer 5 and "5" are
+the same customer:
+
+  P c:{customer}  sorted set: one member "{amount}:{transaction id}" per
+                  transaction, scored by its time in epoch microseconds
+                  (integers, exact in a double: the windows' edges compare
+                  exactly). Members at or before (time - 30 days) of the
+                  transaction being scored are removed by it. Expires 30 days
+                  after the customer's last transaction.
+  P t:{terminal}  hash: n{day} transactions and f{day} frauds of that day.
+                  Days that no window reads any more (before d - delay - 30,
+                  d the day of the transaction being scored) are removed
+                  once the hash holds more than 2 x (30 + delay + 1) fields.
+                  Expires 38 days (30 + delay + 1) after the terminal's last
+                  transaction.
+  P tx:{transaction id}  hash: customer, terminal, day, features (the reply
+                  of its first scoring), fraud (its latest label; absent
+                  until one arrives). Expires 38 days after scoring: a retry
+                  within that is answered from it and counts nothing; after
+                  it, the transaction's day is out of every window anyway.
+  P last_write    Redis's own time of the last write, "seconds.microseconds".
+
+Windows: the customer's over (t - w days, t], this transaction and the ones
+before it at the same time included (pandas' rolling("{w}D") in time order);
+the terminal's over days [d - delay - w, d - delay), labels as they stand.
+
+Faults:
+- Each call is one Lua script, which Redis runs atomically: a call takes
+  effect whole or not at all, and repeating one is safe (a transaction id already
+  scored is answered from its record; a label given twice is a no-op), so a
+  caller retries on a timeout or a lost connection. Redis unreachable:
+  redis.ConnectionError / TimeoutError reach the caller (a 503 for it).
+- A restarted Redis has forgotten the scripts: the call loads them and runs
+  again (one more round trip, once).
+- Durability is Redis's: appendonly yes, appendfsync everysec loses at most
+  about a second of writes in a crash (retries of those transactions count
+  them once again); without persistence a restart loses all state: backfill().
+- Memory: maxmemory-policy noeviction makes a full Redis refuse writes (an
+  error the caller sees). Every key here has an expiry, so a volatile-* or
+  allkeys-* policy would evict state silently and features would undercount:
+  status() shows the policy.
+- Expiries run on Redis's clock, windows on the transactions' times: in live
+  scoring the two agree; replaying old data only keeps state longer.
+- A transaction that arrives after later ones of its customer may miss
+  customer entries that those removed (more than 30 days before them).
+- feedback() writes the terminal key named in the transaction's record, which
+  is not among the script's declared keys: right on one Redis server, not on
+  Redis Cluster. The scripts write after reading Redis's clock: Redis >= 5.
+"""
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+
+import numpy as np
+import pandas as pd
+import redis
+
+from .features import (CUSTOMER_AVG_AMOUNT, CUSTOMER_NB_TX, DELAY, FEATURES, NIGHT_UNTIL, TERMINAL_NB_TX,
+                       TERMINAL_RISK, WEEKEND_FROM, WINDOWS)
+
+FIELDS = ("transaction_id", "customer_id", "terminal_id", "amount", "datetime")
+HISTORY_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
+FUTURE_TOLERANCE = timedelta(minutes=5)  # clocks drift; a transaction further ahead is refused
+MAX_ID_LENGTH = 128
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+DAY_SECONDS = 86400
+LONGEST = max(WINDOWS)
+CUSTOMER_TTL = LONGEST * DAY_SECONDS
+TERMINAL_TTL = RECORD_TTL = (LONGEST + DELAY + 1) * DAY_SECONDS
+# per window: its customer count, customer mean amount, terminal count and terminal risk
+WINDOW_FEATURES = [tuple(name.format(w) for name in (CUSTOMER_NB_TX, CUSTOMER_AVG_AMOUNT,
+                                                     TERMINAL_NB_TX, TERMINAL_RISK)) for w in WINDOWS]
+
+# Reply (and stored features): "time amount" then, per window in WINDOWS order,
+# the customer's counts, their amounts' sums (%.17g: exact), the terminal's
+# counts, its frauds. Python divides (Lua would print numbers at 14 digits).
+SCORE = """
+-- KEYS: 1 record, 2 customer, 3 terminal, 4 last write
+-- ARGV: 1 transaction id, 2 customer id, 3 terminal id, 4 time (epoch microseconds), 5 day,
+--       6 amount, 7 delay (days), 8 record, 9 customer, 10 terminal expiry (seconds), 11... windows (days, ascending)
+local known = redis.call('HGET', KEYS[1], 'features')
+if known then return known end
+local time, day, delay = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
+local windows = {}
+for i = 11, #ARGV do windows[#windows + 1] = tonumber(ARGV[i]) end
+local longest = windows[#windows]
+local microseconds_a_day = 86400000000
+
+redis.call('ZADD', KEYS[2], time, ARGV[6] .. ':' .. ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', time - longest * microseconds_a_day))
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+-- not past this transaction's time (one that arrived late sees no later ones), in time order:
+-- window k holds the last counts[k] of them
+local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+local counts, sums, sum, k = {}, {}, 0, 1
+for w = 1, #windows - 1 do
+  local after = string.format('(%.17g', time - windows[w] * microseconds_a_day)
+  counts[w] = redis.call('ZCOUNT', KEYS[2], after, ARGV[4])
+end
+counts[#windows] = #members
+for back = 1, #members do
+  local member = members[#members + 1 - back]
+  sum = sum + tonumber(string.sub(member, 1, string.find(member, ':', 1, true) - 1))
+  while k <= #windows and back == counts[k] do sums[k], k = sum, k + 1 end
+end
+
+redis.call('HINCRBY', KEYS[3], 'n' .. ARGV[5], 1)
+-- more days than the windows and the delay span: drop those that no window from this day on reads
+if redis.call('HLEN', KEYS[3]) > 2 * (longest + delay + 1) then
+  for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+    if tonumber(string.sub(field, 2)) < day - delay - longest then redis.call('HDEL', KEYS[3], field) end
+  end
+end
+redis.call('EXPIRE', KEYS[3], ARGV[10])
+-- days day - delay - 1 back to day - delay - longest: window k sums the first windows[k] of them
+local fields = {}
+for back = 1, longest do
+  local past = day - delay - back
+  fields[2 * back - 1], fields[2 * back] = 'n' .. past, 'f' .. past
+end
+local values = redis.call('HMGET', KEYS[3], unpack(fields))
+local terminal_counts, frauds, n, f = {}, {}, 0, 0
+k = 1
+for back = 1, longest do
+  n, f = n + (tonumber(values[2 * back - 1]) or 0), f + (tonumber(values[2 * back]) or 0)
+  if back == windows[k] then terminal_counts[k], frauds[k], k = n, f, k + 1 end
+end
+
+local reply = {ARGV[4], ARGV[6]}
+for k = 1, #windows do reply[#reply + 1] = counts[k] end
+for k = 1, #windows do reply[#reply + 1] = string.format('%.17g', sums[k]) end
+for k = 1, #windows do reply[#reply + 1] = terminal_counts[k] end
+for k = 1, #windows do reply[#reply + 1] = frauds[k] end
+local features = table.concat(reply, ' ')
+redis.call('HSET', KEYS[1], 'customer', ARGV[2], 'terminal', ARGV[3], 'day', ARGV[5], 'features', features)
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+local now = redis.call('TIME')
+redis.call('SET', KEYS[4], now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
+return features
+"""
+
+FEEDBACK = """
+-- KEYS: 1 record, 2 last write
+-- ARGV: 1 label (1 fraud, 0 genuine), 2 terminal key prefix, 3 terminal expiry (seconds)
+local record = redis.call('HMGET', KEYS[1], 'terminal', 'day', 'fraud')
+if not record[1] then return 'unknown' end
+if record[3] == ARGV[1] then return 'unchanged' end
+local change = tonumber(ARGV[1]) - (tonumber(record[3]) or 0)
+redis.call('HSET', KEYS[1], 'fraud', ARGV[1])
+if change ~= 0 then
+  local terminal = ARGV[2] .. record[1]
+  redis.call('HINCRBY', terminal, 'f' .. record[2], change)
+  -- a terminal key that had gone would otherwise come back without an expiry
+  if redis.call('TTL', terminal) < 0 then redis.call('EXPIRE', terminal, ARGV[3]) end
+end
+local now = redis.call('TIME')
+redis.call('SET', KEYS[2], now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
+return 'recorded'
+"""
+
+
+class InvalidField(ValueError):
+    """An input that cannot be used; `field` names what is wrong (None: the input as a whole)."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field = field
+
+
+class Feedback(str, Enum):
+    UNKNOWN = "unknown"  # no record of that transaction id: never scored here, or expired
+    UNCHANGED = "unchanged"  # the label it already had
+    RECORDED = "recorded"  # a first or a flipped label, counted into its terminal's day
+
+
+@dataclass(frozen=True)
+class Transaction:
+    transaction_id: str
+    customer_id: int | str
+    terminal_id: int | str
+    amount: float
+    time: datetime  # aware, UTC
+
+    @property
+    def day(self):
+        return day_number(self.time)
+
+    @property
+    def epoch_microseconds(self):
+        return (self.time - EPOCH) // timedelta(microseconds=1)
+
+
+def day_number(time):
+    """Whole days since the Unix epoch of an aware datetime's UTC time: the
+    terminal windows' day (the batch TX_TIME_DAYS plus a constant when the
+    data starts at a midnight, UTC)."""
+    return (time - EPOCH) // timedelta(days=1)
+
+
+def _shown(value):
+    if isinstance(value, int) and value.bit_length() > 128:  # repr() of a huge one is slow, or refused
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+
+
+def _identifier(raw, field):
+    value = raw[field]
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+            isinstance(value, int) and value.bit_length() > 64) or (
+            isinstance(value, str) and not 0 < len(value) <= MAX_ID_LENGTH):
+        raise InvalidField(field, f"'{field}' must be an integer of at most 64 bits or a non-empty string of "
+                                  f"at most {MAX_ID_LENGTH} characters, got {_shown(value)}")
+    return value
+
+
+def validate(raw, now, future_tolerance=FUTURE_TOLERANCE):
+    """The Transaction of a raw transaction, or InvalidField naming what is
+    wrong. `now`: an aware datetime; a transaction more than
+    `future_tolerance` after it is refused."""
+    if not isinstance(raw, dict):
+        raise InvalidField(None, f"a transaction must be an object of fields, got {type(raw).__name__}")
+    missing = [name for name in FIELDS if name not in raw]
+    if missing:
+        raise InvalidField(missing[0], f"missing field(s): {', '.join(missing)}")
+    unknown = [name for name in raw if name not in FIELDS]
+    if unknown:
+        raise InvalidField(unknown[0], f"unknown field(s): {', '.join(map(_shown, unknown))}; "
+                                       f"a transaction has {', '.join(FIELDS)}")
+    transaction_id = raw["transaction_id"]
+    if not isinstance(transaction_id, str) or not 0 < len(transaction_id) <= MAX_ID_LENGTH:
+        raise InvalidField("transaction_id", "'transaction_id' must be a non-empty string of at most "
+                                             f"{MAX_ID_LENGTH} characters, got {_shown(transaction_id)}")
+    customer_id, terminal_id = _identifier(raw, "customer_id"), _identifier(raw, "terminal_id")
+    amount = raw["amount"]
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise InvalidField("amount", f"'amount' must be a number, got {_shown(amount)}")
+    try:
+        amount = float(amount)
+    except OverflowError:  # an integer of hundreds of digits
+        raise InvalidField("amount", "'amount' is out of range: an integer larger than a float holds") from None
+    if not math.isfinite(amount) or amount < 0:
+        raise InvalidField("amount", f"'amount' must be a finite number >= 0, got {_shown(raw['amount'])}")
+    text = raw["datetime"]
+    if not isinstance(text, str):
+        raise InvalidField("datetime", f"'datetime' must be an ISO-8601 string, got {_shown(text)}")
+    try:
+        time = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidField("datetime", f"'datetime' is not an ISO-8601 date and time: {_shown(text)}") from None
+    time = time.replace(tzinfo=timezone.utc) if time.tzinfo is None else time.astimezone(timezone.utc)
+    if time > now + future_tolerance:
+        raise InvalidField("datetime", f"'datetime' {text} is {time - now} ahead of this server's clock "
+                                       f"(at most {future_tolerance} is tolerated)")
+    return Transaction(transaction_id, customer_id, terminal_id, amount, time)
+
+
+def _features(reply):
+    """The scoring script's reply as features, in FEATURES order."""
+    time, amount, *rest = (float(value) for value in reply.split())
+    n = len(WINDOWS)
+    counts, sums, terminal_counts, frauds = (rest[i * n:(i + 1) * n] for i in range(4))
+    when = EPOCH + timedelta(microseconds=int(time))
+    values = {"TX_AMOUNT": amount, "TX_DURING_WEEKEND": int(when.weekday() >= WEEKEND_FROM),
+              "TX_DURING_NIGHT": int(when.hour <= NIGHT_UNTIL)}
+    for names, count, total, terminal_count, fraud in zip(WINDOW_FEATURES, counts, sums, terminal_counts, frauds):
+        values.update(zip(names, (count, total / count,  # never 0: the transaction itself counts
+                                  terminal_count, fraud / terminal_count if terminal_count else 0.0)))
+    return {name: values[name] for name in FEATURES}
+
+
+def feature_matrix(rows):
+    """Feature dicts (score_features') as a float32 matrix, columns in FEATURES order."""
+    return np.array([[row[name] for name in FEATURES] for row in rows], dtype=np.float32).reshape(
+        len(rows), len(FEATURES))
+
+
+def raw_transactions(frame):
+    """A batch frame's transactions (TRANSACTION_ID, TX_DATETIME: UTC when
+    naive, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT) as raw transactions, in its order."""
+    times = pd.to_datetime(frame["TX_DATETIME"], utc=True)
+    # tolist(): Python's ints and floats, which validate() takes, not numpy's
+    return [{"transaction_id": str(transaction_id), "customer_id": customer_id, "terminal_id": terminal_id,
+             "amount": amount, "datetime": time.isoformat()}
+            for transaction_id, time, customer_id, terminal_id, amount in zip(
+                frame["TRANSACTION_ID"].tolist(), times.tolist(), frame["CUSTOMER_ID"].tolist(),
+                frame["TERMINAL_ID"].tolist(), frame["TX_AMOUNT"].tolist())]
+
+
+def _text(reply):
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+class FeatureStore:
+    def __init__(self, client: redis.Redis, prefix="fs:", future_tolerance=FUTURE_TOLERANCE):
+        self.client = client
+        self.prefix = prefix
+        self.future_tolerance = future_tolerance
+        self.last_write_key = f"{prefix}last_write"
+        self._score = client.register_script(SCORE)
+        self._feedback = client.register_script(FEEDBACK)
+
+    def customer_key(self, customer_id):
+        return f"{self.prefix}c:{customer_id}"
+
+    def terminal_key(self, terminal_id):
+        return f"{self.prefix}t:{terminal_id}"
+
+    def record_key(self, transaction_id):
+        return f"{self.prefix}tx:{transaction_id}"
+
+    def score(self, raw):
+        """One transaction's features (a dict in FEATURES order), in one round trip."""
+        return _features(self._score(*self._score_call(validate(raw, datetime.now(timezone.utc),
+                                                                   self.future_tolerance))))
+
+    def score_features(self, raws):
+        """Features of many transactions, in order, in one round trip. Every
+        transaction is checked before any is scored: one invalid transaction
+        refuses the batch (InvalidField, its message saying which)."""
+        now = datetime.now(timezone.utc)
+        return [_features(reply) for reply in self._pipelined(
+            [(self._score, *self._score_call(tx)) for tx in self._validated(raws, now, "transaction")])]
+
+    def feedback(self, transaction_id, fraud):
+        """Record a transaction's label (Feedback says what came of it): its
+        terminal's fraud count for its day follows the change."""
+        return Feedback(_text(self._feedback(*self._feedback_call(transaction_id, fraud))))
+
+    def feedback_many(self, labels):
+        """[(transaction id, fraud)] in one round trip; a Feedback for each."""
+        calls = [(self._feedback, *self._feedback_call(tid, fraud)) for tid, fraud in labels]
+        return [Feedback(_text(reply)) for reply in self._pipelined(calls)]
+
+    def backfill(self, history, chunk=5_000, progress=None):
+        """Load what a new deployment needs from a history of labelled
+        transactions (columns HISTORY_COLUMNS; TX_DATETIME UTC when naive;
+        TX_FRAUD 1, 0, or NaN while unknown), so that its first transaction
+        gets the features batch would give it. Only the transactions of the
+        last LONGEST + DELAY days up to the latest one's day are read by any
+        later window, so only those are loaded: scored and labelled in time
+        order, `chunk` of them a round trip. Safe to run again. progress(done,
+        total) after each chunk; returns how many were loaded."""
+        missing = [name for name in HISTORY_COLUMNS if name not in history.columns]
+        if missing:
+            raise InvalidField(missing[0], f"the history lacks column(s): {', '.join(missing)}")
+        times = pd.to_datetime(history["TX_DATETIME"], utc=True)
+        cutoff = times.max().floor("D") - pd.Timedelta(days=LONGEST + DELAY)
+        recent = history.assign(TX_DATETIME=times)[times >= cutoff].sort_values("TX_DATETIME", kind="stable")
+        raws, frauds = raw_transactions(recent), recent["TX_FRAUD"].tolist()
+        now, total = datetime.now(timezone.utc), len(raws)
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            transactions = self._validated(raws[start:stop], now, "history transaction", first=start)
+            labels = [(tx.transaction_id, bool(fraud)) for tx, fraud in zip(transactions, frauds[start:stop])
+                      if not pd.isna(fraud)]
+            self._pipelined([(self._score, *self._score_call(tx)) for tx in transactions]
+                            + [(self._feedback, *self._feedback_call(tid, fraud)) for tid, fraud in labels])
+            if progress:
+                progress(stop, total)
+        return total
+
+    def status(self):
+        """What an operator watches: keys (the whole database's), memory and
+        its eviction policy, persistence, and the last write here."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.dbsize().info("memory").info("persistence").get(self.last_write_key)
+        keys, memory, persistence, last_write = pipe.execute()
+        return {
+            "keys_in_database": keys,
+            "used_memory": memory["used_memory"],
+            "maxmemory": memory["maxmemory"],
+            "maxmemory_policy": memory["maxmemory_policy"],
+            "aof_enabled": bool(persistence["aof_enabled"]),
+            "aof_last_write_status": persistence["aof_last_write_status"],
+            "aof_last_bgrewrite_status": persistence["aof_last_bgrewrite_status"],
+            "rdb_last_bgsave_status": persistence["rdb_last_bgsave_status"],
+            "rdb_last_save_time": persistence["rdb_last_save_time"],
+            "last_write": float(last_write) if last_write else None,  # epoch seconds, Redis's clock
+        }
+
+    def _validated(self, raws, now, what, first=0):
+        transactions = []
+        for i, raw in enumerate(raws, first):
+            try:
+                transactions.append(validate(raw, now, self.future_tolerance))
+            except InvalidField as e:
+                raise InvalidField(e.field, f"{what} {i}: {e}") from None
+        return transactions
+
+    def _score_call(self, tx):
+        keys = [self.record_key(tx.transaction_id), self.customer_key(tx.customer_id),
+                self.terminal_key(tx.terminal_id), self.last_write_key]
+        # redis-py sends a float as repr(): the amount comes back exactly as sent
+        args = [tx.transaction_id, tx.customer_id, tx.terminal_id, tx.epoch_microseconds, tx.day, tx.amount,
+                DELAY, RECORD_TTL, CUSTOMER_TTL, TERMINAL_TTL, *WINDOWS]
+        return keys, args
+
+    def _feedback_call(self, transaction_id, fraud):
+        if not isinstance(transaction_id, str) or not 0 < len(transaction_id) <= MAX_ID_LENGTH:
+            raise InvalidField("transaction_id", "'transaction_id' must be a non-empty string of at most "
+                                                 f"{MAX_ID_LENGTH} characters, got {_shown(transaction_id)}")
+        if not isinstance(fraud, bool):
+            raise InvalidField("fraud", f"'fraud' must be true or false, got {_shown(fraud)}")
+        return [self.record_key(transaction_id), self.last_write_key], [int(fraud), self.terminal_key(""),
+                                                                        TERMINAL_TTL]
+
+    def _pipelined(self, calls):
+        """Many script calls in one round trip. redis-py's pipelined Script
+        asks SCRIPT EXISTS first, a second round trip: these go by sha, and
+        when Redis no longer has a script (a restart empties its cache) it is
+        loaded and the whole batch sent again, which every call here allows."""
+        if not calls:
+            return []
+        try:
+            return self._send(calls)
+        except redis.exceptions.NoScriptError:
+            for script in {call[0] for call in calls}:
+                script.sha = self.client.script_load(script.script)
+            return self._send(calls)
+
+    def _send(self, calls):
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return pipe.execute()
