@@ -3,12 +3,13 @@ runtime settings), container hardening, GPUs and shared volumes."""
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from html import escape
 
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Bool, Dict, Int, List, Unicode, default
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from . import containers, netpolicy, profiles, volumes
 
@@ -67,6 +68,14 @@ class DataLabSpawner(DockerSpawner):
         config=True,
         help="Servers may open connections outside the lab; on the lab network they reach "
         "the hub and its services only, either way.",
+    )
+    listen_poll_interval = Float(
+        0.1,
+        config=True,
+        help="Seconds between checks, right after a server's container starts, that it "
+        "accepts connections. JupyterHub's own check backs off from 0.2 s to 5 s, so a "
+        "server up after 6 s was seen only at 11.4 s; a refused connection costs the hub "
+        "next to nothing.",
     )
     docker_api_threads = Int(
         8,
@@ -151,17 +160,43 @@ class DataLabSpawner(DockerSpawner):
         }
         self.volumes = await self.volume_mounts()
         self.environment = {**self.environment, "DATALAB_PROFILE": profile["name"]}
-        started = await super().start()
+        ip, port = await super().start()
         try:
-            subnet = await asyncio.to_thread(netpolicy.lab_subnet, self.client, self.network_name)
-            await asyncio.to_thread(netpolicy.apply, self.client, self.container_id, self.netpolicy_image, subnet,
-                                    serve_port=self.port, internet=self.internet)
+            await self.on_docker_threads(netpolicy.apply, self.client, self.container_id, self.netpolicy_image,
+                                         await self.lab_subnet(), serve_port=self.port, internet=self.internet)
         except Exception as e:  # closed by default: no rules, no server
             self.log.error("network rules of %s not set: %s", self.container_name, e)
             await self.stop(now=True)
             raise web.HTTPError(500, "Your server could not be isolated on the lab network, so it was not "
                                      "started; try again, or tell the lab's admins.") from None
-        return started
+        await self.wait_until_listening(ip, port)
+        return ip, port
+
+    async def on_docker_threads(self, call, *args, **kwargs):
+        """A blocking Docker SDK call, on the spawners' Docker-API threads (not asyncio's small default pool)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(call, *args, **kwargs))
+
+    _lab_subnets = {}  # network -> subnet: a network's subnet never changes while it exists
+
+    async def lab_subnet(self):
+        cache = DataLabSpawner._lab_subnets
+        if self.network_name not in cache:
+            cache[self.network_name] = await self.on_docker_threads(netpolicy.lab_subnet, self.client,
+                                                                    self.network_name)
+        return cache[self.network_name]
+
+    async def wait_until_listening(self, ip, port):
+        """Return once the server accepts connections, or after http_timeout (then
+        JupyterHub's own check reports the failure as it always does)."""
+        deadline = asyncio.get_running_loop().time() + self.http_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(self.listen_poll_interval)
+                continue
+            writer.close()
+            return
 
     def get_env(self):
         env = super().get_env()
@@ -194,7 +229,7 @@ class DataLabSpawner(DockerSpawner):
     async def ensure_shared_volume(self, name):
         """Create a shared volume on first use, owned by the notebook user."""
         try:
-            await asyncio.to_thread(volumes.ensure_shared, self.client, name, self.prefix,
-                                    self.volume_init_image or self.image, self.notebook_uid)
+            await self.on_docker_threads(volumes.ensure_shared, self.client, name, self.prefix,
+                                         self.volume_init_image or self.image, self.notebook_uid)
         except RuntimeError as e:
             raise web.HTTPError(500, str(e)) from None

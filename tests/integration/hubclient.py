@@ -1,5 +1,6 @@
 """A browser-like client of the hub: login form with _xsrf, OAuth redirects."""
 
+import json
 import re
 import time
 from urllib.parse import urlsplit
@@ -55,7 +56,7 @@ class HubSession:
         """Spawn as a person does when the hub answers a login wave with 429 "Too many
         users trying to log in right now. Try again in N seconds": wait as told (at most
         `longest_wait`; the active-server-limit 429 names no time) and submit the form
-        again, then wait until ready, polling as gently as a spawn page does. Appends
+        again, then wait until ready as the spawn page does. Appends
         each 429 to the list `throttled`. Any other refusal raises with the hub's answer."""
         throttled = [] if throttled is None else throttled
         deadline = time.monotonic() + timeout
@@ -70,7 +71,7 @@ class HubSession:
         # a refused spawn re-renders the form at /hub/spawn/, with the reason
         if r.status_code != 200 or "/hub/spawn/" in r.url:
             raise AssertionError(f"spawn of {username} failed: {r.status_code} at {r.url}: {r.text[:500]}")
-        self.wait_server_ready(username, timeout=max(1.0, deadline - time.monotonic()), poll=1.0)
+        self.wait_server_ready(username, timeout=max(1.0, deadline - time.monotonic()))
         return len(throttled)
 
     def stop(self, username, server="", timeout=60):
@@ -87,14 +88,28 @@ class HubSession:
         found = [c.value for c in self.http.cookies if c.name == "_xsrf" and c.path.startswith("/hub")]
         return found[0] if found else self.xsrf()
 
-    def wait_server_ready(self, username, server="", timeout=120, poll=0.25):
+    def wait_server_ready(self, username, server="", timeout=120):
+        """The server's model once it is ready. Waits as the spawn-pending page does: on
+        the hub's progress event stream, which says "ready" (or "failed") the moment the
+        hub knows, instead of polling the hub's API."""
+        path = f"/users/{username}/servers/{server}/progress" if server else f"/users/{username}/server/progress"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            user = self.hub_api(f"/users/{username}").json()
-            found = user.get("servers", {}).get(server)
+            try:
+                with self.http.get(f"{self.base}/hub/api{path}", headers={"X-XSRFToken": self.hub_xsrf()},
+                                   stream=True, timeout=(10, max(1.0, deadline - time.monotonic()))) as events:
+                    for line in events.iter_lines() if events.status_code == 200 else ():
+                        event = json.loads(line[5:]) if line.startswith(b"data:") else {}
+                        if event.get("failed"):
+                            raise RuntimeError(f"{username}/{server} did not start: {event.get('message')}")
+                        if event.get("ready"):
+                            break
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # the stream broke off: the hub's model says where the server is
+            found = (self.hub_api(f"/users/{username}").json().get("servers") or {}).get(server)
             if found and found.get("ready"):
                 return found
-            time.sleep(poll)
+            time.sleep(0.25)  # no stream (not pending yet, or it ended early): look again
         raise TimeoutError(f"{username}/{server} not ready after {timeout}s")
 
     def open_server(self, username, server=""):

@@ -65,3 +65,26 @@ def test_gpu_profiles_ask_docker_for_gpus():
     request = DataLabSpawner.gpu_request(gpu)["device_requests"][0]
     assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
     assert DataLabSpawner.gpu_request(PROFILES[0]) == {}
+
+
+def test_start_returns_once_the_server_listens_not_a_backoff_later():
+    """The server's port opens while the spawner waits: it returns at once (a few polls
+    later), where JupyterHub's own check, backing off to 5 s, would look again seconds later."""
+    sp = DataLabSpawner(listen_poll_interval=0.05, http_timeout=30)
+
+    async def run():
+        probe = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = probe.sockets[0].getsockname()[1]
+        probe.close()
+        await probe.wait_closed()  # the port is free: nothing listens yet
+        waiting = asyncio.ensure_future(sp.wait_until_listening("127.0.0.1", port))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+        opened = asyncio.get_running_loop().time()
+        await waiting
+        waited = asyncio.get_running_loop().time() - opened
+        server.close()
+        return waited
+
+    assert asyncio.run(run()) < 1.0
