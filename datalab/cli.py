@@ -139,9 +139,13 @@ def cmd_down(settings, args):
 def cmd_status(settings, args):
     from . import stack
 
+    from . import features
+
     docker = Docker(settings)
     rows = stack.status(docker, settings) if docker.engine_running() else []
     warnings = stack.insecure_choices(settings)
+    if rows:
+        warnings += [alert] if (alert := features.memory_alert(docker, settings)) else []
     if args.json:
         print(json.dumps({"lab": settings.lab, "url": settings.hub_url, "services": rows, "warnings": warnings},
                          indent=2))
@@ -349,6 +353,22 @@ def print_job(job, as_json):
         print(f"  {job['exit_reason']}" + (f": {job['error']}" if job.get("error") else ""))
 
 
+def cmd_scoring_feedback_token(settings, args):
+    from . import credentials
+
+    print(credentials.ensure(settings)["feedback_token"].read_text().strip())
+    return 0
+
+
+def cmd_features(settings, args):
+    from . import features
+
+    docker = Docker(settings)
+    if args.features_command == "backfill":
+        return features.run_tool(docker, settings, "backfill", history=args.file)
+    return features.run_tool(docker, settings, "status", *(["--json"] if args.json else []))
+
+
 def cmd_jobs(settings, args):
     client = jobs_client(settings)
     on_host = not os.environ.get("DATALAB_JOBS_URL")
@@ -427,7 +447,8 @@ def parser():
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
     lg = sub.add_parser("logs", help="a service's logs")
-    lg.add_argument("service", choices=["hub", "proxy", "mlflow", "directory", "controller", "scoring", "scoring-edge"])
+    lg.add_argument("service", choices=["hub", "proxy", "mlflow", "directory", "controller", "scoring", "scoring-edge",
+                                        "featurestore"])
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("--tail", type=int, default=200)
     lg.set_defaults(func=cmd_logs)
@@ -500,6 +521,18 @@ def parser():
     scs = sc_sub.add_parser("status", help="version, replicas, health, threshold")
     scs.add_argument("--json", action="store_true")
     scs.set_defaults(func=cmd_scoring_status)
+    sft = sc_sub.add_parser("feedback-token", help="the token a bank's systems send fraud labels with "
+                                                   "(POST /v1/feedback, Authorization: Bearer ...)")
+    sft.set_defaults(func=cmd_scoring_feedback_token)
+    fs = sub.add_parser("features", help="the feature store scoring keeps transactions' state in")
+    fs_sub = fs.add_subparsers(dest="features_command", required=True)
+    fss = fs_sub.add_parser("status", help="keys, memory and its limit, persistence, last write")
+    fss.add_argument("--json", action="store_true")
+    fss.set_defaults(func=cmd_features)
+    fsb = fs_sub.add_parser("backfill", help="load past transactions and labels (CSV or parquet: TRANSACTION_ID, "
+                                             "TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, TX_FRAUD)")
+    fsb.add_argument("file")
+    fsb.set_defaults(func=cmd_features)
     ins = sub.add_parser("install", help="system packages, Docker engine and Swarm only")
     ins.add_argument("--test", action="store_true", help="also what the tests need (chromium)")
     ins.set_defaults(func=cmd_install)

@@ -1,8 +1,10 @@
 """Secrets generated at first `up`: cookie secret, proxy token, directory admin
 password, the password of the hub's read-only directory account, the
-directory's CA and server certificate, and the demo users' passwords. Written
+directory's CA and server certificate, the feature store's password, the
+scoring feedback token, and the demo users' passwords. Written
 once into <data_dir>/secrets (0600), reused afterwards, never printed (except
-the demo logins, on purpose, by `demo-logins`)."""
+the demo logins, on purpose, by `demo-logins`, and the feedback token, by
+`scoring feedback-token`)."""
 
 import base64
 import datetime
@@ -135,8 +137,13 @@ def ensure(settings):
         "webhook_secret": sdir / "webhook_secret",
         # MLflow keeps webhook secrets encrypted with this Fernet key (else they are lost at restart)
         "mlflow_webhook_key": sdir / "mlflow_webhook_key",
+        # the feature store's password: scoring tasks and the platform only
+        "featurestore_password": sdir / "featurestore_password",
+        # what a bank's systems send fraud labels to POST /v1/feedback with (`datalab scoring feedback-token`)
+        "feedback_token": sdir / "feedback_token",
     }
-    for name in ("cookie_secret", "proxy_token", "cli_token", "webhook_secret"):
+    for name in ("cookie_secret", "proxy_token", "cli_token", "webhook_secret", "featurestore_password",
+                 "feedback_token"):
         _ensure(files[name], lambda: secrets.token_hex(32))
     _ensure(files["mlflow_webhook_key"], lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)))
     if settings["directory"]["builtin"]:

@@ -1,18 +1,22 @@
 """The demo loop `datalab up` ends with (and `datalab demo` runs again): the
 reference workload trains at a small size as alice, registers the model,
 alice (an approver) promotes it through the registry gateway, the controller
-gates and rolls it out, and a curl that scores a transaction is printed."""
+gates and rolls it out, and a curl that scores a raw transaction (and one
+that sends its fraud label back) is printed."""
 
 import http.cookiejar
 import json
 import re
+import sys
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from . import audit, credentials, deploy, promotion
 from .jobs_client import JobsClient
 
 REPO_NOTEBOOK = "pipelines/notebooks/fraud_reference.ipynb"
+DATALAB = Path(sys.executable).with_name("datalab")  # this CLI, in the venv `make up` made
 MODEL = "fraud-detector"
 USER = "alice"  # in fraud-team and model-approvers in the demo directory
 SMALL = {"n_customers": 400, "n_terminals": 800, "nb_days": 60, "train_start_day": 35, "epochs": 10,
@@ -65,7 +69,16 @@ def run(settings, steps, repo):
 
 
 def curl_example(settings):
+    """A curl that scores the serving model's example transaction and, for a
+    model on raw transactions, one that reports it as fraud (the token read
+    when it runs, never printed)."""
     edge = f"http://127.0.0.1:{settings['scoring']['port']}"
     schema = json.loads(urllib.request.urlopen(f"{edge}/v1/schema", timeout=10).read())
     body = json.dumps(schema["example"])
-    return f"curl -s {edge}/v1/score -H 'Content-Type: application/json' -d '{body}'"
+    score = f"curl -s '{edge}/v1/score?explain=1' -H 'Content-Type: application/json' -d '{body}'"
+    if "feedback" not in schema:
+        return score
+    label = json.dumps(schema["feedback"]["one"])
+    return (f"{score}\n  # later, its label (a chargeback, an analyst's verdict):\n"
+            f"  curl -s {edge}/v1/feedback -H 'Content-Type: application/json' "
+            f"-H \"Authorization: Bearer $({DATALAB} scoring feedback-token)\" -d '{label}'")

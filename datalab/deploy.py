@@ -5,7 +5,7 @@ built, serving depends on nothing but the image, MLflow may be down, and
 rolling back is pointing the service at the previous image. The scoring
 service always exists in the stack (0 replicas until a first deployment); a
 rollout is a `docker service update` of its image, replicas and threshold,
-start-first and gated on /readyz, which Swarm rolls back on failure. What
+start-first and gated on /startedz (the model loaded), which Swarm rolls back on failure. What
 serves is kept in <data_dir>/deployments/scoring.json, so that `datalab up`
 renders the same service again. `datalab deploy` and the promotion
 controller both go through rollout() here.

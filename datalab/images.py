@@ -21,7 +21,7 @@ IMAGES_DIR = REPO / "images"
 REPOSITORY = "datalab"
 # Platform images in build order; each builds FROM datalab/base, except those
 # in SERVING, built after the notebook image they build FROM.
-PLATFORM_IMAGES = ("directory", "mlflow", "hub", "controller", "edge", "scoring")
+PLATFORM_IMAGES = ("directory", "mlflow", "hub", "controller", "edge", "featurestore", "scoring")
 SERVING = {"scoring": "tensorflow"}
 
 

@@ -33,6 +33,9 @@ REGISTRY_URL = "http://hub:8091/services/registry"
 JOBS_URL = "http://hub:8090/services/jobs/"
 CONTROLLER_DATA_DIR = "/var/lib/datalab"
 LDAP_UID = "1001"
+FEATURESTORE_UID = "1002"  # images/featurestore/Dockerfile
+SCORING_UID = "1000"  # the notebook images' user, which the scoring image runs as
+FEATURE_STORE_URL = "redis://featurestore:6379/0"  # on the features network only
 
 
 def _content_key(name, data):
@@ -183,16 +186,21 @@ def _service(image, networks, **extra):
     return spec
 
 
-def scoring_services(settings, refs, deployment):
-    """The scoring edge, and the scoring service: 0 replicas of the bare runtime
-    until a model is deployed, so that a rollout is always a service update."""
+def scoring_services(settings, refs, deployment, files, secret_files):
+    """The scoring edge; the scoring service: 0 replicas of the bare runtime
+    until a model is deployed, so that a rollout is always a service update;
+    and the feature store it keeps transactions' state in."""
     edge = _service(refs["edge"], ["scoring"], ports=[
         {"target": 8500, "published": settings["scoring"]["port"], "protocol": "tcp", "mode": "host"}])
     edge["deploy"]["update_config"] = {"order": "stop-first"}  # host-mode port (docs/architecture.md)
     deployment = deployment or {"image": refs["scoring"], "replicas": 0, "threshold": settings["scoring"]["threshold"],
                                 "model": "", "version": ""}
-    scoring = _service(deployment["image"], ["scoring"], environment={
-        "SCORING_THRESHOLD": str(deployment["threshold"])}, stop_grace_period="5s")
+    scoring = _service(deployment["image"], ["scoring", "features"], environment={
+        "SCORING_THRESHOLD": str(deployment["threshold"]),
+        "SCORING_FEATURE_STORE_URL": FEATURE_STORE_URL,
+    }, secrets=[files.secret("featurestore_password", secret_files["featurestore_password"], SCORING_UID),
+                files.secret("feedback_token", secret_files["feedback_token"], SCORING_UID)],
+        stop_grace_period="5s")
     scoring["deploy"].update(
         replicas=int(deployment["replicas"]),
         update_config={"parallelism": 1, "delay": "1s", "order": "start-first",
@@ -200,7 +208,16 @@ def scoring_services(settings, refs, deployment):
         rollback_config={"parallelism": 1, "order": "start-first"},
     )
     scoring["deploy"]["labels"]["org.datalab.model"] = f"{deployment['model']}@{deployment['version']}"
-    return {"scoring-edge": edge, "scoring": scoring}
+    featurestore = _service(
+        refs["featurestore"], ["features"],
+        environment={"FEATURESTORE_MAXMEMORY": settings["features"]["maxmemory"]},
+        volumes=["featurestore-data:/data"],
+        secrets=[files.secret("featurestore_password", secret_files["featurestore_password"], FEATURESTORE_UID)],
+        stop_grace_period="10s",  # the append-only file is flushed on the way down
+    )
+    # one writer of its append-only file at a time
+    featurestore["deploy"]["update_config"] = {"order": "stop-first"}
+    return {"scoring-edge": edge, "scoring": scoring, "featurestore": featurestore}
 
 
 def controller_service(settings, refs, files, secret_files, docker_gid):
@@ -299,12 +316,14 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
     for service in services.values():
         # their volumes, the deployments folder and the host-mode ports are on this node
         service["deploy"]["placement"] = {"constraints": [f"node.hostname == {socket.gethostname()}"]}
-    services.update(scoring_services(settings, refs, deployment))
+    services.update(scoring_services(settings, refs, deployment, files, secret_files))
     for name, service in services.items():
         memory = settings["resources"][name]
         service["deploy"]["resources"] = {"limits": {"memory": memory["memory"]},
                                           "reservations": {"memory": memory["reserve"]}}
-    services["scoring-edge"]["deploy"]["placement"] = services["hub"]["deploy"]["placement"]
+    # the edge's host-mode port and the feature store's volume are on this node
+    for name in ("scoring-edge", "featurestore"):
+        services[name]["deploy"]["placement"] = services["hub"]["deploy"]["placement"]
     if settings["scoring"]["nodes"] == "home":
         services["scoring"]["deploy"]["placement"] = services["hub"]["deploy"]["placement"]
     return {
@@ -318,8 +337,11 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             "tracking": {"driver": "overlay", "attachable": True},
             # The scoring edge and the scoring tasks.
             "scoring": {"driver": "overlay"},
+            # The feature store and the scoring tasks (and `datalab features backfill`'s
+            # one-shot loader): never a notebook or job container.
+            "features": {"driver": "overlay", "attachable": True},
         },
-        "volumes": {"hub-data": {}, "mlflow-data": {}, "directory-data": {}},
+        "volumes": {"hub-data": {}, "mlflow-data": {}, "directory-data": {}, "featurestore-data": {}},
         "secrets": files.secrets,
         "configs": files.configs,
     }
@@ -414,6 +436,7 @@ def service_url(settings, short_name):
         "directory": f"{settings['directory']['url']} (lab network only)",
         "scoring": "tasks.scoring:8080 (behind the edge)",
         "controller": "http://controller:8080/webhook (MLflow's alias webhook)",
+        "featurestore": "redis://featurestore:6379 (scoring tasks only)",
     }.get(short_name, "")
 
 

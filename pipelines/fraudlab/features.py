@@ -22,6 +22,12 @@ FEATURES = (
     + [name.format(w) for w in WINDOWS for name in (CUSTOMER_NB_TX, CUSTOMER_AVG_AMOUNT)]
     + [name.format(w) for w in WINDOWS for name in (TERMINAL_NB_TX, TERMINAL_RISK)]
 )
+# The name of this definition: a model trained on these features declares it in
+# its MLmodel metadata ("datalab.feature_set"), and the scoring service then
+# takes raw transactions and computes these features itself (online.py).
+# Change the windows, the delay or the names, and this name changes too: a
+# model trained on the old definition must not be served the new one.
+FEATURE_SET = "fraudlab.handbook/v1"
 
 
 def calendar_flags(df):

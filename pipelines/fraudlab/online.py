@@ -27,9 +27,21 @@ the same customer:
                   transaction.
   P tx:{transaction id}  hash: customer, terminal, day, features (the reply
                   of its first scoring), fraud (its latest label; absent
-                  until one arrives). Expires 38 days after scoring: a retry
-                  within that is answered from it and counts nothing; after
-                  it, the transaction's day is out of every window anyway.
+                  until one arrives), logged (the id of its entry in the
+                  scored log; absent until it is logged). Expires 38 days
+                  after scoring: a retry within that is answered from it and
+                  counts nothing; after it, the transaction's day is out of
+                  every window anyway.
+  P scored        stream, the scored log: one entry per transaction served
+                  (transaction_id, model, version, score: the model's 0-1
+                  probability, scored_at: epoch milliseconds on the server
+                  that scored it), in the order they were logged; XADD
+                  MAXLEN ~ N (default SCORED_LOG_MAXLEN) keeps the latest N
+                  or a few more. A transaction is logged once, by the first
+                  call that logs it (its record's "logged"), so retries,
+                  repeats and replays add nothing. No expiry: its length
+                  bounds it. labelled_window() joins it with the records:
+                  what each served version scored, and what turned out fraud.
   P last_write    Redis's own time of the last write, "seconds.microseconds".
 
 Windows: the customer's over (t - w days, t], this transaction and the ones
@@ -48,9 +60,9 @@ Faults:
   about a second of writes in a crash (retries of those transactions count
   them once again); without persistence a restart loses all state: backfill().
 - Memory: maxmemory-policy noeviction makes a full Redis refuse writes (an
-  error the caller sees). Every key here has an expiry, so a volatile-* or
-  allkeys-* policy would evict state silently and features would undercount:
-  status() shows the policy.
+  error the caller sees). Every key here but the scored log has an expiry,
+  so a volatile-* or allkeys-* policy would evict state silently and
+  features would undercount: status() shows the policy.
 - Expiries run on Redis's clock, windows on the transactions' times: in live
   scoring the two agree; replaying old data only keeps state longer.
 - A transaction that arrives after later ones of its customer may miss
@@ -58,6 +70,12 @@ Faults:
 - feedback() writes the terminal key named in the transaction's record, which
   is not among the script's declared keys: right on one Redis server, not on
   Redis Cluster. The scripts write after reading Redis's clock: Redis >= 5.
+- The scored log is written after the model has scored, so not by the script
+  that computes the features: score_and_log() sends the log entries of
+  earlier transactions in the same round trip as the next features (a server
+  keeps them until then). Logging is idempotent per transaction (its
+  record's "logged"), so a batch sent again after a lost reply logs nothing
+  twice; a record that has expired is not logged (nor created again).
 """
 
 import math
@@ -74,7 +92,10 @@ from .features import (CUSTOMER_AVG_AMOUNT, CUSTOMER_NB_TX, DELAY, FEATURES, NIG
 
 FIELDS = ("transaction_id", "customer_id", "terminal_id", "amount", "datetime")
 HISTORY_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
+LABEL_FIELDS = ("transaction_id", "fraud")
 FUTURE_TOLERANCE = timedelta(minutes=5)  # clocks drift; a transaction further ahead is refused
+# About 100 MB of Redis memory; at 300 transactions/s the last hour
+SCORED_LOG_MAXLEN = 1_000_000
 MAX_ID_LENGTH = 128
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DAY_SECONDS = 86400
@@ -173,6 +194,32 @@ return 'recorded'
 """
 
 
+LOG = """
+-- KEYS: 1 scored log, 2 last write, 3... the records of the transactions served
+-- ARGV: 1 the log's length (approximate), then per record: transaction id, model, version, score,
+--       scored at (epoch milliseconds)
+local logged = 0
+for i = 3, #KEYS do
+  local a = (i - 3) * 5 + 2
+  -- a record that has expired is not created again: it would have no expiry, nor features
+  if redis.call('HEXISTS', KEYS[i], 'features') == 1 and redis.call('HEXISTS', KEYS[i], 'logged') == 0 then
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'transaction_id', ARGV[a],
+                          'model', ARGV[a + 1], 'version', ARGV[a + 2], 'score', ARGV[a + 3], 'scored_at', ARGV[a + 4])
+    redis.call('HSET', KEYS[i], 'logged', id)
+    logged = logged + 1
+  end
+end
+if logged > 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[2], now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
+end
+return logged
+"""
+
+WINDOW_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", *FEATURES, "TX_FRAUD", "MODEL",
+                  "VERSION", "SCORE", "SCORED_AT")
+
+
 class InvalidField(ValueError):
     """An input that cannot be used; `field` names what is wrong (None: the input as a whole)."""
 
@@ -185,6 +232,16 @@ class Feedback(str, Enum):
     UNKNOWN = "unknown"  # no record of that transaction id: never scored here, or expired
     UNCHANGED = "unchanged"  # the label it already had
     RECORDED = "recorded"  # a first or a flipped label, counted into its terminal's day
+
+
+@dataclass(frozen=True)
+class Served:
+    """A scoring answer, for the scored log."""
+    transaction_id: str
+    model: str
+    version: str
+    score: float  # the model's fraud probability, 0-1
+    scored_at: int  # epoch milliseconds, the scoring server's clock
 
 
 @dataclass(frozen=True)
@@ -269,6 +326,30 @@ def validate(raw, now, future_tolerance=FUTURE_TOLERANCE):
     return Transaction(transaction_id, customer_id, terminal_id, amount, time)
 
 
+def _checked_label(transaction_id, fraud):
+    if not isinstance(transaction_id, str) or not 0 < len(transaction_id) <= MAX_ID_LENGTH:
+        raise InvalidField("transaction_id", "'transaction_id' must be a non-empty string of at most "
+                                             f"{MAX_ID_LENGTH} characters, got {_shown(transaction_id)}")
+    if not isinstance(fraud, bool):
+        raise InvalidField("fraud", f"'fraud' must be true or false, got {_shown(fraud)}")
+    return transaction_id, fraud
+
+
+def validate_label(raw):
+    """(transaction id, fraud) of a label {"transaction_id": str, "fraud":
+    bool}, or InvalidField naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise InvalidField(None, f"a label must be an object of fields, got {type(raw).__name__}")
+    missing = [name for name in LABEL_FIELDS if name not in raw]
+    if missing:
+        raise InvalidField(missing[0], f"missing field(s): {', '.join(missing)}")
+    unknown = [name for name in raw if name not in LABEL_FIELDS]
+    if unknown:
+        raise InvalidField(unknown[0], f"unknown field(s): {', '.join(map(_shown, unknown))}; "
+                                       f"a label has {', '.join(LABEL_FIELDS)}")
+    return _checked_label(raw["transaction_id"], raw["fraud"])
+
+
 def _features(reply):
     """The scoring script's reply as features, in FEATURES order."""
     time, amount, *rest = (float(value) for value in reply.split())
@@ -306,13 +387,17 @@ def _text(reply):
 
 
 class FeatureStore:
-    def __init__(self, client: redis.Redis, prefix="fs:", future_tolerance=FUTURE_TOLERANCE):
+    def __init__(self, client: redis.Redis, prefix="fs:", future_tolerance=FUTURE_TOLERANCE,
+                 scored_log_maxlen=SCORED_LOG_MAXLEN):
         self.client = client
         self.prefix = prefix
         self.future_tolerance = future_tolerance
         self.last_write_key = f"{prefix}last_write"
+        self.scored_log_key = f"{prefix}scored"
+        self.scored_log_maxlen = scored_log_maxlen
         self._score = client.register_script(SCORE)
         self._feedback = client.register_script(FEEDBACK)
+        self._log = client.register_script(LOG)
 
     def customer_key(self, customer_id):
         return f"{self.prefix}c:{customer_id}"
@@ -335,6 +420,21 @@ class FeatureStore:
         now = datetime.now(timezone.utc)
         return [_features(reply) for reply in self._pipelined(
             [(self._score, *self._score_call(tx)) for tx in self._validated(raws, now, "transaction")])]
+
+    def score_and_log(self, transactions, served=()):
+        """Features of validated transactions (Transaction, as validate()
+        gives them), in order, and how many of `served` (Served: earlier
+        answers) the scored log gained, in one round trip."""
+        calls = [(self._score, *self._score_call(tx)) for tx in transactions]
+        if served:
+            calls.append((self._log, *self._log_call(served)))
+        replies = self._pipelined(calls)
+        return [_features(reply) for reply in replies[:len(transactions)]], (replies[-1] if served else 0)
+
+    def log_scored(self, served):
+        """Add answers (Served) to the scored log, each transaction once; how
+        many it gained (one already logged, or whose record has expired, adds nothing)."""
+        return self._pipelined([(self._log, *self._log_call(served))])[0] if served else 0
 
     def feedback(self, transaction_id, fraud):
         """Record a transaction's label (Feedback says what came of it): its
@@ -411,13 +511,16 @@ class FeatureStore:
         return keys, args
 
     def _feedback_call(self, transaction_id, fraud):
-        if not isinstance(transaction_id, str) or not 0 < len(transaction_id) <= MAX_ID_LENGTH:
-            raise InvalidField("transaction_id", "'transaction_id' must be a non-empty string of at most "
-                                                 f"{MAX_ID_LENGTH} characters, got {_shown(transaction_id)}")
-        if not isinstance(fraud, bool):
-            raise InvalidField("fraud", f"'fraud' must be true or false, got {_shown(fraud)}")
+        _checked_label(transaction_id, fraud)
         return [self.record_key(transaction_id), self.last_write_key], [int(fraud), self.terminal_key(""),
                                                                         TERMINAL_TTL]
+
+    def _log_call(self, served):
+        keys = [self.scored_log_key, self.last_write_key, *(self.record_key(s.transaction_id) for s in served)]
+        args = [self.scored_log_maxlen]
+        for s in served:
+            args += [s.transaction_id, s.model, s.version, repr(float(s.score)), int(s.scored_at)]
+        return keys, args
 
     def _pipelined(self, calls):
         """Many script calls in one round trip. redis-py's pipelined Script
@@ -438,3 +541,68 @@ class FeatureStore:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         return pipe.execute()
+
+
+def _timestamp(value):
+    """A stream id's millisecond bound of a time: a datetime or pandas Timestamp (UTC when naive), or an ISO string."""
+    time = pd.Timestamp(value)
+    time = time.tz_localize("UTC") if time.tzinfo is None else time.tz_convert("UTC")
+    return time.value // 1_000_000
+
+
+def _identifiers(values):
+    """Ids as the records keep them (text), as integers when every one is an
+    integer (customer 5 and "5" are the same customer)."""
+    text = pd.Series(values, dtype=object)
+    if text.str.fullmatch(r"-?[0-9]+").all():
+        try:
+            return text.astype("int64")
+        except OverflowError:  # validate() takes unsigned 64-bit ids too: past int64 they stay text
+            pass
+    return text
+
+
+def labelled_window(r, since=None, until=None, limit=None, prefix="fs:", chunk=10_000):
+    """What was scored and what turned out fraud: a DataFrame (columns
+    WINDOW_COLUMNS) of the transactions the scored log holds, logged between
+    `since` and `until` (inclusive; datetimes, UTC when naive, or ISO
+    strings; None: no bound), the latest `limit` of them if given, in the
+    order they were logged. Per transaction: its id, time, customer and
+    terminal, the features it was scored with, TX_FRAUD (its latest label:
+    1.0, 0.0, or NaN while none has arrived), and the MODEL, VERSION, SCORE
+    (0-1) and SCORED_AT that served it. `r`: a redis client; `prefix` the
+    FeatureStore's. A transaction whose record has expired (38 days after
+    scoring) is left out: its features and label are gone."""
+    key = f"{prefix}scored"
+    low = "-" if since is None else str(_timestamp(since))
+    high = "+" if until is None else str(_timestamp(until))
+    entries, wanted = [], math.inf if limit is None else max(limit, 0)
+    # in pages, newest first, so that `limit` reads no more than it keeps
+    while len(entries) < wanted:
+        page = r.xrevrange(key, high, low, count=int(min(chunk, wanted - len(entries))))
+        if not page:
+            break
+        entries += page
+        high = f"({_text(page[-1][0])}"
+    entries.reverse()
+    rows = []
+    for start in range(0, len(entries), chunk):
+        part = [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries[start:start + chunk]]
+        pipe = r.pipeline(transaction=False)
+        for fields in part:
+            pipe.hmget(f"{prefix}tx:{fields['transaction_id']}", "features", "customer", "terminal", "fraud")
+        for fields, record in zip(part, pipe.execute()):
+            features, customer, terminal, fraud = (None if v is None else _text(v) for v in record)
+            if features is None:
+                continue
+            rows.append({"TRANSACTION_ID": fields["transaction_id"], "TX_DATETIME": int(features.split(" ", 1)[0]),
+                         "CUSTOMER_ID": customer, "TERMINAL_ID": terminal, **_features(features),
+                         "TX_FRAUD": math.nan if fraud is None else float(fraud), "MODEL": fields["model"],
+                         "VERSION": fields["version"], "SCORE": float(fields["score"]),
+                         "SCORED_AT": int(fields["scored_at"])})
+    frame = pd.DataFrame(rows, columns=list(WINDOW_COLUMNS))
+    return frame.assign(
+        TX_DATETIME=pd.to_datetime(frame["TX_DATETIME"].astype("int64"), unit="us", utc=True),
+        SCORED_AT=pd.to_datetime(frame["SCORED_AT"].astype("int64"), unit="ms", utc=True),
+        CUSTOMER_ID=_identifiers(frame["CUSTOMER_ID"].tolist()),
+        TERMINAL_ID=_identifiers(frame["TERMINAL_ID"].tolist()), TX_FRAUD=frame["TX_FRAUD"].astype(float))

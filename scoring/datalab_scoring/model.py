@@ -1,7 +1,13 @@
 """The model a deployment serves: an MLflow model directory baked into the
 image at rollout. TensorFlow models registered by the reference workload (a
 pyfunc over a saved Keras model) are served through a compiled tf.function,
-not model.predict; any other MLflow model falls back to its pyfunc."""
+not model.predict; any other MLflow model falls back to its pyfunc.
+
+A model that declares a feature set in its MLmodel metadata
+("datalab.feature_set": fraudlab.features.FEATURE_SET, the only one this
+runtime computes) is served raw transactions: the service computes its
+signature's fields from them (featurestore.py). Without it, a request sends
+the signature's fields themselves."""
 
 import json
 from dataclasses import dataclass
@@ -9,6 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
+from fraudlab.features import FEATURE_SET, FEATURES
+
+FEATURE_SET_KEY = "datalab.feature_set"  # in the MLmodel's metadata (log_model(metadata=...))
 
 
 @dataclass
@@ -19,6 +28,7 @@ class Model:
     example: list       # transactions (dicts) from the input example
     predict: Callable   # rows (lists of floats) -> fraud probabilities
     engine: str
+    feature_set: str | None = None  # FEATURE_SET: takes raw transactions; None: takes `fields`
 
 
 def signature_fields(mlmodel):
@@ -29,6 +39,22 @@ def signature_fields(mlmodel):
     if any(name is None for name, _ in fields):
         raise ValueError("the model's signature has unnamed inputs: a scoring request needs named fields")
     return fields
+
+
+def feature_set(mlmodel, fields):
+    """The feature set the model declares (None: it takes its signature's
+    fields as they come), checked against what this runtime computes."""
+    declared = (mlmodel.get("metadata") or {}).get(FEATURE_SET_KEY)
+    if declared is None:
+        return None
+    if declared != FEATURE_SET:
+        raise ValueError(f"the model declares the feature set {declared!r} ({FEATURE_SET_KEY} in its metadata); "
+                         f"this scoring runtime computes {FEATURE_SET!r} only")
+    unknown = [name for name, _ in fields if name not in FEATURES]
+    if unknown:
+        raise ValueError(f"the model declares the feature set {FEATURE_SET!r}, but its signature has field(s) "
+                         f"the set does not compute: {', '.join(unknown)} (it computes {', '.join(FEATURES)})")
+    return declared
 
 
 def input_example(model_dir, mlmodel):
@@ -74,18 +100,22 @@ def _pyfunc(model_dir, fields):
     return predict
 
 
-def load(model_dir, name, version):
+def load(model_dir, name, version, pyfunc=_pyfunc):
+    """The model in an MLflow model directory, warmed up. `pyfunc(model_dir,
+    fields)`: the predict function of a model other than the reference
+    workload's Keras one (MLflow's pyfunc; the tests pass a stand-in)."""
     model_dir = Path(model_dir)
     mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
     fields = signature_fields(mlmodel)
+    declared = feature_set(mlmodel, fields)
     artifacts = (mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
     keras_model = artifacts.get("keras_model", {}).get("path")
     if keras_model:
         predict, engine = _compiled_keras(str(model_dir / keras_model), len(fields)), "tf.function"
     else:
-        predict, engine = _pyfunc(model_dir, fields), "pyfunc"
+        predict, engine = pyfunc(model_dir, fields), "pyfunc"
     example = input_example(model_dir, mlmodel)
-    model = Model(name, str(version), fields, example, predict, engine)
+    model = Model(name, str(version), fields, example, predict, engine, declared)
     warm_up(model)
     return model
 

@@ -228,6 +228,13 @@ def registered_versions(lab, name):
     return {v["version"] for v in found.get("model_versions", [])}
 
 
+# The suites' models take the 15 features, as the scoring, registry and promotion
+# tests send them; raw transactions and the feature store: test_scoring_raw_lab.py.
+RAW_INPUT_OFF = ("-p", "feature_set", "")
+SMALL_REFERENCE = ("-p", "n_customers", "400", "-p", "n_terminals", "800", "-p", "nb_days", "60",
+                   "-p", "train_start_day", "35", "-p", "epochs", "10", "-p", "batch_size", "64")
+
+
 def run_job(lab, notebook, *params, timeout=1200):
     path = lab.settings.data_dir / f"job-{time.monotonic_ns()}.ipynb"
     path.write_text(json.dumps(notebook))
@@ -244,9 +251,7 @@ def model_v1(lab):
     lab.login("alice")
     if not registered_versions(lab, MODEL):
         notebook = json.loads((REPO / "pipelines" / "notebooks" / "fraud_reference.ipynb").read_text())
-        run_job(lab, notebook, "-p", "n_customers", "400", "-p", "n_terminals", "800", "-p", "nb_days", "60",
-                "-p", "train_start_day", "35", "-p", "epochs", "10", "-p", "batch_size", "64",
-                "-p", "register_model", MODEL)
+        run_job(lab, notebook, *SMALL_REFERENCE, "-p", "register_model", MODEL, *RAW_INPUT_OFF)
     return min(registered_versions(lab, MODEL), key=int)
 
 

@@ -1,66 +1,22 @@
 """The online feature store (fraudlab.online) against a real redis-server that
-this module starts on a free port (Debian's redis-server, which `make test`
-installs; no lab needed): online features equal batch features on a replayed
-simulation and at the windows' edges, retries count once, labels count from
-the day the delay says, state expires and survives a restart."""
+this module starts on a free port (redisserver.py: Debian's redis-server,
+which `make test` installs; no lab needed): online features equal batch
+features on a replayed simulation and at the windows' edges, retries count
+once, labels count from the day the delay says, state expires and survives a
+restart."""
 
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 
 from fraudlab import features, online, simulate
 from fraudlab.features import DELAY, FEATURES
+from redisserver import RedisServer, server  # noqa: F401 (server: a fixture)
 
 pytestmark = pytest.mark.integration  # its fixtures start a redis-server, not the lab
-
-
-class RedisServer:
-    """A redis-server of our own in `directory`, on a free loopback port."""
-
-    def __init__(self, directory, *options):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.directory, self.options, self.process = directory, options, None
-
-    def start(self):
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server (Debian's package) is installed by `make test`"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--logfile", "redis.log", *self.options])
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise AssertionError(f"redis-server did not start: see {self.directory}/redis.log") from None
-                time.sleep(0.05)
-
-    def stop(self):
-        self.process.terminate()  # SIGTERM: Redis shuts down cleanly (the append-only file flushed)
-        self.process.wait(timeout=10)
-
-    def client(self):
-        return redis.Redis(host="127.0.0.1", port=self.port)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"), "--save", "", "--appendonly", "no")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import notebook
+from conftest import MODEL, RAW_INPUT_OFF, SMALL_REFERENCE, notebook
 
 from datalab import manifest
 
@@ -254,12 +254,10 @@ def test_jobs_from_inside_a_notebook_container_use_the_users_token(lab, jobs):
 def test_reference_workload_trains_compares_and_registers_a_model(lab, jobs):
     notebook = json.loads((REPO / "pipelines" / "notebooks" / "fraud_reference.ipynb").read_text())
     job = jobs.submit("fraud_reference.ipynb", notebook, "--profile", "tensorflow", "--timeout", "1200",
-                      "-p", "n_customers", "400", "-p", "n_terminals", "800", "-p", "nb_days", "60",
-                      "-p", "train_start_day", "35", "-p", "epochs", "10", "-p", "batch_size", "64",
-                      "-p", "register_model", "fraud-test")
+                      *SMALL_REFERENCE, "-p", "register_model", MODEL, *RAW_INPUT_OFF)
     done = jobs.wait(job["id"], timeout=1200)
     assert done["status"] == "succeeded", (done, jobs.cli("logs", job["id"]).stdout[-3000:])
-    model = lab.mlflow_api("registered-models/get?name=fraud-test")["registered_model"]
+    model = lab.mlflow_api(f"registered-models/get?name={MODEL}")["registered_model"]
     version = model["latest_versions"][-1]
     run = lab.mlflow_api(f"runs/get?run_id={version['run_id']}")["run"]
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}

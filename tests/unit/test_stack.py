@@ -6,7 +6,8 @@ from datalab import credentials, settings as settings_mod, stack
 
 from datalab import manifest
 
-REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "controller", "edge", "scoring", "python",
+REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "controller", "edge", "featurestore", "scoring",
+                                        "python",
                                         "datascience", "tensorflow")}
 PROFILES = stack.profiles(manifest.load(), REFS)
 
@@ -43,10 +44,10 @@ def test_a_deployment_is_a_start_first_service_that_rolls_back(tmp_path, monkeyp
     spec = stack.render(s, REFS, PROFILES, credentials.ensure(s), deployment)
     svc = spec["services"]["scoring"]
     assert svc["image"] == deployment["image"] and svc["deploy"]["replicas"] == 2
-    assert svc["environment"] == {"SCORING_THRESHOLD": "70.0"}
+    assert svc["environment"] == {"SCORING_THRESHOLD": "70.0", "SCORING_FEATURE_STORE_URL": stack.FEATURE_STORE_URL}
     assert svc["deploy"]["update_config"]["order"] == "start-first"
     assert svc["deploy"]["update_config"]["failure_action"] == "rollback"
-    assert svc["networks"] == ["scoring"] and "ports" not in svc
+    assert svc["networks"] == ["scoring", "features"] and "ports" not in svc
     assert spec["networks"]["lab"]["attachable"] is True
     # notebooks join only `lab`: MLflow and the directory are not on it
     assert spec["services"]["hub"]["networks"] == ["backend", "lab"]
@@ -183,3 +184,18 @@ def test_a_corporate_directory_names_its_reader_or_is_warned(tmp_path, monkeypat
     half = s.with_overrides({"directory": {"search_bind_dn": "cn=datalab,ou=Services,dc=corp"}})
     with pytest.raises(settings_mod.SettingsError, match="go together"):
         stack.refuse_unsafe(half)
+
+
+def test_the_feature_store_is_reached_by_scoring_only_and_keeps_its_state(tmp_path, monkeypatch):
+    _, spec = rendered(tmp_path, monkeypatch)
+    services = spec["services"]
+    on_features = sorted(name for name, svc in services.items() if "features" in svc["networks"])
+    assert on_features == ["featurestore", "scoring"]  # never the lab network notebooks and jobs are on
+    store = services["featurestore"]
+    assert store["networks"] == ["features"] and "ports" not in store
+    assert store["volumes"] == ["featurestore-data:/data"] and "featurestore-data" in spec["volumes"]
+    assert store["environment"] == {"FEATURESTORE_MAXMEMORY": "640mb"}  # noeviction: images/featurestore
+    assert store["deploy"]["resources"]["limits"]["memory"] == "1G"
+    assert [s["target"] for s in store["secrets"]] == ["featurestore_password"]
+    assert sorted(s["target"] for s in services["scoring"]["secrets"]) == ["featurestore_password", "feedback_token"]
+    assert not any("password" in str(v).lower() for v in services["scoring"]["environment"].values())

@@ -1,0 +1,82 @@
+"""`python -m datalab_scoring.store_tool status [--json] | backfill FILE`: the
+feature store operated from next to it. `datalab features` runs this in a
+one-shot container of the scoring image on the store's network (the host
+does not reach the store), with the store's password file mounted."""
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+
+import pandas as pd
+from fraudlab import online
+
+from . import featurestore
+
+TIMEOUT_MS = "60000"  # a backfill chunk is thousands of transactions in one round trip
+
+
+def read_history(path):
+    if path.endswith((".parquet", ".pq")):
+        return pd.read_parquet(path)
+    if path.endswith((".csv", ".csv.gz")):
+        return pd.read_csv(path)
+    raise SystemExit(f"{os.path.basename(path)}: give a .csv, .csv.gz or .parquet file")
+
+
+def show_status(found, as_json):
+    if as_json:
+        print(json.dumps(found))
+        return
+    last = found["last_write"]
+    share = found["used_memory"] / found["maxmemory"] if found["maxmemory"] else None
+    rows = [
+        ("keys", f"{found['keys_in_database']:,}"),
+        ("memory", f"{found['used_memory'] / 2**20:.1f} MiB of {found['maxmemory'] / 2**20:.0f} MiB"
+                   + (f" ({share:.0%})" if share is not None else " (no limit)")),
+        ("when full", found["maxmemory_policy"] + (" (writes refused, nothing dropped)"
+                                                    if found["maxmemory_policy"] == "noeviction" else
+                                                    " (WARNING: state may be evicted silently)")),
+        ("persistence", ("append-only file" if found["aof_enabled"] else "none (a restart loses the state)")
+         + f", last write {found['aof_last_write_status']}, last rewrite {found['aof_last_bgrewrite_status']}"),
+        ("last write", datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds") if last
+         else "never"),
+    ]
+    for name, value in rows:
+        print(f"{name:12} {value}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="datalab features", description=__doc__)
+    ap.add_argument("--password-file", default="/run/secrets/featurestore_password")
+    sub = ap.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status")
+    st.add_argument("--json", action="store_true")
+    bf = sub.add_parser("backfill")
+    bf.add_argument("file")
+    args = ap.parse_args(argv)
+    settings = featurestore.Settings.from_env({**os.environ, "SCORING_FEATURE_STORE_PASSWORD_FILE": args.password_file,
+                                               "SCORING_FEATURE_STORE_TIMEOUT_MS": TIMEOUT_MS})
+    store = online.FeatureStore(featurestore.connect(settings))
+    if args.command == "status":
+        show_status(store.status(), args.json)
+        return 0
+    history = read_history(args.file)
+    started = time.monotonic()
+
+    def progress(done, total):
+        print(f"[{time.monotonic() - started:6.1f}s] {done:,}/{total:,} transactions loaded", flush=True)
+
+    try:
+        loaded = store.backfill(history, progress=progress)
+    except online.InvalidField as e:
+        print(f"datalab features backfill: {e}", file=sys.stderr)
+        return 2
+    print(f"{loaded:,} transactions of the last windows loaded, of {len(history):,} in the file")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
