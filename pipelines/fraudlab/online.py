@@ -289,19 +289,8 @@ def validate(raw, now, future_tolerance=FUTURE_TOLERANCE):
     """The Transaction of a raw transaction, or InvalidField naming what is
     wrong. `now`: an aware datetime; a transaction more than
     `future_tolerance` after it is refused."""
-    if not isinstance(raw, dict):
-        raise InvalidField(None, f"a transaction must be an object of fields, got {type(raw).__name__}")
-    missing = [name for name in FIELDS if name not in raw]
-    if missing:
-        raise InvalidField(missing[0], f"missing field(s): {', '.join(missing)}")
-    unknown = [name for name in raw if name not in FIELDS]
-    if unknown:
-        raise InvalidField(unknown[0], f"unknown field(s): {', '.join(map(_shown, unknown))}; "
-                                       f"a transaction has {', '.join(FIELDS)}")
-    transaction_id = raw["transaction_id"]
-    if not isinstance(transaction_id, str) or not 0 < len(transaction_id) <= MAX_ID_LENGTH:
-        raise InvalidField("transaction_id", "'transaction_id' must be a non-empty string of at most "
-                                             f"{MAX_ID_LENGTH} characters, got {_shown(transaction_id)}")
+    _check_fields(raw, FIELDS, "transaction")
+    transaction_id = _checked_transaction_id(raw["transaction_id"])
     customer_id, terminal_id = _identifier(raw, "customer_id"), _identifier(raw, "terminal_id")
     amount = raw["amount"]
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
@@ -326,10 +315,28 @@ def validate(raw, now, future_tolerance=FUTURE_TOLERANCE):
     return Transaction(transaction_id, customer_id, terminal_id, amount, time)
 
 
-def _checked_label(transaction_id, fraud):
+def _check_fields(raw, fields, what):
+    """InvalidField unless `raw` is an object of exactly `fields`."""
+    if not isinstance(raw, dict):
+        raise InvalidField(None, f"a {what} must be an object of fields, got {type(raw).__name__}")
+    missing = [name for name in fields if name not in raw]
+    if missing:
+        raise InvalidField(missing[0], f"missing field(s): {', '.join(missing)}")
+    unknown = [name for name in raw if name not in fields]
+    if unknown:
+        raise InvalidField(unknown[0], f"unknown field(s): {', '.join(map(_shown, unknown))}; "
+                                       f"a {what} has {', '.join(fields)}")
+
+
+def _checked_transaction_id(transaction_id):
     if not isinstance(transaction_id, str) or not 0 < len(transaction_id) <= MAX_ID_LENGTH:
         raise InvalidField("transaction_id", "'transaction_id' must be a non-empty string of at most "
                                              f"{MAX_ID_LENGTH} characters, got {_shown(transaction_id)}")
+    return transaction_id
+
+
+def _checked_label(transaction_id, fraud):
+    transaction_id = _checked_transaction_id(transaction_id)
     if not isinstance(fraud, bool):
         raise InvalidField("fraud", f"'fraud' must be true or false, got {_shown(fraud)}")
     return transaction_id, fraud
@@ -338,15 +345,7 @@ def _checked_label(transaction_id, fraud):
 def validate_label(raw):
     """(transaction id, fraud) of a label {"transaction_id": str, "fraud":
     bool}, or InvalidField naming what is wrong."""
-    if not isinstance(raw, dict):
-        raise InvalidField(None, f"a label must be an object of fields, got {type(raw).__name__}")
-    missing = [name for name in LABEL_FIELDS if name not in raw]
-    if missing:
-        raise InvalidField(missing[0], f"missing field(s): {', '.join(missing)}")
-    unknown = [name for name in raw if name not in LABEL_FIELDS]
-    if unknown:
-        raise InvalidField(unknown[0], f"unknown field(s): {', '.join(map(_shown, unknown))}; "
-                                       f"a label has {', '.join(LABEL_FIELDS)}")
+    _check_fields(raw, LABEL_FIELDS, "label")
     return _checked_label(raw["transaction_id"], raw["fraud"])
 
 

@@ -266,24 +266,26 @@ class Health(JSONHandler):
 
 
 class Started(JSONHandler):
+    def not_loaded(self):
+        """Answered 503 when the model is not loaded (yet, or ever); else False."""
+        if self.state.model is not None:
+            return False
+        self.set_status(503)
+        self.finish({"status": "loading" if not self.state.load_error else "failed", "error": self.state.load_error})
+        return True
+
     def get(self):
-        m = self.state.model
-        if m is None:
-            self.set_status(503)
-            self.finish({"status": "loading" if not self.state.load_error else "failed",
-                         "error": self.state.load_error})
+        if self.not_loaded():
             return
+        m = self.state.model
         self.finish({"status": "started", "model": m.name, "version": m.version, "engine": m.engine})
 
 
-class Ready(JSONHandler):
+class Ready(Started):
     async def get(self):
-        m = self.state.model
-        if m is None:
-            self.set_status(503)
-            self.finish({"status": "loading" if not self.state.load_error else "failed",
-                         "error": self.state.load_error})
+        if self.not_loaded():
             return
+        m = self.state.model
         problem = await self.state.store.ready() if self.state.store else None
         if problem:
             self.set_status(503)

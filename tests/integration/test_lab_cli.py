@@ -10,7 +10,8 @@ pytestmark = pytest.mark.integration
 def test_status_json_lists_every_service_healthy(lab):
     out = json.loads(lab.datalab("status", "--json").stdout)
     rows = {r["service"]: r for r in out["services"]}
-    assert set(rows) == {"hub", "proxy", "mlflow", "directory", "controller", "scoring-edge", "scoring"}
+    assert set(rows) == {"hub", "proxy", "mlflow", "directory", "controller", "scoring-edge", "scoring",
+                         "featurestore"}
     # scoring: 0 replicas of the bare runtime until a first deployment (then running and healthy)
     assert rows["scoring"]["health"] in ("idle", "healthy")
     assert all(r["state"] == "running" and r["health"] == "healthy" for n, r in rows.items() if n != "scoring")
@@ -29,7 +30,7 @@ def test_hub_reaches_mlflow_and_notebooks_do_not(lab):
 
 
 def test_platform_containers_are_hardened(lab):
-    for service in ("hub", "proxy", "mlflow", "directory", "controller", "scoring-edge"):
+    for service in ("hub", "proxy", "mlflow", "directory", "controller", "scoring-edge", "featurestore"):
         info = lab.docker.inspect("container", lab.service_container(service))[0]
         assert info["HostConfig"]["CapDrop"] == ["ALL"], service
         # a runaway upload or leak OOM-kills this service alone, not a neighbour
@@ -41,10 +42,14 @@ def test_secrets_are_private_and_not_in_the_stack_file(lab):
     secrets_dir = lab.settings.data_dir / "secrets"
     assert oct(secrets_dir.stat().st_mode & 0o777) == "0o700"
     stack_file = (lab.settings.data_dir / "stack.yml").read_text()
+    inspected = lab.docker.out("inspect", *(lab.service_container(service) for service in
+                                           ("hub", "proxy", "mlflow", "directory", "controller", "featurestore")))
     for path in secrets_dir.iterdir():
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
         if path.suffix in ("", ".key"):
             assert path.read_text().strip() not in stack_file, path
+            # nor in a container's command, arguments or environment
+            assert path.read_text().strip() not in inspected, path
 
 
 def test_second_up_changes_nothing(lab):

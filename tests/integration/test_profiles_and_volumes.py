@@ -92,7 +92,7 @@ def test_no_route_from_notebooks_to_docker_api_directory_or_mlflow(lab):
     # the host's side of the container's gateway (all probes stay on this host)
     gateway = lab.docker.inspect("network", "docker_gwbridge")[0]["IPAM"]["Config"][0]["Gateway"]
     targets = [("mlflow", 5000), ("directory", 1389), ("tasks.mlflow", 5000), ("tasks.directory", 1389),
-               (gateway, 2375), (gateway, 2376)]
+               ("featurestore", 6379), ("tasks.featurestore", 6379), (gateway, 2375), (gateway, 2376)]
     probe = (
         "import socket\n"
         "for host, port in [%s]:\n"
