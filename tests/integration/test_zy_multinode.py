@@ -96,11 +96,13 @@ def cluster(lab, tmp_path_factory):
     for node_name in NODES:  # the engines answer before Ansible starts
         lab.wait_for(lambda: on_node(lab, node_name, "docker", "info", check=False).returncode == 0,
                      f"dockerd in {node_name}", timeout=60)
-    first = playbook(work / "hosts.yml")
-    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
-    yield work / "hosts.yml", first.stdout, serving["image"]
-    if not os.environ.get("DATALAB_KEEP_TEST_LAB"):
-        remove_nodes(docker)
+    try:
+        first = playbook(work / "hosts.yml")
+        assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+        yield work / "hosts.yml", first.stdout, serving["image"]
+    finally:  # a failed run too: the nodes' volumes would keep the test lab's purge from finishing
+        if not os.environ.get("DATALAB_KEEP_TEST_LAB"):
+            remove_nodes(docker)
 
 
 def node_ip(lab, node):
@@ -115,7 +117,8 @@ def test_site_forms_a_three_node_swarm_and_the_stack_converges(lab, cluster):
     assert sorted(line.split()[0] for line in nodes if line) == list(NODES)
     assert all(" Ready" in line for line in nodes if line), nodes
     status = json.loads(on_node(lab, "node1", "datalab", "status", "--json").stdout)["services"]
-    assert {r["service"] for r in status} == {"hub", "proxy", "mlflow", "directory", "controller", "scoring-edge", "scoring"}
+    assert {r["service"] for r in status} == {"hub", "proxy", "mlflow", "directory", "controller", "scoring-edge",
+                                              "scoring", "featurestore"}
     assert all(r["state"] == "running" and r["health"] == "healthy" for r in status), status
     labels = json.loads(on_node(lab, "node1", "docker", "node", "inspect", "-f", "{{json .Spec.Labels}}",
                                 "node1").stdout)

@@ -42,3 +42,15 @@ def test_the_settings_template_renders_what_datalab_loads(tmp_path):
     assert loaded["lab"]["advertise_addr"] == "10.0.0.11" and loaded["build"]["source"] == "present"
     assert loaded["registry"]["team_approvers"] == {"fraud-team": "fraud-approvers"}
     assert list(loaded["volumes"]["teams"]) == ["fraud-team", "aml-team"] and loaded["lab"]["demo"] is False
+
+
+def test_managers_get_every_image_datalab_up_needs():
+    """`datalab up` on the first manager refuses to start without every platform image
+    and the default notebook images: the role's list must name them all."""
+    import yaml
+
+    from datalab import images, manifest
+
+    defaults = yaml.safe_load((REPO / "ansible" / "roles" / "datalab" / "defaults" / "main.yml").read_text())
+    needed = set(images.PLATFORM_IMAGES) | {name for name, image in manifest.load().items() if image.built_by_default}
+    assert needed <= set(defaults["datalab_manager_images"]), needed - set(defaults["datalab_manager_images"])
