@@ -99,6 +99,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.volume_init_image = spawn["volume_init_image"]
     sp.netpolicy_image = spawn["netpolicy_image"]
     sp.internet = bool(spawn["internet"])
+    sp.private_networks = list(spawn["private_networks"])
     # the server starts once its network rules are set (netpolicy.py)
     sp.cmd = [netpolicy.AWAIT_COMMAND, "jupyterhub-singleuser"]
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}

@@ -10,7 +10,9 @@ capability to change:
     call it), and replies;
   - to the lab network out: only the hub's API and its services' ports, and
     replies;
-  - elsewhere (the internet, for `pip install`): allowed, or not (`internet`).
+  - elsewhere (the internet, for `pip install`): allowed, or not (`internet`);
+    never, either way, the lab nodes' own addresses and private address space
+    (below), unless an operator lists a range.
 A short-lived helper container joins the target's network namespace with
 NET_ADMIN alone to set them (a `docker exec` cannot add capabilities to a
 container with no-new-privileges, by design), then the platform drops a marker
@@ -22,7 +24,19 @@ the rules.
 import io
 import tarfile
 
+import docker
+
 HUB_PORTS = (8081, 8090, 8091)  # the hub's API, the jobs service, the registry gateway
+# Not the internet: where the host's published ports (the scoring edge, the hub's
+# front door), the company's own network and the cloud's metadata service answer.
+# A container reaching them would get past the firewall that guards them from
+# the user's desk (the host's own containers come from inside it). As z2jh's
+# default egress policy: private addresses closed, DNS to them open.
+PRIVATE_NETWORKS = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
+    "169.254.0.0/16",  # link-local: the cloud's metadata service
+    "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+)
 READY_MARKER = "/tmp/.datalab-network-ready"
 AWAIT_COMMAND = "datalab-await-network"  # images/python/datalab-await-network
 
@@ -31,8 +45,9 @@ class PolicyError(RuntimeError):
     pass
 
 
-def rules(lab_subnet, serve_port=None, internet=True):
-    """The iptables commands, in order."""
+def rules(lab_subnet, serve_port=None, internet=True, node_addresses=(), private_allowed=()):
+    """The iptables commands, in order. `node_addresses`: the lab nodes' own (the host
+    may have a public one); `private_allowed`: ranges an operator opened anyway."""
     subnet, hub_ports = lab_subnet, ",".join(str(p) for p in HUB_PORTS)
     replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
     found = [["-A", "INPUT", "-s", subnet, *replies]]
@@ -43,10 +58,18 @@ def rules(lab_subnet, serve_port=None, internet=True):
         ["-A", "OUTPUT", "-d", subnet, *replies],
         ["-A", "OUTPUT", "-d", subnet, "-p", "tcp", "-m", "multiport", "--dports", hub_ports, "-j", "ACCEPT"],
         ["-A", "OUTPUT", "-d", subnet, "-j", "REJECT"],
+        # Docker's DNS (127.0.0.11) is on the loopback; names outside the lab it asks
+        # the host's resolver (often at a private address) from this namespace
+        ["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"],
+        ["-A", "OUTPUT", *replies],
     ]
-    if not internet:  # Docker's DNS (127.0.0.11) is on the loopback
-        found += [["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"], ["-A", "OUTPUT", *replies],
-                  ["-A", "OUTPUT", "-j", "REJECT"]]
+    if internet:
+        found += [["-A", "OUTPUT", "-p", protocol, "--dport", "53", "-j", "ACCEPT"] for protocol in ("udp", "tcp")]
+    found += [["-A", "OUTPUT", "-d", f"{address}/32", "-j", "REJECT"] for address in node_addresses]
+    found += [["-A", "OUTPUT", "-d", allowed, "-j", "ACCEPT"] for allowed in private_allowed]
+    found += [["-A", "OUTPUT", "-d", closed, "-j", "REJECT"] for closed in PRIVATE_NETWORKS]
+    if not internet:
+        found.append(["-A", "OUTPUT", "-j", "REJECT"])
     return [["iptables", "-w", "5", *rule] for rule in found]
 
 
@@ -55,10 +78,21 @@ def lab_subnet(api, network):
     return api.inspect_network(network)["IPAM"]["Config"][0]["Subnet"]
 
 
-def apply(api, container_id, image, lab_subnet, serve_port=None, internet=True, timeout=60):
+def node_addresses(api):
+    """The Swarm nodes' addresses (none when this engine is no Swarm manager): a
+    container calling its node's address reaches every port the node publishes."""
+    try:
+        nodes = api.nodes()
+    except docker.errors.APIError:
+        return []
+    return sorted({n["Status"]["Addr"] for n in nodes if n.get("Status", {}).get("Addr") not in (None, "", "0.0.0.0")})
+
+
+def apply(api, container_id, image, lab_subnet, serve_port=None, internet=True, private_allowed=(), timeout=60):
     """Set the rules in the container's network namespace, then let its command start.
     `api`: docker-py's low-level APIClient. Raises PolicyError if they did not apply."""
-    script = " && ".join(" ".join(command) for command in rules(lab_subnet, serve_port, internet))
+    found = rules(lab_subnet, serve_port, internet, node_addresses(api), private_allowed)
+    script = " && ".join(" ".join(command) for command in found)
     helper = api.create_container(
         image, entrypoint=["sh", "-c"], command=[script], user="0",
         host_config=api.create_host_config(network_mode=f"container:{container_id}", cap_drop=["ALL"],

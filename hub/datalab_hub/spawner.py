@@ -69,6 +69,12 @@ class DataLabSpawner(DockerSpawner):
         help="Servers may open connections outside the lab; on the lab network they reach "
         "the hub and its services only, either way.",
     )
+    private_networks = List(
+        Unicode(),
+        config=True,
+        help="Private address ranges servers may reach all the same (netpolicy.PRIVATE_NETWORKS "
+        "and the lab nodes' own addresses are closed otherwise), e.g. a package mirror's.",
+    )
     listen_poll_interval = Float(
         0.1,
         config=True,
@@ -163,7 +169,8 @@ class DataLabSpawner(DockerSpawner):
         ip, port = await super().start()
         try:
             await self.on_docker_threads(netpolicy.apply, self.client, self.container_id, self.netpolicy_image,
-                                         await self.lab_subnet(), serve_port=self.port, internet=self.internet)
+                                         await self.lab_subnet(), serve_port=self.port, internet=self.internet,
+                                         private_allowed=self.private_networks)
         except Exception as e:  # closed by default: no rules, no server
             self.log.error("network rules of %s not set: %s", self.container_name, e)
             await self.stop(now=True)

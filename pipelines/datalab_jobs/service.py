@@ -508,7 +508,8 @@ def main():
     subnet = netpolicy.lab_subnet(engine.api, spawn["network"])
 
     def isolate(container_id):  # as notebook servers: the hub and its services, no other user
-        netpolicy.apply(engine.api, container_id, spawn["netpolicy_image"], subnet, internet=spawn["internet"])
+        netpolicy.apply(engine.api, container_id, spawn["netpolicy_image"], subnet, internet=spawn["internet"],
+                        private_allowed=spawn["private_networks"])
 
     runner = Runner(spawn["prefix"], [spawn["network"]] + settings["jobs"]["extra_networks"], volumes,
                     settings["jobs"]["environment"], pids_limit=int(spawn["pids_limit"]),

@@ -1,9 +1,17 @@
 """Finding: notebook and job containers reached every port of every other user's
 container on the flat lab network (a dashboard a user ran without a password was
 open to all). Now a user's container reaches the hub and its services, and
-nothing of another user's: attacked from inside a notebook server and a job."""
+nothing of another user's: attacked from inside a notebook server and a job.
+
+Finding: with internet egress on, the same containers reached the host's own
+address and so every port it publishes: the scoring edge (a lab user could feed
+made-up transactions into production's per-customer state from a notebook,
+past any firewall that keeps the edge to the payment systems) and the hub's
+front door. Now private address space and the nodes' own addresses are closed
+to them, DNS excepted, as z2jh's default egress policy."""
 
 import json
+import socket
 
 import pytest
 from conftest import notebook
@@ -21,6 +29,16 @@ PROBE = (
     "        print('blocked', host, port, type(e).__name__, flush=True)\n"
 )
 HUB = [("hub", 8081), ("hub", 8090), ("hub", 8091)]  # the hub's API, jobs, registry
+RESOLVE = "import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('pypi.org', 443)}))"
+
+
+def host_doors(lab):
+    """The host's published ports (hub, scoring edge) at its Swarm address and at the
+    containers' gateway."""
+    node = json.loads(lab.docker.run("info", "--format", "{{json .Swarm.NodeAddr}}").stdout)
+    gateway = lab.docker.inspect("network", "docker_gwbridge")[0]["IPAM"]["Config"][0]["Gateway"]
+    ports = (lab.settings["hub"]["port"], lab.settings["scoring"]["port"])
+    return [(address, port) for address in (node, gateway) for port in ports]
 
 
 @pytest.fixture
@@ -57,3 +75,21 @@ def test_a_job_reaches_the_hub_and_nothing_of_another_users_container(lab, jobs,
     output = json.loads(jobs.cli("output", job["id"]).stdout)
     printed = "".join("".join(o.get("text", "")) for c in output["cells"] for o in c.get("outputs", []))
     assert reached(printed) == set(HUB), printed
+
+
+def test_a_notebook_and_a_job_reach_no_port_the_host_publishes(lab, jobs):
+    doors = host_doors(lab)
+    for door in doors:  # open from the host itself (else this test proves nothing)
+        socket.create_connection(door, timeout=3).close()
+    lab.fresh_server("alice", "python")
+    alice = lab.notebook_container("alice")
+    out = lab.exec(alice, "python3", "-c", PROBE.format(targets=doors + HUB)).stdout
+    assert reached(out) == set(HUB), out
+    # names outside the lab still resolve (Docker's DNS asks the host's resolver)
+    assert lab.exec(alice, "python3", "-c", RESOLVE).stdout.strip() != "[]"
+    probe = notebook(PROBE.format(targets=doors), kernel="python-3.11")
+    job = jobs.wait(jobs.submit("doors.ipynb", probe, "--profile", "python")["id"])
+    assert job["status"] == "succeeded", job
+    output = json.loads(jobs.cli("output", job["id"]).stdout)
+    printed = "".join("".join(o.get("text", "")) for c in output["cells"] for o in c.get("outputs", []))
+    assert printed.count("blocked") == len(doors) and not reached(printed), printed

@@ -16,12 +16,46 @@ def test_a_server_takes_its_port_from_the_lab_and_calls_only_the_hubs_ports():
         "-A OUTPUT -d 10.0.1.0/24 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         "-A OUTPUT -d 10.0.1.0/24 -p tcp -m multiport --dports 8081,8090,8091 -j ACCEPT",
         "-A OUTPUT -d 10.0.1.0/24 -j REJECT",
+        "-A OUTPUT -o lo -j ACCEPT",
+        "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "-A OUTPUT -p udp --dport 53 -j ACCEPT",
+        "-A OUTPUT -p tcp --dport 53 -j ACCEPT",
+        "-A OUTPUT -d 10.0.0.0/8 -j REJECT",
+        "-A OUTPUT -d 172.16.0.0/12 -j REJECT",
+        "-A OUTPUT -d 192.168.0.0/16 -j REJECT",
+        "-A OUTPUT -d 169.254.0.0/16 -j REJECT",
+        "-A OUTPUT -d 100.64.0.0/10 -j REJECT",
     ]
 
 
 def test_a_job_serves_nothing_and_without_internet_reaches_only_the_lab_and_the_loopback():
     rules = flat(netpolicy.rules("10.0.1.0/24", internet=False))
     assert not any("--dport 8888" in r for r in rules)
-    assert rules[-3:] == ["-A OUTPUT -o lo -j ACCEPT",
-                          "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-                          "-A OUTPUT -j REJECT"]
+    assert not any("--dport 53" in r for r in rules)  # no DNS to the internet either
+    assert rules[-1] == "-A OUTPUT -j REJECT"
+    assert rules.index("-A OUTPUT -o lo -j ACCEPT") < rules.index("-A OUTPUT -j REJECT")
+
+
+def test_the_nodes_own_addresses_stay_closed_whatever_range_an_operator_opens():
+    """The host's published ports answer on its own address, which may be public
+    (as this machine's 192.0.2.2) and so no private range covers it."""
+    rules = flat(netpolicy.rules("10.0.1.0/24", node_addresses=["192.0.2.2"], private_allowed=["192.0.2.0/24"]))
+    node, opened = rules.index("-A OUTPUT -d 192.0.2.2/32 -j REJECT"), rules.index("-A OUTPUT -d 192.0.2.0/24 -j ACCEPT")
+    assert node < opened < rules.index("-A OUTPUT -d 10.0.0.0/8 -j REJECT")
+    # the lab's own rules come first: the hub's ports inside 10.0.0.0/8 stay open
+    assert rules.index("-A OUTPUT -d 10.0.1.0/24 -p tcp -m multiport --dports 8081,8090,8091 -j ACCEPT") < node
+
+
+def test_node_addresses_are_the_swarms_and_none_off_a_manager():
+    import docker
+
+    class Manager:
+        def nodes(self):
+            return [{"Status": {"Addr": "192.0.2.2"}}, {"Status": {"Addr": "0.0.0.0"}}, {"Status": {"Addr": "10.0.0.7"}}]
+
+    class Worker:
+        def nodes(self):
+            raise docker.errors.APIError("This node is not a swarm manager.")
+
+    assert netpolicy.node_addresses(Manager()) == ["10.0.0.7", "192.0.2.2"]
+    assert netpolicy.node_addresses(Worker()) == []

@@ -199,3 +199,13 @@ def test_the_feature_store_is_reached_by_scoring_only_and_keeps_its_state(tmp_pa
     assert [s["target"] for s in store["secrets"]] == ["featurestore_password"]
     assert sorted(s["target"] for s in services["scoring"]["secrets"]) == ["featurestore_password", "feedback_token"]
     assert not any("password" in str(v).lower() for v in services["scoring"]["environment"].values())
+
+
+def test_private_networks_opened_to_servers_are_address_ranges(tmp_path, monkeypatch):
+    import pytest
+
+    s, _ = rendered(tmp_path, monkeypatch, spawner={"private_networks": ["10.20.0.0/16"]})
+    assert json.loads((tmp_path / "hub.json").read_text())["spawner"]["private_networks"] == ["10.20.0.0/16"]
+    for wrong in (["10.20.0.0/33"], ["mirror.corp"], "10.20.0.0/16"):
+        with pytest.raises(settings_mod.SettingsError, match=r"\[spawner\] private_networks"):
+            stack.private_networks(s.with_overrides({"spawner": {"private_networks": wrong}}))
