@@ -292,7 +292,26 @@ def audit_line(r):
     why = f"  ({'; '.join(r['reasons'])})" if r.get("reasons") else ""
     rollout = f" rollout {r['rollout_s']} s" if r.get("rollout_s") is not None else ""
     return (f"{r['at']}  {r['model']} v{r['version']} (from {r['from'] or 'nothing'}) by {r['by']}: "
-            f"{r['outcome'].upper()}{rollout}  {figures}{why}")
+            f"{r['outcome'].upper()}{rollout}  {figures}{why}") + gate_details(r.get("gate") or {})
+
+
+def gate_details(gate):
+    """What a promotion was judged on, and its per-segment table (candidate / production)."""
+    lines = []
+    if gate.get("judged_on"):
+        lines.append(f"    judged on {gate['judged_on']['source']}: {gate['judged_on']['why']}")
+    if gate.get("segments"):
+        lines.append(f"    {'segment':18} {'transactions':>12} {'frauds':>7}  {'AP':>13}  {'recall':>13}  {'block rate':>13}")
+
+        def pair(segment, measure):
+            prod = segment["production"]
+            return f"{segment['candidate'][measure]:.3f}" + (f" / {prod[measure]:.3f}" if prod else "")
+
+        for name, segment in gate["segments"].items():
+            lines.append(f"    {name:18} {segment['transactions']:>12,} {segment['frauds']:>7,}  "
+                         f"{pair(segment, 'average_precision'):>13}  {pair(segment, 'recall'):>13}  "
+                         f"{pair(segment, 'block_rate'):>13}")
+    return "".join("\n" + line for line in lines)
 
 
 def cmd_audit(settings, args):

@@ -251,7 +251,9 @@ def controller_service(settings, refs, files, secret_files, docker_gid):
         environment={"MLFLOW_TRACKING_URI": MLFLOW_URL, "DATALAB_CONTROLLER_SETTINGS": "/etc/datalab/controller.json"},
         volumes=[f"{DOCKER_SOCKET}:{DOCKER_SOCKET}", f"{deployments}:{CONTROLLER_DATA_DIR}/deployments"],
         configs=[files.config("controller_settings", settings_json, "/etc/datalab/controller.json")],
-        secrets=[files.secret("webhook_secret", secret_files["webhook_secret"], HUB_UID)],
+        secrets=[files.secret("webhook_secret", secret_files["webhook_secret"], HUB_UID),
+                 # handed to the one-shot export of production's labelled window (sandbox.production_window)
+                 files.secret("featurestore_password", secret_files["featurestore_password"], HUB_UID)],
         stop_grace_period="3s",
     )
     return service

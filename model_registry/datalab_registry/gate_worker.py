@@ -40,7 +40,8 @@ def judge(evaluation, candidate, production, threshold):
     for name, found in scores.items():
         if found is not None and len(found) != len(labels):
             raise ValueError(f"{len(found)} {name} scores for {len(labels)} transactions")
-    return evaluate.evaluate(labels, scores["candidate"], threshold, scores["production"])
+    return evaluate.evaluate(labels, scores["candidate"], threshold, scores["production"],
+                             evaluate.segment_members(frame))
 
 
 def main(argv=None):

@@ -12,6 +12,11 @@ version in production scores it in its own baked image (the bits that serve,
 whatever became of its registry entry); then DataLab's code alone
 (gate_worker.py judge, datalab_scoring.evaluate) turns labels and scores into
 the gate's figures.
+
+The labelled transactions, when production's own: exported before any
+model's code runs by the scoring image's store tool (DataLab's code) in a
+one-shot container on the feature store's network, handed the store's
+password as a copied file (production_window).
 """
 
 import json
@@ -32,6 +37,7 @@ PIDS = 256  # threads count: TensorFlow's pools fit
 SCRATCH = "512m"  # /tmp, a tmpfs (inside the memory limit)
 OUTPUT = "32m"  # stdout and stderr together, as Docker keeps them
 LABEL = "org.datalab.gate"  # = the lab's name
+STORE_PASSWORD = Path("/run/secrets/featurestore_password")  # the controller's secret
 
 
 class GateError(RuntimeError):
@@ -60,6 +66,42 @@ def evaluate(docker, settings, scoring_ref, model_dir, evaluation_set, serving, 
             judge += ["--production", f"{INBOX}/production.json"]
         return gate.parse_evaluation(run(docker, scoring_ref, scores, judge, "the judgement", **limits),
                                      threshold, len(candidate))
+
+
+def production_window(docker, settings, scoring_ref, folder):
+    """Production's labelled transactions of the last [gate] production_window_days
+    (datalab_scoring.store_tool window): the export's facts with "path", the parquet
+    file written in `folder`; or {"error": why} when the store could not be read."""
+    lab = settings.lab
+    name = f"{lab}-window-{uuid.uuid4().hex[:12]}"
+    if not STORE_PASSWORD.is_file():
+        return {"error": "the controller holds no feature store password"}
+    try:
+        docker.run("create", "--name", name, "--network", f"{lab}_features", "--read-only", "--tmpfs", "/tmp",
+                   "--mount", f"type=volume,dst={INBOX}",
+                   # root only to read the password file `docker cp` leaves root's; no capability at all
+                   "--user", "0:0", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                   "--pids-limit", str(PIDS), "--cpus", CPUS, "--memory", settings["resources"]["scoring"]["memory"],
+                   "--label", f"{LABEL}={lab}", "--entrypoint", "python3", scoring_ref,
+                   "-m", "datalab_scoring.store_tool", "--password-file", f"{INBOX}/password", "window",
+                   "--days", str(settings["gate"]["production_window_days"]), "--out", f"{INBOX}/window.parquet")
+        docker.run("cp", str(STORE_PASSWORD), f"{name}:{INBOX}/password")
+        docker.run("start", name)
+        status = docker.out("wait", name, timeout=TIMEOUT_S)
+        logs = docker.run("logs", name, check=False, timeout=120)
+        if status != "0":
+            last = next((line for line in reversed(logs.stderr.splitlines()) if line.strip()), "no message")
+            return {"error": f"the feature store could not be read (exit {status}): {_printable(last)[:300]}"}
+        facts = json.loads(logs.stdout.strip().splitlines()[-1])
+        path = Path(folder, "production-window.parquet")
+        docker.run("cp", f"{name}:{INBOX}/window.parquet", str(path), timeout=600)
+        return {**facts, "path": path}
+    except subprocess.TimeoutExpired:
+        return {"error": f"reading the feature store took more than {TIMEOUT_S} s"}
+    except (DockerError, ValueError, IndexError) as e:
+        return {"error": f"the feature store could not be read: {_printable(str(e))[:300]}"}
+    finally:
+        docker.run("rm", "--force", "--volumes", name, check=False)
 
 
 def remove_leftovers(docker, lab):

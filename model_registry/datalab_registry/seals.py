@@ -6,8 +6,11 @@ version, and the gate evaluates and bakes only files that match it.
 """
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 SEAL_TAG = "datalab.artifacts.sha256"
 # The run tag naming the run's evaluation set among its artifacts (the
@@ -25,6 +28,15 @@ class Fetched:
     run: Path  # the run's artifacts
     run_id: str | None
     digest: str
+
+    def input_fields(self):
+        """The names in the model's input signature (MLmodel, read as data): [] when
+        it has none or it cannot be read, and then scoring will say what is missing."""
+        try:
+            inputs = (yaml.safe_load((self.model / "MLmodel").read_text()) or {}).get("signature", {}).get("inputs")
+            return [field["name"] for field in json.loads(inputs) if isinstance(field, dict) and "name" in field]
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+            return []
 
     def evaluation_set(self, run_tags):
         named = run_tags.get(EVALUATION_TAG)

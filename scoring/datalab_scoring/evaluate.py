@@ -1,8 +1,10 @@
-"""Scores a candidate version, and the version in production, on the
-candidate's held-out evaluation set, with the very code that serves them
-(model.load), and measures what the promotion gate decides on.
+"""Scores a candidate version, and the version in production, on the same
+labelled transactions, with the very code that serves them (model.load),
+and measures what the promotion gate decides on: overall, and per segment.
 
-The evaluation set is the parquet file the candidate's run names in its
+The transactions are production's own recent labelled ones (the feature
+store's scored log, with the features they were scored with) or, when too few
+are labelled, the parquet file the candidate's run names in its
 `datalab.evaluation` tag (the reference workload logs one): the model's
 fields and the label column TX_FRAUD. The controller hands it over as a file
 (model_registry/datalab_registry/sandbox.py).
@@ -11,6 +13,26 @@ fields and the label column TX_FRAUD. The controller hands it over as a file
 import math
 
 LABEL = "TX_FRAUD"
+# Segments a release is judged on besides the whole (as Stripe checks a model
+# per segment before a release): name -> (column, test). A segment whose
+# column the transactions lack is left out.
+AMOUNT_BANDS = (50.0, 150.0)
+SEGMENTS = {
+    f"amount < {AMOUNT_BANDS[0]:g}": ("TX_AMOUNT", lambda v: v < AMOUNT_BANDS[0]),
+    f"amount {AMOUNT_BANDS[0]:g}-{AMOUNT_BANDS[1]:g}": ("TX_AMOUNT", lambda v: AMOUNT_BANDS[0] <= v < AMOUNT_BANDS[1]),
+    f"amount >= {AMOUNT_BANDS[1]:g}": ("TX_AMOUNT", lambda v: v >= AMOUNT_BANDS[1]),
+    "night": ("TX_DURING_NIGHT", lambda v: v == 1),
+    "weekend": ("TX_DURING_WEEKEND", lambda v: v == 1),
+    # the 30-day count includes the transaction itself: 1 is a customer's first in 30 days
+    "new customer": ("CUSTOMER_ID_NB_TX_30DAY_WINDOW", lambda v: v <= 1),
+    "known customer": ("CUSTOMER_ID_NB_TX_30DAY_WINDOW", lambda v: v > 1),
+}
+
+
+def segment_members(frame):
+    """{segment: [bool per row]} for the segments whose column `frame` has."""
+    return {name: [bool(test(v)) for v in frame[column].tolist()]
+            for name, (column, test) in SEGMENTS.items() if column in frame}
 
 
 def scores(model, frame, batch=4096):
@@ -53,9 +75,22 @@ def measures(labels, scores_, threshold):
     }
 
 
-def evaluate(labels, candidate_scores, threshold, production_scores=None):
-    """{"candidate": measures, "production": measures or None, "score_psi", "transactions", "frauds"}"""
+def evaluate(labels, candidate_scores, threshold, production_scores=None, segments=None):
+    """{"candidate": measures, "production": measures or None, "score_psi", "transactions", "frauds",
+    "segments": {name: {"transactions", "frauds", "candidate", "production"}}}; `segments`:
+    segment_members() of the same transactions."""
     labels = [int(y) for y in labels]
+    per_segment = {}
+    for name, members in (segments or {}).items():
+        rows = [i for i, member in enumerate(members) if member]
+        if not rows:
+            continue
+        picked = [labels[i] for i in rows]
+        per_segment[name] = {
+            "transactions": len(rows), "frauds": sum(picked),
+            "candidate": measures(picked, [candidate_scores[i] for i in rows], threshold),
+            "production": (measures(picked, [production_scores[i] for i in rows], threshold)
+                           if production_scores is not None else None)}
     return {
         "threshold": threshold,
         "transactions": len(labels),
@@ -63,4 +98,5 @@ def evaluate(labels, candidate_scores, threshold, production_scores=None):
         "candidate": measures(labels, candidate_scores, threshold),
         "production": measures(labels, production_scores, threshold) if production_scores is not None else None,
         "score_psi": psi(production_scores, candidate_scores) if production_scores is not None else None,
+        "segments": per_segment,
     }

@@ -1,7 +1,9 @@
-"""`python -m datalab_scoring.store_tool status [--json] | backfill FILE`: the
-feature store operated from next to it. `datalab features` runs this in a
-one-shot container of the scoring image on the store's network (the host
-does not reach the store), with the store's password file mounted."""
+"""`python -m datalab_scoring.store_tool status [--json] | backfill FILE |
+window --days D --out FILE`: the feature store operated from next to it.
+`datalab features` runs this in a one-shot container of the scoring image on
+the store's network (the host does not reach the store), with the store's
+password file mounted; the promotion controller runs `window` so, to judge a
+candidate on production's own labelled transactions."""
 
 import argparse
 import json
@@ -14,6 +16,7 @@ import pandas as pd
 from fraudlab import online
 
 from . import featurestore
+from .evaluate import LABEL
 
 TIMEOUT_MS = "60000"  # a backfill chunk is thousands of transactions in one round trip
 
@@ -48,6 +51,19 @@ def show_status(found, as_json):
         print(f"{name:12} {value}")
 
 
+def export_window(store, days, limit, out):
+    """Write the transactions scored in the last `days` that have a label to `out`
+    (parquet: online.WINDOW_COLUMNS); what was written."""
+    until = pd.Timestamp.now(tz="UTC")
+    since = until - pd.Timedelta(days=days)
+    scored = online.labelled_window(store.client, since, until, limit, prefix=store.prefix)
+    labelled = scored[scored[LABEL].notna()].reset_index(drop=True)
+    labelled.to_parquet(out, index=False)
+    return {"since": since.isoformat(), "until": until.isoformat(), "scored": len(scored),
+            "labelled": len(labelled), "frauds": int(labelled[LABEL].sum()),
+            "columns": list(labelled.columns)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="datalab features", description=__doc__)
     ap.add_argument("--password-file", default="/run/secrets/featurestore_password")
@@ -56,12 +72,20 @@ def main(argv=None):
     st.add_argument("--json", action="store_true")
     bf = sub.add_parser("backfill")
     bf.add_argument("file")
+    win = sub.add_parser("window", help="the labelled transactions scored in the last days, as parquet; "
+                                        "what they hold as JSON on the last line")
+    win.add_argument("--days", type=float, required=True)
+    win.add_argument("--limit", type=int, default=None, help="the latest so many scored transactions at most")
+    win.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     settings = featurestore.Settings.from_env({**os.environ, "SCORING_FEATURE_STORE_PASSWORD_FILE": args.password_file,
                                                "SCORING_FEATURE_STORE_TIMEOUT_MS": TIMEOUT_MS})
     store = online.FeatureStore(featurestore.connect(settings))
     if args.command == "status":
         show_status(store.status(), args.json)
+        return 0
+    if args.command == "window":
+        print(json.dumps(export_window(store, args.days, args.limit, args.out)))
         return 0
     history = read_history(args.file)
     started = time.monotonic()

@@ -20,11 +20,11 @@ pytestmark = pytest.mark.integration
 ALIAS = "production"
 
 
-def copy_version(lab, version, user="alice"):
-    """A new version of MODEL with the very artifacts of `version` (as good as it, by construction)."""
-    found = lab.registry(user, "GET", f"model-versions/get?name={MODEL}&version={version}")["model_version"]
+def copy_version(lab, version, user="alice", model=MODEL):
+    """A new version of `model` with the very artifacts of `version` (as good as it, by construction)."""
+    found = lab.registry(user, "GET", f"model-versions/get?name={model}&version={version}")["model_version"]
     made = lab.registry(user, "POST", "model-versions/create", {
-        "name": MODEL, "source": found["source"], "run_id": found["run_id"],
+        "name": model, "source": found["source"], "run_id": found["run_id"],
         "model_id": found["source"].rsplit("/", 1)[-1], "description": f"copy of v{version}"})
     return made["model_version"]["version"]
 

@@ -7,16 +7,25 @@ prints; malformed transactions are 4xx naming the field; the store's status
 is readable from the host; with the store scaled away the edge answers the
 task's 503 naming the feature store, and once it is back the state is still
 there. The same behaviour at the service level, with a redis-server of the
-tests' own: test_scoring_features.py."""
+tests' own: test_scoring_features.py.
+
+And the promotion gate judged on production's own labels: a week of a
+simulated bank's transactions scored through the edge (after a backfill of
+the month before), their labels fed back, then a new version promoted: the
+audit says it was judged on those transactions, with a table per segment.
+(The promotion suites, test_registry*.py, run before this module, on an
+empty scored log: their candidates are judged on their evaluation sets.)"""
 
 import json
 import time
 import uuid
 from datetime import datetime, timezone
 
+import pandas as pd
 import pytest
 import requests
 from conftest import SMALL_REFERENCE, registered_versions, run_job
+from fraudlab import online, simulate
 
 from datalab import deploy
 
@@ -124,3 +133,57 @@ def test_without_the_store_the_edge_answers_its_503_and_state_survives_its_resta
     after = score(lab, transaction(customer, 30.0), explain=True).json()
     # the first transaction, and not the one refused while the store was away
     assert after["features"]["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2
+
+
+def bank_month(days=40, live_days=7):
+    """A simulated bank's last `days` days, ending now, with the reference job's
+    customers and terminals (ids made unique to this run): (history to backfill,
+    the last `live_days` to score live)."""
+    _, _, tx = simulate.simulate(400, 800, days, "2025-01-01", seed=11)
+    end = pd.Timestamp.now(tz="UTC").floor("min") - pd.Timedelta(minutes=1)
+    tx["TX_DATETIME"] = pd.to_datetime(tx["TX_DATETIME"]).dt.tz_localize("UTC") + (
+        end - pd.Timestamp("2025-01-01", tz="UTC") - pd.Timedelta(days=days))
+    run = uuid.uuid4().hex[:6]
+    tx = tx.assign(TRANSACTION_ID=[f"bank-{run}-{i}" for i in tx["TRANSACTION_ID"]],
+                   CUSTOMER_ID=[f"{run}-{c}" for c in tx["CUSTOMER_ID"]],
+                   TERMINAL_ID=[f"{run}-{t}" for t in tx["TERMINAL_ID"]])
+    live = tx["TX_TIME_DAYS"] >= days - live_days
+    return tx[~live], tx[live]
+
+
+def test_a_promotion_is_judged_on_productions_labels_with_a_table_per_segment(lab, raw_serving):
+    from test_registry import copy_version
+
+    history, week = bank_month()
+    history.to_csv(lab.settings.data_dir / "bank-history.csv", index=False)
+    lab.datalab("features", "backfill", str(lab.settings.data_dir / "bank-history.csv"), timeout=600)
+    token = lab.datalab("scoring", "feedback-token").stdout.strip()
+    raws = online.raw_transactions(week)
+    for start in range(0, len(raws), 500):
+        answered = score(lab, raws[start:start + 500])
+        assert answered.status_code == 200, answered.text[:300]
+    labels = [{"transaction_id": t, "fraud": bool(f)} for t, f in zip(week["TRANSACTION_ID"], week["TX_FRAUD"])]
+    for start in range(0, len(labels), 500):
+        fed = requests.post(f"{lab.edge}/v1/feedback", json=labels[start:start + 500], timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+        assert fed.status_code == 200, fed.text[:300]
+
+    candidate = copy_version(lab, raw_serving, model=RAW_MODEL)
+    proc = lab.datalab("promote", RAW_MODEL, candidate, "--as", "alice", "--wait", "--json", check=False, timeout=700)
+    record = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert record["outcome"] == "deployed", proc.stdout + proc.stderr
+    judged = record["gate"]["judged_on"]
+    assert judged["source"] == "production", judged
+    # every transaction of the week, scored here and labelled (and the few other tests labelled)
+    assert judged["labelled"] >= len(week) and judged["frauds"] >= int(week["TX_FRAUD"].sum())
+    assert record["gate"]["transactions"] == judged["labelled"]
+    segments = record["gate"]["segments"]
+    assert {"night", "weekend", "new customer", "known customer"} <= set(segments)
+    assert sum(segments[band]["transactions"] for band in segments
+               if band.startswith("amount")) == judged["labelled"]
+    for figures in segments.values():  # the very artifacts of what serves: the same figures
+        assert figures["candidate"] == pytest.approx(figures["production"])
+    exported = json.loads(lab.datalab("audit", "--json", "--last", "1").stdout)
+    assert exported["version"] == candidate and exported["gate"]["segments"] == segments
+    shown = lab.datalab("audit", "--last", "1").stdout
+    assert "judged on production" in shown and "known customer" in shown

@@ -59,3 +59,30 @@ def test_a_history_without_a_column_is_refused_by_name_and_loads_nothing(store, 
     assert store_tool.main([*password, "backfill", str(tmp_path / "unlabelled.csv")]) == 2
     assert "TX_FRAUD" in capsys.readouterr().err
     assert server.client().dbsize() == 0
+
+
+def test_the_window_holds_the_labelled_transactions_scored_lately_with_their_features(store, tmp_path, capsys):
+    """What the promotion gate judges on (store_tool window, run by the controller)."""
+    import time
+
+    import pandas as pd
+
+    server, password = store
+    fs = online.FeatureStore(server.client())
+    raws = online.raw_transactions(history(days=2).head(40))
+    found = fs.score_features(raws)
+    now = int(time.time() * 1000)
+    fs.log_scored([online.Served(raw["transaction_id"], "fraud", "3", 0.25, now) for raw in raws])
+    labels = [(raw["transaction_id"], i % 10 == 0) for i, raw in enumerate(raws[:30])]
+    fs.feedback_many(labels)
+    assert store_tool.main([*password, "window", "--days", "7", "--out", str(tmp_path / "w.parquet")]) == 0
+    facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (facts["scored"], facts["labelled"], facts["frauds"]) == (40, 30, 3)
+    window = pd.read_parquet(tmp_path / "w.parquet")
+    assert list(window.columns) == facts["columns"] and set(features.FEATURES) <= set(window.columns)
+    assert window["TRANSACTION_ID"].tolist() == [raw["transaction_id"] for raw in raws[:30]]
+    assert window["TX_FRAUD"].tolist() == [float(fraud) for _, fraud in labels]
+    assert window["TX_AMOUNT"].tolist() == pytest.approx([f["TX_AMOUNT"] for f in found[:30]])
+    # nothing scored in the last hour: an empty window, not an error
+    assert store_tool.main([*password, "window", "--days", "0", "--out", str(tmp_path / "none.parquet")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["labelled"] == 0

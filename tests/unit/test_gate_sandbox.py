@@ -19,7 +19,10 @@ MARK = gate_worker.MARKER
 EVALUATION = {"threshold": 50.0, "transactions": 3, "frauds": 1,
               "candidate": {"average_precision": 0.9, "recall": 1.0, "false_positive_rate": 0.0, "block_rate": 0.3},
               "production": {"average_precision": 0.8, "recall": 1.0, "false_positive_rate": 0.5, "block_rate": 0.6},
-              "score_psi": 0.1}
+              "score_psi": 0.1, "segments": {}}
+SEGMENT = {"transactions": 600, "frauds": 12,
+           "candidate": {"average_precision": 0.5, "recall": 0.5, "false_positive_rate": 0.01, "block_rate": 0.02},
+           "production": {"average_precision": 0.7, "recall": 0.75, "false_positive_rate": 0.01, "block_rate": 0.02}}
 
 
 def settings_in(tmp_path):
@@ -92,6 +95,51 @@ def test_the_judgement_is_read_in_its_exact_shape():
             gate.parse_evaluation(MARK + json.dumps(bad), 50.0, 3)
 
 
+def test_segments_are_read_in_their_exact_shape():
+    judged = {**EVALUATION, "transactions": 1000, "frauds": 20, "segments": {"night": SEGMENT}}
+    assert gate.parse_evaluation(MARK + json.dumps(judged), 50.0, 1000)["segments"] == {"night": SEGMENT}
+    alone = {**judged, "production": None, "score_psi": None, "segments": {"night": {**SEGMENT, "production": None}}}
+    assert gate.parse_evaluation(MARK + json.dumps(alone), 50.0, 1000)["segments"]["night"]["production"] is None
+    for bad in ({"night": {**SEGMENT, "transactions": 1001}}, {"night": {**SEGMENT, "frauds": 601}},
+                {"night": {**SEGMENT, "production": None}}, {"night": {**SEGMENT, "extra": 1}},
+                {"night": {**SEGMENT, "candidate": {**SEGMENT["candidate"], "recall": -1}}},
+                {"\x1b[2Jnight": SEGMENT}, {f"s{i}": SEGMENT for i in range(gate.MAX_SEGMENTS + 1)}, ["night"]):
+        with pytest.raises(gate.Unreadable):
+            gate.parse_evaluation(MARK + json.dumps({**judged, "segments": bad}), 50.0, 1000)
+    with pytest.raises(gate.Unreadable):  # production figures in a segment with no production to judge against
+        gate.parse_evaluation(MARK + json.dumps({**alone, "segments": {"night": SEGMENT}}), 50.0, 1000)
+
+
+def test_a_candidate_worse_on_a_segment_with_enough_data_is_refused_by_name(tmp_path):
+    limits = settings_in(tmp_path)["gate"]
+    equal = {"average_precision": 0.8, "recall": 0.7, "false_positive_rate": 0.001, "block_rate": 0.01}
+    judged = {**EVALUATION, "candidate": equal, "production": equal, "score_psi": 0.0,
+              "segments": {"night": SEGMENT, "weekend": {**SEGMENT, "frauds": limits["segment_min_frauds"] - 1},
+                           "new customer": {**SEGMENT, "transactions": limits["segment_min_transactions"] - 1}}}
+    reasons = gate.failures(judged, limits)
+    assert reasons == [
+        "segment 'night' (600 transactions, 12 frauds): average precision 0.500 vs 0.700 in production "
+        "(drop 0.200 > 0.05)",
+        "segment 'night' (600 transactions, 12 frauds): recall 0.500 vs 0.750 in production (drop 0.250 > 0.1)"]
+    assert gate.failures({**judged, "segments": {"night": {**SEGMENT, "candidate": SEGMENT["production"]}}},
+                         limits) == []
+
+
+def test_production_labels_are_judged_on_when_there_are_enough_else_the_evaluation_set_and_why(tmp_path):
+    limits = settings_in(tmp_path)["gate"]
+    enough = {"labelled": limits["production_min_labelled"], "frauds": limits["production_min_frauds"],
+              "columns": ["TX_AMOUNT", "TX_FRAUD"], "path": "w.parquet"}
+    assert gate.judged_on(enough, limits, ["TX_AMOUNT"]) == (
+        gate.PRODUCTION, f"production's last 7 days: {enough['labelled']} labelled transactions, "
+                         f"{enough['frauds']} frauds")
+    source, why = gate.judged_on({**enough, "frauds": 3}, limits, ["TX_AMOUNT"])
+    assert source == gate.EVALUATION_SET and "3 frauds (the gate needs" in why
+    assert gate.judged_on(enough, limits, ["TX_AMOUNT", "MERCHANT_RISK"]) == (
+        gate.EVALUATION_SET, "production's log lacks fields the candidate takes: MERCHANT_RISK")
+    assert gate.judged_on({"error": "the feature store could not be read"}, limits, []) == (
+        gate.EVALUATION_SET, "the feature store could not be read")
+
+
 # ---- the worker inside ----
 
 def test_the_worker_judges_labels_and_scores_and_answers_what_the_controller_reads(tmp_path, monkeypatch, capsys):
@@ -104,6 +152,14 @@ def test_the_worker_judges_labels_and_scores_and_answers_what_the_controller_rea
     figures = gate.parse_evaluation(capsys.readouterr().out, 50.0, 3)
     assert figures["candidate"]["recall"] == 1.0 and figures["candidate"]["block_rate"] == pytest.approx(2 / 3)
     assert figures["production"]["false_positive_rate"] == 0.0 and figures["score_psi"] > 0
+    assert figures["segments"] == {}  # no column a segment is defined on
+    frame["TX_AMOUNT"], frame["TX_DURING_NIGHT"] = [10.0, 300.0, 60.0], [1, 1, 0]
+    gate_worker.main(["judge", "e.parquet", str(tmp_path / "c.json"), "--production", str(tmp_path / "p.json"),
+                      "--threshold", "50"])
+    segments = gate.parse_evaluation(capsys.readouterr().out, 50.0, 3)["segments"]
+    assert {name: (s["transactions"], s["frauds"]) for name, s in segments.items()} == {
+        "amount < 50": (1, 0), "amount 50-150": (1, 0), "amount >= 150": (1, 1), "night": (2, 1)}
+    assert segments["night"]["candidate"]["block_rate"] == 0.5 and segments["night"]["production"]["recall"] == 1.0
     (tmp_path / "c.json").write_text(json.dumps({"scores": [10.0]}))
     with pytest.raises(ValueError, match="1 candidate scores for 3 transactions"):
         gate_worker.judge("e.parquet", str(tmp_path / "c.json"), None, 50.0)
@@ -214,6 +270,37 @@ def test_a_sandbox_that_fails_runs_too_long_or_cannot_start_is_a_gate_error_and_
     assert engine.calls[-1][0] == "rm"
     with pytest.raises(sandbox.GateError, match="could not run: docker create failed: no such image"):
         evaluate(FakeEngine(ANSWERS, fail_on="create"), tmp_path)
+
+
+WINDOW_FACTS = {"since": "2026-11-15T00:00:00+00:00", "until": "2026-11-22T00:00:00+00:00", "scored": 9000,
+                "labelled": 2500, "frauds": 30, "columns": ["TX_AMOUNT", "TX_FRAUD"]}
+WINDOW_ANSWERS = {("datalab/scoring:new", "datalab_scoring.store_tool"): "connecting\n" + json.dumps(WINDOW_FACTS)}
+
+
+def test_productions_window_is_exported_by_the_store_tool_next_to_the_store_with_the_password_copied_in(
+        tmp_path, monkeypatch):
+    (tmp_path / "password").write_text("s3cret")
+    monkeypatch.setattr(sandbox, "STORE_PASSWORD", tmp_path / "password")
+    engine = FakeEngine(WINDOW_ANSWERS)
+    found = sandbox.production_window(engine, settings_in(tmp_path), "datalab/scoring:new", tmp_path)
+    assert found == {**WINDOW_FACTS, "path": tmp_path / "production-window.parquet"}
+    (create,) = engine.creates()
+    flags = list(create)
+    assert flags[flags.index("--network") + 1] == "lab1_features" and "--read-only" in flags
+    assert flags[flags.index("--cap-drop") + 1] == "ALL" and "no-new-privileges" in flags
+    assert not any(f in ("--env", "-e", "-v", "--volume") for f in flags)  # the password is no environment
+    assert flags[flags.index("--entrypoint") + 1:][:4] == ["python3", "datalab/scoring:new", "-m",
+                                                           "datalab_scoring.store_tool"]
+    assert flags[flags.index("--days") + 1] == "7"
+    name = flags[flags.index("--name") + 1]
+    assert ("cp", str(tmp_path / "password"), f"{name}:/gate/password") in engine.calls
+    assert ("cp", f"{name}:/gate/window.parquet", str(tmp_path / "production-window.parquet")) in engine.calls
+    assert engine.calls[-1][:3] == ("rm", "--force", "--volumes")
+    failed = sandbox.production_window(FakeEngine(WINDOW_ANSWERS, status="1"), settings_in(tmp_path),
+                                       "datalab/scoring:new", tmp_path)
+    assert failed["error"].startswith("the feature store could not be read (exit 1)")
+    monkeypatch.setattr(sandbox, "STORE_PASSWORD", tmp_path / "none")
+    assert "no feature store password" in sandbox.production_window(engine, settings_in(tmp_path), "x", tmp_path)["error"]
 
 
 # ---- the controller ----
@@ -327,3 +414,36 @@ def test_webhooks_are_the_platforms_and_every_change_is_audited(tmp_path):
     assert [(r["kind"], r["outcome"]) for r in records] == [
         ("platform", "webhook removed"), ("platform", "webhook registered"), ("platform", "webhook updated")]
     assert all(r["model"] == "" and r["version"] == "" for r in records)  # never taken for a promotion
+
+
+def test_the_controller_judges_on_productions_window_and_says_so_else_on_the_evaluation_set(tmp_path, monkeypatch):
+    s = settings_in(tmp_path)
+    ctl = controller_mod.Controller(s, FakeMlflow(), docker=None)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text(
+        "signature:\n  inputs: '[{\"type\": \"double\", \"name\": \"TX_AMOUNT\"}]'\n")
+    (tmp_path / "run" / "evaluation").mkdir(parents=True)
+    (tmp_path / "run" / "evaluation" / "e.parquet").write_bytes(b"PAR1")
+    candidate = seals.Fetched(tmp_path / "model", tmp_path / "run", "r1", "d")
+    assert candidate.input_fields() == ["TX_AMOUNT"]
+    window = {**WINDOW_FACTS, "path": tmp_path / "production-window.parquet"}
+    monkeypatch.setattr(sandbox, "production_window", lambda *a: window)
+    path, judged = ctl.judged_on(candidate, "datalab/scoring:new", tmp_path)
+    assert path == window["path"] and judged["source"] == "production" and judged["labelled"] == 2500
+    monkeypatch.setattr(sandbox, "production_window", lambda *a: {**window, "labelled": 12})
+    path, judged = ctl.judged_on(candidate, "datalab/scoring:new", tmp_path)
+    assert path.name == "e.parquet" and judged["source"] == "evaluation set" and "12 labelled" in judged["why"]
+
+
+def test_the_audit_shows_what_a_promotion_was_judged_on_and_its_segments():
+    from datalab import cli
+
+    record = {"at": "t", "model": "fraud", "version": "2", "from": "fraud v1", "by": "alice", "outcome": "rejected",
+              "reasons": ["segment 'night' ..."], "rollout_s": None,
+              "gate": {**EVALUATION, "segments": {"night": SEGMENT},
+                       "judged_on": {"source": "production", "why": "production's last 7 days: 2500 labelled"}}}
+    shown = cli.audit_line(record).splitlines()
+    assert shown[1].strip() == "judged on production: production's last 7 days: 2500 labelled"
+    assert shown[2].split() == ["segment", "transactions", "frauds", "AP", "recall", "block", "rate"]
+    assert shown[3].split() == ["night", "600", "12", "0.500", "/", "0.700", "0.500", "/", "0.750",
+                                "0.020", "/", "0.020"]

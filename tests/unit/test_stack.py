@@ -106,7 +106,9 @@ def test_the_controller_shares_the_deployments_folder_and_drives_the_engine(tmp_
     svc = spec["services"]["controller"]
     assert f"{tmp_path}/deployments:/var/lib/datalab/deployments" in svc["volumes"]
     assert svc["user"].startswith("1000:") and svc["cap_drop"] == ["ALL"] and svc["networks"] == ["backend"]
-    assert [x["target"] for x in svc["secrets"]] == ["webhook_secret"]
+    # the store's password, for the one-shot export of production's labelled window; the controller
+    # itself stays off the features network
+    assert [x["target"] for x in svc["secrets"]] == ["webhook_secret", "featurestore_password"]
     inside = json.loads((tmp_path / "controller.json").read_text())
     assert inside["lab"]["data_dir"] == "/var/lib/datalab" and inside["lab"]["name"] == "lab1"
 
