@@ -2,7 +2,9 @@
 
 Fixed-rate runs time each request from the moment it was due, not from when
 it was sent, so a stalled server shows up in the latencies (no coordinated
-omission). Saturation runs keep `connections` requests in flight.
+omission). Saturation runs keep `connections` requests in flight. A body is
+bytes, or a function making each request's (raw transactions: a new
+transaction id every time, or the server answers a retry from its record).
 """
 
 import asyncio
@@ -72,7 +74,7 @@ async def fixed_rate(url, body, rate, seconds, connections=64, on_response=None)
         nonlocal failures
         conn = await pool.get()
         try:
-            status, payload = await conn.request(body)
+            status, payload = await conn.request(body() if callable(body) else body)
         finally:
             pool.put_nowait(conn)
         if status != 200:
@@ -101,8 +103,9 @@ async def saturate(url, body, seconds, connections=16):
         nonlocal failures
         conn = Connection(url)
         while time.perf_counter() < end:
+            sent = body() if callable(body) else body
             t0 = time.perf_counter()
-            status, _ = await conn.request(body)
+            status, _ = await conn.request(sent)
             if status == 200:
                 latencies.append(time.perf_counter() - t0)
             else:

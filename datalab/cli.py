@@ -450,6 +450,31 @@ def cmd_jobs(settings, args):
     return 2
 
 
+def cmd_settings(settings, args):
+    from . import schema
+
+    if args.settings_command == "docs":
+        print(schema.reference(), end="")
+        return 0
+    if args.settings_command == "check":
+        checked = settings_mod.load(args.file)
+        changed = sum(len(keys) if isinstance(keys, dict) else 1 for keys in checked.given.values())
+        print(f"{args.file}: valid ({changed} setting(s) changed from the defaults)")
+        return 0
+    if args.json:
+        print(json.dumps({table: {key: {"value": value, "from": settings.origin(table, key)}
+                                  for key, value in settings.table(table).items()}
+                          for table in settings.table()}, indent=2))
+        return 0
+    print(f"# effective settings: defaults, merged with {settings.source or 'no settings file'}")
+    for table, values in settings.table().items():
+        print(f"\n[{table}]")
+        for key, value in values.items():
+            origin = "" if settings.origin(table, key) == "default" else f"  # from {settings.source}"
+            print(f"{key} = {json.dumps(value)}{origin}")
+    return 0
+
+
 def parser():
     p = argparse.ArgumentParser(prog="datalab", description=__doc__)
     p.add_argument("--settings", help="settings file (default: $DATALAB_SETTINGS or /etc/datalab/settings.toml)")
@@ -462,6 +487,14 @@ def parser():
     down.add_argument("--purge", action="store_true", help="also delete all data (asks first)")
     down.add_argument("--yes", action="store_true", help="do not ask before purging")
     down.set_defaults(func=cmd_down)
+    cfg = sub.add_parser("settings", help="the effective settings, a file's check, the reference (docs/settings.md)")
+    cfg_sub = cfg.add_subparsers(dest="settings_command", required=True)
+    show = cfg_sub.add_parser("show", help="every setting's value and where it came from (default or file)")
+    show.add_argument("--json", action="store_true")
+    check = cfg_sub.add_parser("check", help="validate a settings file without starting anything")
+    check.add_argument("file")
+    cfg_sub.add_parser("docs", help="the settings reference (Markdown), generated from datalab/schema.py")
+    cfg.set_defaults(func=cmd_settings)
     st = sub.add_parser("status", help="each service, its state, health and URL")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
@@ -561,7 +594,9 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        settings = settings_mod.load(args.settings)
+        # checking a file, or printing the reference, needs no settings of its own
+        standalone = args.command == "settings" and args.settings_command in ("check", "docs")
+        settings = None if standalone else settings_mod.load(args.settings)
         return args.func(settings, args)
     except (SettingsError, DockerError, JobsError, DeployError) as e:
         print(f"datalab: {e}", file=sys.stderr)

@@ -1,7 +1,10 @@
-"""Settings: the documented defaults merged with the operator's file.
+"""Settings: every setting's default (schema.py, the one model of them)
+merged with the operator's file, table by table, and validated against that
+model: an unknown key, a wrong type or a value outside what is allowed is a
+SettingsError naming the file, table, key, what is allowed and what was given.
 
 Settings are read once and never mutated; code that needs a variant builds a
-new one with `Settings.with_overrides`.
+new one with `Settings.with_overrides` (validated too).
 """
 
 import json
@@ -10,21 +13,20 @@ import tomllib
 from pathlib import Path
 from types import MappingProxyType
 
-DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+from pydantic import ValidationError
+
+from . import schema
+
 SITE_FILE = Path("/etc/datalab/settings.toml")
 
 
-def _merge(base, override, path=""):
+def _merge(base, override):
+    """`override` over `base`, table by table (a table in `base` with no keys is a
+    free-form map: replaced whole). What is not a setting is kept, for the schema to name."""
     merged = dict(base)
     for key, value in override.items():
-        where = f"{path}{key}"
-        if key not in base:
-            raise SettingsError(f"unknown setting '{where}' (see datalab/defaults.toml)")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise SettingsError(f"setting '{where}' must be a table")
-            # An empty table in the defaults is a free-form map (e.g. team -> group).
-            merged[key] = _merge(base[key], value, where + ".") if base[key] else dict(value)
+        if isinstance(base.get(key), dict) and base[key] and isinstance(value, dict):
+            merged[key] = _merge(base[key], value)
         else:
             merged[key] = value
     return merged
@@ -38,6 +40,16 @@ def _freeze(value):
     return value
 
 
+def _validated(data, source):
+    try:
+        return schema.validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        shown = "; ".join(schema.explain(error) for error in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise SettingsError(f"{source or 'settings'}: {shown}{more}") from None
+
+
 class SettingsError(ValueError):
     pass
 
@@ -45,10 +57,11 @@ class SettingsError(ValueError):
 class Settings:
     """Read-only view: settings["hub"]["port"] or settings.get("hub.port")."""
 
-    def __init__(self, data, source=None):
+    def __init__(self, data, source=None, given=None):
         self._raw = data
         self._data = _freeze(data)
         self.source = source
+        self.given = given or {}  # what the file set (the rest are defaults)
 
     def __getitem__(self, table):
         return self._data[table]
@@ -64,7 +77,12 @@ class Settings:
         return json.loads(json.dumps(self._raw if name is None else self._raw[name]))
 
     def with_overrides(self, overrides):
-        return Settings(_merge(self._raw, overrides), self.source)
+        return Settings(_validated(_merge(self._raw, overrides), self.source), self.source,
+                        _merge(self.given, overrides))
+
+    def origin(self, table, key):
+        """"file" when the settings file set it, else "default"."""
+        return "file" if key in self.given.get(table, {}) else "default"
 
     @property
     def lab(self):
@@ -93,16 +111,20 @@ def settings_file():
     return SITE_FILE if SITE_FILE.exists() else None
 
 
+def defaults():
+    """Every setting at its default."""
+    return Settings(schema.defaults())
+
+
 def load(path=None):
-    """Defaults, merged with `path` (or $DATALAB_SETTINGS, or /etc/datalab/settings.toml)."""
-    defaults = tomllib.loads(DEFAULTS_FILE.read_text())
+    """Defaults, merged with `path` (or $DATALAB_SETTINGS, or /etc/datalab/settings.toml), validated."""
     path = Path(path) if path else settings_file()
     if path is None:
-        return Settings(defaults)
+        return defaults()
     try:
-        override = tomllib.loads(path.read_text())
+        given = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SettingsError(f"settings file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise SettingsError(f"settings file {path}: {e}") from None
-    return Settings(_merge(defaults, override), path)
+    return Settings(_validated(_merge(schema.defaults(), given), path), path, given)

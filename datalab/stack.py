@@ -6,7 +6,6 @@ publish a port, in host mode.
 """
 
 import hashlib
-import ipaddress
 import json
 import os
 import shutil
@@ -41,21 +40,6 @@ FEATURE_STORE_URL = "redis://featurestore:6379/0"  # on the features network onl
 
 def _content_key(name, data):
     return f"{name}_{hashlib.sha256(data).hexdigest()[:10]}"
-
-
-def private_networks(settings):
-    """[spawner] private_networks, each a valid address range."""
-    listed = settings["spawner"]["private_networks"]
-    if not isinstance(listed, (list, tuple)):
-        raise SettingsError(f"[spawner] private_networks: must be a list of address ranges (got {listed!r})")
-    found = []
-    for given in listed:
-        try:
-            found.append(str(ipaddress.ip_network(given, strict=False)))
-        except (TypeError, ValueError):
-            raise SettingsError(f"[spawner] private_networks: {given!r} is not an address range "
-                                "such as \"10.20.0.0/16\"") from None
-    return found
 
 
 def lab_network(settings):
@@ -150,7 +134,7 @@ def hub_runtime(settings, profile_list, has_ca, hub_image=""):
             # sets the network rules of notebook and job containers (hub/datalab_hub/netpolicy.py)
             "netpolicy_image": hub_image,
             "internet": bool(settings["spawner"]["internet"]),
-            "private_networks": private_networks(settings),
+            "private_networks": list(settings["spawner"]["private_networks"]),
         },
         "culler": dict(settings["culler"]),
         "jobs": {

@@ -84,7 +84,7 @@ def production_window(docker, settings, scoring_ref, folder):
                    "--pids-limit", str(PIDS), "--cpus", CPUS, "--memory", settings["resources"]["scoring"]["memory"],
                    "--label", f"{LABEL}={lab}", "--entrypoint", "python3", scoring_ref,
                    "-m", "datalab_scoring.store_tool", "--password-file", f"{INBOX}/password", "window",
-                   "--days", str(settings["gate"]["production_window_days"]), "--out", f"{INBOX}/window.parquet")
+                   "--days", f"{settings['gate']['production_window_days']:g}", "--out", f"{INBOX}/window.parquet")
         docker.run("cp", str(STORE_PASSWORD), f"{name}:{INBOX}/password")
         docker.run("start", name)
         status = docker.out("wait", name, timeout=TIMEOUT_S)

@@ -8,7 +8,7 @@ from datalab import credentials, settings as settings_mod
 
 
 def lab_settings(tmp_path):
-    return settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"lab": {"data_dir": str(tmp_path)}})
+    return settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
 
 
 def test_ssha_verifies_like_slapd():

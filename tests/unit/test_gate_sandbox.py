@@ -26,7 +26,7 @@ SEGMENT = {"transactions": 600, "frauds": 12,
 
 
 def settings_in(tmp_path):
-    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"lab": {"data_dir": str(tmp_path),
+    s = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path),
                                                                               "name": "lab1"}})
     (tmp_path / "deployments").mkdir(exist_ok=True)
     return s

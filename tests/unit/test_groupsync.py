@@ -402,7 +402,7 @@ def test_the_hub_client_pages_through_users_and_speaks_the_group_and_server_endp
 
 
 def test_the_builtin_directory_gets_a_reader_password_generated_once(tmp_path):
-    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"lab": {"data_dir": str(tmp_path)}})
+    s = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
     files = credentials.ensure(s)
     password = files["ldap_search_password"]
     assert oct(password.stat().st_mode & 0o777) == "0o600" and len(password.read_text()) >= 24

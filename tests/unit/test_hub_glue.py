@@ -17,7 +17,7 @@ from jupyterhub.utils import subdomain_hook_idna
 
 
 def runtime(tmp_path):
-    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"lab": {"data_dir": str(tmp_path)}})
+    s = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
     return json.loads(json.dumps(stack.hub_runtime(s, stack.profiles(manifest.load(), {"python": "datalab/python:abc"}), has_ca=True)))
 
 
@@ -107,7 +107,7 @@ def test_directory_certificate_is_verified_with_or_without_a_ca_file(tmp_path):
 
 
 def test_plain_ldap_is_refused_unless_a_named_setting_accepts_it_and_then_warns(tmp_path):
-    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides(
+    s = settings_mod.defaults().with_overrides(
         {"lab": {"data_dir": str(tmp_path)}, "directory": {"tls_strategy": "insecure"}})
     with pytest.raises(settings_mod.SettingsError, match="allow_insecure_tls"):
         stack.refuse_unsafe(s)
@@ -117,7 +117,7 @@ def test_plain_ldap_is_refused_unless_a_named_setting_accepts_it_and_then_warns(
     stack.refuse_unsafe(accepted)
     assert stack.hub_runtime(accepted, [], has_ca=False)["ldap"]["tls_strategy"] == "insecure"
     assert any("clear text" in w for w in stack.insecure_choices(accepted))
-    assert stack.insecure_choices(settings_mod.load(settings_mod.DEFAULTS_FILE)) == []
+    assert stack.insecure_choices(settings_mod.defaults()) == []
 
 
 def test_one_origin_for_all_only_when_the_settings_say_so_and_then_it_warns(tmp_path):
@@ -128,7 +128,7 @@ def test_one_origin_for_all_only_when_the_settings_say_so_and_then_it_warns(tmp_
     c = Config()
     configure(c, one, secrets_dir=tmp_path)
     assert "subdomain_host" not in c.JupyterHub
-    s = settings_mod.load(settings_mod.DEFAULTS_FILE).with_overrides({"hub": {"per_user_origins": False}})
+    s = settings_mod.defaults().with_overrides({"hub": {"per_user_origins": False}})
     assert any("per_user_origins = false" in w for w in stack.insecure_choices(s))
 
 

@@ -113,7 +113,7 @@ class FakeHubUsers:
 
 
 def make_jobs(tmp_path, **limits):
-    jobs_settings = {**settings_mod.load(settings_mod.DEFAULTS_FILE).table("jobs"), "max_output_mb": MAX_OUTPUT_MB,
+    jobs_settings = {**settings_mod.defaults().table("jobs"), "max_output_mb": MAX_OUTPUT_MB,
                      "max_log_mb": 0.001, **limits}
     engine = FakeEngine()
     runner = Runner("lab", ["lab"], lambda user, groups, admin: {}, max_log_mb=jobs_settings["max_log_mb"],

@@ -117,7 +117,7 @@ def test_team_approvers_is_a_free_form_table_in_settings(tmp_path):
     assert settings_mod.load(path)["registry"]["team_approvers"]["fraud-team"] == "fraud-approvers"
 
 
-LIMITS = settings_mod.load(settings_mod.DEFAULTS_FILE)["gate"]
+LIMITS = settings_mod.defaults()["gate"]
 GOOD = {"average_precision": 0.70, "recall": 0.60, "false_positive_rate": 0.001, "block_rate": 0.01}
 
 

@@ -1,0 +1,419 @@
+"""Every DataLab setting: its type, allowed values, range, default and help,
+in one model (pydantic). `settings.py` merges a site's file over these
+defaults and validates the result here; docs/settings.md is generated from
+this model (`datalab settings docs`), as z2jh generates its reference from
+its schema. A key that is not here, a value of the wrong type or outside
+what is allowed stops `datalab up`: security settings fail closed.
+
+To add a setting: add a field with a `help` (Field's description) here, then
+`datalab settings docs > docs/settings.md` (a unit test checks it is current).
+"""
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MEMORY = r"^[0-9]+(\.[0-9]+)?[KMG]$"  # Docker's units: "512M", "2G"
+
+
+def setting(default, help, **constraints):
+    """A field with its help text (every setting has one)."""
+    if isinstance(default, (list, dict)):
+        return Field(default_factory=lambda: type(default)(default), description=help, **constraints)
+    return Field(default, description=help, **constraints)
+
+
+class Table(BaseModel):
+    # strict: a string is not a number or a boolean, a number is not a string
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, validate_default=True)
+
+
+class Lab(Table):
+    name: str = setting("datalab", "Name of the Swarm stack. Also prefixes the networks, volumes, secrets and "
+                        "notebook containers, so two labs with different names can share an engine.",
+                        pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    data_dir: str = setting("/var/lib/datalab", "Host directory for generated secrets, the directory's CA, demo "
+                            "logins and the rendered stack file. Service data lives in Docker volumes named "
+                            "after the lab.", pattern=r"^/")
+    advertise_addr: str = setting("127.0.0.1", "Address other Swarm nodes (and this one) reach this manager on.")
+    demo: bool = setting(True, "End `datalab up` with the demo loop, until a model serves: the reference model "
+                         "trains at a small size as alice, who promotes it; a curl scores a transaction.")
+
+
+class Hub(Table):
+    public_host: str = setting(
+        "lab.localhost", "The lab's public host name: the hub is at http://<public_host>:<port>/. Each user's "
+        "server has an origin of its own under it (alice.<public_host>), and so has each hub service "
+        "(registry--service.<public_host>), so that a page one user's server serves cannot act in anyone "
+        "else's session. \"lab.localhost\" needs no DNS on the lab's machine (browsers, curl, and programs "
+        "through Debian's libnss-myhostname, which `datalab up` installs, resolve *.localhost to it); a site "
+        "names a host with a wildcard DNS record and certificate (*.lab.bank.example).",
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    port: int = setting(8000, "The hub's public port.", ge=1, le=65535)
+    per_user_origins: bool = setting(
+        True, "false: every server and service on the hub's one origin (JupyterHub without subdomain_host), "
+        "where any user's page can act as whoever opens it. Only for a site that cannot have a wildcard name; "
+        "`up` and `status` then warn.")
+    concurrent_spawn_limit: int = setting(
+        8, "Servers starting at once, lab-wide. A login beyond it gets JupyterHub's \"too many users starting, "
+        "try again in N seconds\" page (HTTP 429) instead of slowing every start down: on 2 cores about 4 "
+        "single-user servers start per 3 seconds.", ge=1)
+    spawn_retry_seconds: list[int] = setting([2, 6], "[min, max] seconds that page asks a user to wait before "
+                                             "retrying.", min_length=2, max_length=2)
+    active_server_limit: int = setting(100, "Servers running at once, lab-wide (0: no limit); one more start is "
+                                       "refused with a message. An idle JupyterLab server holds about 150 MB.", ge=0)
+    allowed_groups: list[str] = setting(["datascientists", "lab-admins"],
+                                        "Only members of these LDAP groups may log in.", min_length=1)
+    admin_groups: list[str] = setting(["lab-admins"], "Members of these LDAP groups are hub admins.")
+    auth_refresh_age: int = setting(
+        300, "Seconds the groups and admin flag the hub last read for a user count as fresh: the user's next "
+        "request to the hub after that reads them from the directory again (and logs them out if they are in "
+        "no allowed group any more).", ge=1)
+    group_sync_every: int = setting(
+        60, "Seconds between two passes of the group-sync service over every hub user, whether or not they come "
+        "to the hub (a scheduled job, an MLflow client): hub groups follow the directory, users in no allowed "
+        "group (or admins who left the admin groups) are removed from the hub, servers mounting a team volume "
+        "of a team left are stopped. A change reaches the registry and the jobs service up to 60 s later "
+        "(their caches of users' groups, 30 s, and of token checks, 60 s).", ge=1)
+
+    @field_validator("spawn_retry_seconds")
+    @classmethod
+    def _ordered(cls, value):
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"must be [min, max] with 0 < min <= max (got {value})")
+        return value
+
+
+class Spawner(Table):
+    pids_limit: int = setting(1024, "Processes (and threads) a notebook server or job may run. Profiles (image, "
+                              "CPU, memory, GPUs, allowed groups) come from images/manifest.toml.", ge=64)
+    start_timeout: int = setting(120, "Seconds a server may take to start before the spawn is reported failed.",
+                                 ge=10)
+    named_servers: int = setting(3, "Named servers a user may run besides the default one (e.g. a CPU and a GPU "
+                                 "one).", ge=0)
+    internet: bool = setting(True, "Notebook servers and jobs may open connections outside the lab (pip install, "
+                             "public data). On the lab's own network they reach the hub and its services only, "
+                             "whatever this says: never another user's container.")
+    private_networks: list[str] = setting(
+        [], "Private address space (10/8, 172.16/12, 192.168/16, link-local with the cloud's metadata service, "
+        "100.64/10) and the lab nodes' own addresses are not \"outside the lab\": servers and jobs never reach "
+        "them (so not the host's published ports, the scoring edge among them), DNS excepted. Ranges listed "
+        "here they may reach all the same, e.g. [\"10.20.0.0/16\"] for a package mirror; a node's address never.")
+
+    @field_validator("private_networks")
+    @classmethod
+    def _ranges(cls, value):
+        found = []
+        for given in value:
+            try:
+                found.append(str(ipaddress.ip_network(given, strict=False)))
+            except ValueError:
+                raise ValueError(f"{given!r} is not an address range such as \"10.20.0.0/16\"") from None
+        return found
+
+
+class Volumes(Table):
+    teams: list[str] = setting(["fraud-team", "aml-team"], "LDAP groups that are teams: each gets a volume that "
+                               "only its members mount, read-write.")
+    team_mount: str = setting("/home/jovyan/teams/{team}", "Where a team's volume is mounted in its members' "
+                              "servers and jobs; {team} is the group's name.", pattern=r"^/.*\{team\}")
+    datasets_mount: str = setting("/home/jovyan/datasets", "Where the shared datasets volume is mounted "
+                                  "(read-only; read-write for hub admins). \"\": no datasets volume.",
+                                  pattern=r"^(/.*)?$")
+
+
+class Culler(Table):
+    timeout: int = setting(3600, "Stop notebook servers idle this many seconds (0: never). Servers whose kernels "
+                           "are busy are kept, however long ago the last keystroke was (jupyterhub-idle-culler, "
+                           "reading the hub's activity records only).", ge=0)
+    every: int = setting(300, "Seconds between two passes of the culler.", ge=1)
+    activity_interval: int = setting(300, "Seconds between two reports of a server's activity (busy kernels "
+                                     "included) to the hub: a server may be culled up to this much later than "
+                                     "`timeout`.", ge=1)
+
+
+class Jobs(Table):
+    max_running: int = setting(4, "Jobs running at once, lab-wide; the others wait in the queue.", ge=1)
+    max_running_per_user: int = setting(2, "Jobs running at once per user.", ge=1)
+    default_timeout: int = setting(3600, "Seconds a job may run when its submission says nothing.", ge=1)
+    max_timeout: int = setting(86400, "The most seconds a submission may ask for.", ge=1)
+    max_cpu: float = setting(8.0, "The most CPUs one job may ask for, whatever its profile. A job never gets more "
+                             "CPUs or memory than its profile's either (images/manifest.toml).", gt=0)
+    max_queued_per_user: int = setting(20, "Jobs a user may have queued or running at once: a submission beyond "
+                                       "is refused (HTTP 429), and a schedule whose user has this many skips that "
+                                       "run.", ge=1)
+    max_schedules_per_user: int = setting(10, "Schedules a user may have; one more is refused (HTTP 429).", ge=0)
+    max_output_mb: int = setting(20, "The largest executed notebook (MB) kept from a job: a larger one is not "
+                                 "read, and the job fails, saying so (parsing JSON takes many times its size in "
+                                 "memory, in the hub's container).", ge=1)
+    max_log_mb: int = setting(5, "How much of a job's log (papermill's cell output) is kept per attempt (MB): its "
+                              "last part, after a line saying how much earlier output was dropped.", ge=1)
+
+
+class Scoring(Table):
+    port: int = setting(8500, "Host port of the scoring edge: POST http://127.0.0.1:<port>/v1/score.",
+                        ge=1, le=65535)
+    replicas: int = setting(2, "Scoring replicas of `datalab deploy` by default (each deployment keeps its own).",
+                            ge=1)
+    threshold: float = setting(50.0, "Scores (0-100) at or above the threshold are decided \"block\"; the default "
+                               "of `datalab deploy`.", ge=0, le=100)
+    nodes: Literal["home", "all"] = setting(
+        "home", "Where scoring replicas run: \"home\" (the node `datalab up` runs on, where rollouts bake model "
+        "images) or \"all\" (every node: survives losing one; each node needs the model image, which a "
+        "multi-node lab loads with Ansible - see ansible/README.md).")
+
+
+class Limits(Table):
+    memory: str = setting("1G", "Memory limit, in Docker's units (\"512M\", \"2G\").", pattern=MEMORY)
+    reserve: str = setting("128M", "Memory reservation: Swarm places no more than a node holds.", pattern=MEMORY)
+
+
+def limits(memory, reserve):
+    return Field(default_factory=lambda: Limits(memory=memory, reserve=reserve),
+                 description=f"{memory} limit, {reserve} reserved.")
+
+
+class Resources(Table):
+    """Memory limit and reservation of each platform service. A service past its
+    limit is OOM-killed and restarted by Swarm on its own, instead of the kernel
+    picking a victim among all the lab's processes when a notebook or an upload
+    eats the machine; reservations keep Swarm from placing more than a node
+    holds. The hub's container also runs the jobs service and the registry
+    gateway. Scoring's figures are per replica."""
+    hub: Limits = limits("2G", "512M")
+    proxy: Limits = limits("512M", "64M")
+    mlflow: Limits = limits("4G", "1G")
+    directory: Limits = limits("512M", "64M")
+    controller: Limits = limits("1G", "128M")
+    scoring_edge: Limits = Field(default_factory=lambda: Limits(memory="256M", reserve="32M"),
+                                 description="256M limit, 32M reserved.", alias="scoring-edge")
+    scoring: Limits = limits("2G", "256M")
+    featurestore: Limits = limits("1G", "256M")
+
+
+class Features(Table):
+    maxmemory: str = setting(
+        "640mb", "The feature store (Redis holding per-customer and per-terminal state, from which the scoring "
+        "tasks compute a raw transaction's features: scoring/README.md): the most memory its data may take, in "
+        "Redis's units; the rest of [resources] featurestore's limit is headroom for rewriting the append-only "
+        "file. Past it, writes are refused and scoring answers 503: state is never dropped to make room "
+        "(noeviction).", pattern=r"^[0-9]+(kb|mb|gb)$")
+    warn_at: float = setting(0.8, "`datalab status` warns when the data passes this share of maxmemory.",
+                             gt=0, le=1)
+
+
+class Directory(Table):
+    builtin: bool = setting(True, "true: run the demo OpenLDAP directory seeded from directory/seed.ldif. false: "
+                            "use the corporate directory described by the keys below.")
+    url: str = setting("ldap://directory:1389", "ldap://host:port (StartTLS, see tls_strategy) or "
+                       "ldaps://host:port.", pattern=r"^ldaps?://[^/\s]+$")
+    tls_strategy: Literal["before_bind", "on_connect", "insecure"] = setting(
+        "before_bind", "\"before_bind\" (StartTLS), \"on_connect\" (ldaps) or \"insecure\" (plain LDAP: passwords "
+        "in clear text; refused unless allow_insecure_tls = true).")
+    allow_insecure_tls: bool = setting(False, "Accept tls_strategy = \"insecure\"; every `datalab up` and "
+                                       "`status` then warns.")
+    ca_file: str = setting("", "PEM file of the CA that signed the directory's certificate, on the host. Empty "
+                           "with builtin = true: the CA `datalab up` generates. Empty otherwise: the system's "
+                           "trust store. The certificate is always verified.")
+    base_dn: str = setting("dc=datalab,dc=example", "Base DN of the directory.")
+    bind_dn_template: list[str] = setting(["uid={username},ou=people,dc=datalab,dc=example"],
+                                          "DNs tried, in order, to bind as the user; {username} is escaped.",
+                                          min_length=1)
+    group_base: str = setting("ou=groups,dc=datalab,dc=example", "Where groups live; a group in "
+                              "allowed_groups/admin_groups is cn=<name>,<group_base>.")
+    group_membership_filter: str = setting("(&(objectClass=groupOfNames)(member={userdn}))",
+                                           "Finds the groups a user belongs to ({userdn} and {uid} are escaped).")
+    group_name_attribute: str = setting("cn", "The attribute holding a group's name.")
+    search_bind_dn: str = setting(
+        "", "A read-only account the hub binds as to read users' groups between logins, when it has no password "
+        "of theirs: it needs to read group entries and people's DNs, nothing more. builtin = true: the lab makes "
+        "its own (cn=hub-reader,<base_dn>) and this is not used. Empty with builtin = false: group changes take "
+        "effect at each user's next login only (`datalab up` and `status` warn).")
+    search_password_file: str = setting("", "Host file holding that account's password (handed to the hub as a "
+                                        "Swarm secret).")
+
+
+class Mlflow(Table):
+    backend_store_uri: str = setting("sqlite:////mlflow/mlflow.db", "Tracking and registry database: SQLite in the "
+                                     "mlflow volume by default, or e.g. "
+                                     "\"postgresql://mlflow:PASSWORD@db.example:5432/mlflow\".")
+    artifacts_destination: str = setting("/mlflow/artifacts", "Artifact store: the mlflow volume by default, or "
+                                         "e.g. \"s3://bucket/mlflow\".")
+    s3_endpoint_url: str = setting("", "For an S3-compatible store: its endpoint.")
+    aws_credentials_file: str = setting("", "For an S3-compatible store: a host file in AWS credentials format "
+                                        "(handed to the server as a Swarm secret, never as an environment value).")
+    workers: int = setting(2, "MLflow server worker processes.", ge=1)
+
+
+class Registry(Table):
+    production_alias: str = setting("production", "The alias whose setting on a model version is a promotion to "
+                                    "production.", min_length=1)
+    approvers_group: str = setting("model-approvers", "Members of this LDAP group may set the production alias, "
+                                   "on any team's model, unless the team has its own approvers.", min_length=1)
+    team_approvers: dict[str, str] = setting({}, "A team's own approvers group: { \"fraud-team\" = "
+                                             "\"fraud-approvers\" }.")
+    others: Literal["read", "none"] = setting("read", "What users outside a team may do with its experiments and "
+                                              "models: \"read\" or \"none\".")
+    served_model: str = setting("", "The registered model whose production version the scoring service serves "
+                                "(\"\": whichever model's production alias was set last; one scoring service serves "
+                                "one model, so a lab with several teams' models names one here).")
+    poll_every: int = setting(10, "Seconds between two reconciliations of the production aliases with what serves "
+                              "(the webhook triggers one at once; polling catches a missed delivery).", ge=1)
+
+
+class Gate(Table):
+    """A promotion is judged on production's own transactions: those scored in raw
+    mode in the last `production_window_days` whose label came back (POST
+    /v1/feedback), with the features they were scored with; the candidate and the
+    version serving score the same ones. With fewer labelled transactions or frauds
+    than the minimums (or fields the log lacks), the candidate's evaluation set
+    stands in, and the audit says why."""
+    production_window_days: float = setting(7, "Days of production's scored transactions the gate judges on.",
+                                            gt=0)
+    production_min_labelled: int = setting(2000, "Labelled transactions that window needs to be judged on.", ge=1)
+    production_min_frauds: int = setting(20, "Frauds that window needs to be judged on.", ge=1)
+    min_average_precision: float = setting(
+        0.25, "A candidate's least average precision (the reference model at full size: 0.71; at the demo's small "
+        "size about 0.3).", ge=0, le=1)
+    min_recall: float = setting(0.1, "A candidate's least recall at the deployment threshold (the reference model "
+                                "at full size: 0.63 at 50; at the demo's small size about 0.15).", ge=0, le=1)
+    max_false_positive_rate: float = setting(0.02, "A candidate's highest false-positive rate at the threshold.",
+                                             ge=0, le=1)
+    max_block_rate: float = setting(0.05, "A candidate's highest share of transactions blocked.", ge=0, le=1)
+    max_average_precision_drop: float = setting(0.02, "How far a candidate's average precision may fall behind "
+                                                "the version in production (absolute).", ge=0, le=1)
+    max_recall_drop: float = setting(0.05, "How far its recall may fall behind production's.", ge=0, le=1)
+    max_block_rate_increase: float = setting(0.01, "How far its block rate may rise above production's.",
+                                             ge=0, le=1)
+    max_score_psi: float = setting(0.25, "How far its score distribution may move from production's (PSI).", ge=0)
+    segment_min_transactions: int = setting(
+        500, "A segment (amount bands, night, weekend, new and known customers: datalab_scoring.evaluate.SEGMENTS) "
+        "is judged when it holds at least this many transactions...", ge=1)
+    segment_min_frauds: int = setting(10, "...and this many frauds.", ge=1)
+    max_segment_average_precision_drop: float = setting(0.05, "How far a candidate's average precision may fall "
+                                                        "behind production's on such a segment.", ge=0, le=1)
+    max_segment_recall_drop: float = setting(0.1, "How far its recall may fall behind production's on such a "
+                                             "segment.", ge=0, le=1)
+
+
+class Build(Table):
+    source: Literal["build", "present"] = setting(
+        "build", "\"build\": `datalab up` builds the images here. \"present\": it uses the images already in the "
+        "engine (loaded by Ansible on a multi-node lab) and builds none.")
+    ca_bundle: str = setting("/etc/ssl/certs/ca-certificates.crt", "CA bundle given to pip and apt inside image "
+                             "builds (a corporate proxy's CA).")
+    base_image: str = setting("debian:bookworm-slim", "Base of every image; made locally with debootstrap when it "
+                              "cannot be pulled.")
+    debian_mirror: str = setting("http://deb.debian.org/debian", "The Debian mirror image builds and debootstrap "
+                                 "use.", pattern=r"^https?://")
+    docker: str = setting("/usr/bin/docker", "Docker client matching the engine (Debian's docker.io).")
+
+
+class Schema(Table):
+    """The whole settings file: one table per concern."""
+    lab: Lab = Field(default_factory=Lab)
+    hub: Hub = Field(default_factory=Hub)
+    spawner: Spawner = Field(default_factory=Spawner)
+    volumes: Volumes = Field(default_factory=Volumes)
+    culler: Culler = Field(default_factory=Culler)
+    jobs: Jobs = Field(default_factory=Jobs)
+    scoring: Scoring = Field(default_factory=Scoring)
+    resources: Resources = Field(default_factory=Resources)
+    features: Features = Field(default_factory=Features)
+    directory: Directory = Field(default_factory=Directory)
+    mlflow: Mlflow = Field(default_factory=Mlflow)
+    registry: Registry = Field(default_factory=Registry)
+    gate: Gate = Field(default_factory=Gate)
+    build: Build = Field(default_factory=Build)
+
+
+def defaults():
+    """Every setting's default, as plain data (tables of values)."""
+    return Schema().model_dump(by_alias=True)
+
+
+def validate(data):
+    """`data` (tables of values) checked against the model, as plain data; raises
+    pydantic's ValidationError."""
+    return Schema.model_validate(data).model_dump(by_alias=True)
+
+
+def explain(error):
+    """One line for one of pydantic's errors: `[table] key: what is allowed (got what)`."""
+    place = [str(part) for part in error["loc"]]
+    where = f"[{place[0]}]" + (f" {'.'.join(place[1:])}" if len(place) > 1 else "")
+    got = error.get("input")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: no such setting (docs/settings.md lists them all)"
+    if kind == "literal_error":
+        allowed = ", ".join(f'"{v}"' for v in re.findall(r"'([^']*)'", error["ctx"]["expected"]))
+        return f"{where}: must be one of {allowed} (got {_shown(got)})"
+    if kind == "missing":
+        return f"{where}: missing"
+    message = error["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+        return f"{where}: {message}"
+    return f"{where}: {message[0].lower()}{message[1:]} (got {_shown(got)})"
+
+
+def _shown(value):
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def reference():
+    """docs/settings.md: every setting, its type, default and help, from the model."""
+    lines = ["# Settings reference", "",
+             "Generated from `datalab/schema.py` by `datalab settings docs`; do not edit.", "",
+             "A site's settings live in `/etc/datalab/settings.toml` (or the file `$DATALAB_SETTINGS` or "
+             "`--settings` names): only the keys it changes, table by table; the rest keep the defaults below. "
+             "`datalab settings check FILE` validates a file, `datalab settings show` prints the effective "
+             "settings and where each came from.", ""]
+    for table, field in Schema.model_fields.items():
+        model = field.annotation
+        lines += [f"## [{table}]", ""]
+        if model.__doc__ and model.__doc__ != Table.__doc__:
+            lines += [" ".join(model.__doc__.split()), ""]
+        lines += ["| setting | type | default | what it does |", "|---|---|---|---|"]
+        for name, sub in model.model_fields.items():
+            key = sub.alias or name
+            default = sub.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump()
+            lines.append(f"| `{key}` | {_type_name(sub)} | `{_toml(default)}` | {sub.description} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _type_name(field):
+    annotation = field.annotation
+    if getattr(annotation, "__origin__", None) is Literal:
+        return " or ".join(f'"{v}"' for v in annotation.__args__)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "table: memory, reserve"
+    names = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    origin, args = getattr(annotation, "__origin__", None), getattr(annotation, "__args__", ())
+    if origin is list:
+        shown = f"list of {names[args[0]]}s"
+    elif origin is dict:
+        shown = f"table of {names[args[1]]}s"
+    else:
+        shown = names[annotation]
+    bounds = [f"{sign} {getattr(m, attr):g}" for m in field.metadata for attr, sign in
+              (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")) if hasattr(m, attr)]
+    return shown + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _toml(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,33 @@
+"""`datalab settings show|check|docs`: what an operator runs before `up`."""
+
+import json
+
+from datalab import cli, schema
+
+
+def test_check_validates_a_file_without_starting_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DATALAB_SETTINGS", str(tmp_path / "broken-site-file.toml"))  # not read by check
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text('[hub]\nport = 9000\n[registry]\nothers = "none"\n')
+    bad.write_text('[registry]\nothers = "None"\n')
+    assert cli.main(["settings", "check", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: valid (2 setting(s) changed from the defaults)\n"
+    assert cli.main(["settings", "check", str(bad)]) == 1
+    assert capsys.readouterr().err == f'datalab: {bad}: [registry] others: must be one of "read", "none" (got "None")\n'
+
+
+def test_show_says_where_each_value_came_from(tmp_path, capsys):
+    site = tmp_path / "site.toml"
+    site.write_text("[hub]\nport = 9000\n")
+    assert cli.main(["--settings", str(site), "settings", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["hub"]["port"] == {"value": 9000, "from": "file"}
+    assert shown["hub"]["public_host"] == {"value": "lab.localhost", "from": "default"}
+    assert shown["resources"]["scoring-edge"]["value"] == {"memory": "256M", "reserve": "32M"}
+    assert cli.main(["--settings", str(site), "settings", "show"]) == 0
+    assert f"port = 9000  # from {site}" in capsys.readouterr().out.splitlines()
+
+
+def test_docs_is_the_generated_reference(capsys):
+    assert cli.main(["settings", "docs"]) == 0
+    assert capsys.readouterr().out == schema.reference()
