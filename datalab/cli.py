@@ -91,7 +91,7 @@ def apply_stack(docker, settings, steps):
         raise DockerError(f"images not built: {', '.join(missing)} (datalab up builds them)")
     deploy.ensure_deployments_dir(settings)
     deploy.wait_for_promotion(settings, steps)
-    spec = stack.render(settings, refs, stack.profiles(notebook_images, refs), credentials.ensure(settings),
+    spec = stack.render(settings, refs, stack.profiles(settings, notebook_images, refs), credentials.ensure(settings),
                         deploy.current(settings))
     stack.deploy(docker, settings, spec, steps)
 
@@ -458,20 +458,30 @@ def cmd_settings(settings, args):
         return 0
     if args.settings_command == "check":
         checked = settings_mod.load(args.file)
-        changed = sum(len(keys) if isinstance(keys, dict) else 1 for keys in checked.given.values())
+        changed = sum(len(keys) if isinstance(keys, (dict, list)) else 1 for keys in checked.given.values())
         print(f"{args.file}: valid ({changed} setting(s) changed from the defaults)")
         return 0
+    effective = settings.table()
+    profiles = effective.pop("profiles")
     if args.json:
-        print(json.dumps({table: {key: {"value": value, "from": settings.origin(table, key)}
-                                  for key, value in settings.table(table).items()}
-                          for table in settings.table()}, indent=2))
+        shown = {table: {key: {"value": value, "from": settings.origin(table, key)} for key, value in values.items()}
+                 for table, values in effective.items()}
+        shown["profiles"] = [{"value": p, "from": settings.origin("profiles", p["name"])} for p in profiles]
+        print(json.dumps(shown, indent=2))
         return 0
+
+    def origin(table, key):
+        return "" if settings.origin(table, key) == "default" else f"  # from {settings.source}"
+
     print(f"# effective settings: defaults, merged with {settings.source or 'no settings file'}")
-    for table, values in settings.table().items():
+    for table, values in effective.items():
         print(f"\n[{table}]")
         for key, value in values.items():
-            origin = "" if settings.origin(table, key) == "default" else f"  # from {settings.source}"
-            print(f"{key} = {json.dumps(value)}{origin}")
+            print(f"{key} = {json.dumps(value)}{origin(table, key)}")
+    for profile in profiles:
+        print(f"\n[[profiles]]{origin('profiles', profile['name'])}")
+        for key, value in profile.items():
+            print(f"{key} = {json.dumps(value)}")
     return 0
 
 

@@ -1,12 +1,14 @@
 """The image manifest (images/manifest.toml): the one description of every
-notebook image, read by builds, `datalab images` and the hub's profiles."""
+notebook image, what it is built from and the kernel it installs, read by
+builds, `datalab images` and the profiles (settings: [[profiles]], which
+name an image here)."""
 
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = Path(__file__).resolve().parent.parent / "images" / "manifest.toml"
-FIELDS = {"name", "description", "from", "kernel", "cpu", "memory", "gpus", "groups", "build"}
+FIELDS = {"name", "description", "from", "kernel", "build"}
 
 
 class ManifestError(ValueError):
@@ -19,10 +21,6 @@ class NotebookImage:
     description: str
     parent: str
     kernel: str
-    cpu: float
-    memory: str
-    gpus: int
-    groups: tuple
     build: str
 
     @property
@@ -45,8 +43,7 @@ def load(path=MANIFEST):
             raise ManifestError(f"{path}: {entry['name']}: build must be 'default' or 'on-request'")
         images[entry["name"]] = NotebookImage(
             name=entry["name"], description=entry["description"], parent=entry["from"],
-            kernel=entry["kernel"], cpu=float(entry["cpu"]), memory=entry["memory"],
-            gpus=int(entry["gpus"]), groups=tuple(entry["groups"]), build=entry["build"],
+            kernel=entry["kernel"], build=entry["build"],
         )
     return images
 

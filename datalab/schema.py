@@ -87,8 +87,8 @@ class Hub(Table):
 
 
 class Spawner(Table):
-    pids_limit: int = setting(1024, "Processes (and threads) a notebook server or job may run. Profiles (image, "
-                              "CPU, memory, GPUs, allowed groups) come from images/manifest.toml.", ge=64)
+    pids_limit: int = setting(1024, "Processes (and threads) a notebook server or job may run. (Images, CPU, "
+                              "memory, GPUs and allowed groups are the profiles': [[profiles]].)", ge=64)
     start_timeout: int = setting(120, "Seconds a server may take to start before the spawn is reported failed.",
                                  ge=10)
     named_servers: int = setting(3, "Named servers a user may run besides the default one (e.g. a CPU and a GPU "
@@ -140,7 +140,7 @@ class Jobs(Table):
     default_timeout: int = setting(3600, "Seconds a job may run when its submission says nothing.", ge=1)
     max_timeout: int = setting(86400, "The most seconds a submission may ask for.", ge=1)
     max_cpu: float = setting(8.0, "The most CPUs one job may ask for, whatever its profile. A job never gets more "
-                             "CPUs or memory than its profile's either (images/manifest.toml).", gt=0)
+                             "CPUs or memory than its profile's either ([[profiles]]).", gt=0)
     max_queued_per_user: int = setting(20, "Jobs a user may have queued or running at once: a submission beyond "
                                        "is refused (HTTP 429), and a schedule whose user has this many skips that "
                                        "run.", ge=1)
@@ -311,8 +311,55 @@ class Build(Table):
     docker: str = setting("/usr/bin/docker", "Docker client matching the engine (Debian's docker.io).")
 
 
+# What the platform sets in every server and job: a profile's environment may not touch it.
+RESERVED_ENVIRONMENT = ("JUPYTERHUB_", "JPY_", "DATALAB_", "MLFLOW_TRACKING_")
+
+
+class Profile(Table):
+    """A kind of notebook server (and job) users pick in the spawn form: an image
+    from images/manifest.toml with its limits and the LDAP groups who may use it,
+    as KubeSpawner's profile_list."""
+    name: str = Field(description="The profile's name (the spawn form, `datalab jobs submit --profile`).",
+                      pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    description: str = Field(description="Shown in the spawn form.", min_length=1)
+    image: str = Field(description="A notebook image of images/manifest.toml (what `datalab up` builds).",
+                       pattern=r"^[a-z0-9][a-z0-9-]*$")
+    cpu: float = Field(description="CPUs of a server or job.", gt=0)
+    memory: str = Field(description="Memory of a server or job, in Docker's units (\"4G\").", pattern=MEMORY)
+    gpus: int = Field(0, description="GPUs a server asks Docker for (0: none).", ge=0)
+    groups: list[str] = Field(description="LDAP groups whose members may use it (none: nobody, which takes a "
+                              "default profile away).")
+    environment: dict[str, str] = Field(default_factory=dict, description="Extra environment of its servers and "
+                                        "jobs (never secrets: they show in `docker inspect`).")
+
+    @field_validator("environment")
+    @classmethod
+    def _not_the_platforms(cls, value):
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.upper().startswith(RESERVED_ENVIRONMENT):
+                raise ValueError(f"{name!r} is not a variable a profile may set (names of letters, digits and _, "
+                                 f"none starting {', '.join(RESERVED_ENVIRONMENT)})")
+        return value
+
+
+def _profile(name, description, image, cpu, memory, gpus=0, groups=("datascientists", "lab-admins")):
+    return {"name": name, "description": description, "image": image, "cpu": cpu, "memory": memory,
+            "gpus": gpus, "groups": list(groups)}
+
+
+DEFAULT_PROFILES = [
+    _profile("python", "Python 3.11 and JupyterLab: a light notebook for analysis, scripting and light jobs",
+             "python", 1.0, "2G"),
+    _profile("datascience", "Data science: pandas, scikit-learn, XGBoost, matplotlib, MLflow client",
+             "datascience", 2.0, "4G"),
+    _profile("tensorflow", "TensorFlow 2.21 (CPU) on top of the data-science image", "tensorflow", 2.0, "6G"),
+    _profile("tensorflow-gpu", "TensorFlow 2.21 with CUDA on one GPU, on top of the data-science image",
+             "tensorflow-gpu", 4.0, "16G", gpus=1, groups=["gpu-users"]),
+]
+
+
 class Schema(Table):
-    """The whole settings file: one table per concern."""
+    """The whole settings file: one table per concern, and the profiles."""
     lab: Lab = Field(default_factory=Lab)
     hub: Hub = Field(default_factory=Hub)
     spawner: Spawner = Field(default_factory=Spawner)
@@ -327,6 +374,18 @@ class Schema(Table):
     registry: Registry = Field(default_factory=Registry)
     gate: Gate = Field(default_factory=Gate)
     build: Build = Field(default_factory=Build)
+    profiles: list[Profile] = Field(
+        default_factory=lambda: [dict(p) for p in DEFAULT_PROFILES],
+        description="`[[profiles]]` entries are merged over these by name: an entry naming a default profile "
+        "changes the keys it gives, a new name adds a profile (groups = [] takes a default one away).")
+
+    @field_validator("profiles")
+    @classmethod
+    def _unique(cls, value):
+        names = [p.name for p in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"profile names must differ (got {names})")
+        return value
 
 
 def defaults():
@@ -340,10 +399,16 @@ def validate(data):
     return Schema.model_validate(data).model_dump(by_alias=True)
 
 
-def explain(error):
-    """One line for one of pydantic's errors: `[table] key: what is allowed (got what)`."""
+def explain(error, data):
+    """One line for one of pydantic's errors in `data` (what was validated):
+    `[table] key: what is allowed (got what)`."""
     place = [str(part) for part in error["loc"]]
     where = f"[{place[0]}]" + (f" {'.'.join(place[1:])}" if len(place) > 1 else "")
+    if place[0] == "profiles" and len(place) > 1 and place[1].isdigit():
+        entry = data["profiles"][int(place[1])]
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = f"[[profiles]] {_shown(name) if name else '#' + str(int(place[1]) + 1)}"
+        where += f" {'.'.join(place[2:])}" if len(place) > 2 else ""
     got = error.get("input")
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -373,6 +438,8 @@ def reference():
              "`datalab settings check FILE` validates a file, `datalab settings show` prints the effective "
              "settings and where each came from.", ""]
     for table, field in Schema.model_fields.items():
+        if table == "profiles":
+            continue
         model = field.annotation
         lines += [f"## [{table}]", ""]
         if model.__doc__ and model.__doc__ != Table.__doc__:
@@ -385,6 +452,19 @@ def reference():
                 default = default.model_dump()
             lines.append(f"| `{key}` | {_type_name(sub)} | `{_toml(default)}` | {sub.description} |")
         lines.append("")
+    lines += ["## [[profiles]]", "", " ".join(Profile.__doc__.split()), Schema.model_fields["profiles"].description,
+              "", "| key | type | default | what it does |", "|---|---|---|---|"]
+    for name, sub in Profile.model_fields.items():
+        default = "required" if sub.is_required() else f"`{_toml(sub.get_default(call_default_factory=True))}`"
+        lines.append(f"| `{name}` | {_type_name(sub)} | {default} | {sub.description} |")
+    lines += ["", "The default profiles:", "", "| name | image | cpu | memory | gpus | groups | description |",
+              "|---|---|---|---|---|---|---|"]
+    for p in DEFAULT_PROFILES:
+        lines.append(f"| `{p['name']}` | `{p['image']}` | {p['cpu']:g} | {p['memory']} | {p['gpus']} | "
+                     f"{', '.join(p['groups'])} | {p['description']} |")
+    lines += ["", "For example, a team of a corporate directory gets the TensorFlow image with 8 GB:", "", "```toml",
+              "[[profiles]]", 'name = "fraud-analytics"', 'description = "TensorFlow, 8 GB, for the fraud analysts"',
+              'image = "tensorflow"', "cpu = 2.0", 'memory = "8G"', 'groups = ["GRP-Fraud-Analytics"]', "```", ""]
     return "\n".join(lines)
 
 

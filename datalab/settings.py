@@ -22,13 +22,29 @@ SITE_FILE = Path("/etc/datalab/settings.toml")
 
 def _merge(base, override):
     """`override` over `base`, table by table (a table in `base` with no keys is a
-    free-form map: replaced whole). What is not a setting is kept, for the schema to name."""
+    free-form map: replaced whole); profiles by name. What is not a setting is
+    kept, for the schema to name."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(base.get(key), dict) and base[key] and isinstance(value, dict):
             merged[key] = _merge(base[key], value)
+        elif key == "profiles" and isinstance(base.get(key), list) and isinstance(value, list):
+            merged[key] = _merge_by_name(base[key], value)
         else:
             merged[key] = value
+    return merged
+
+
+def _merge_by_name(base, override):
+    """[[profiles]]: an entry naming one of `base` changes the keys it gives; a new name is added."""
+    merged = [dict(entry) for entry in base]
+    for entry in override:
+        same = next((i for i, known in enumerate(merged)
+                     if isinstance(entry, dict) and known.get("name") == entry.get("name")), None)
+        if same is None:
+            merged.append(entry)
+        else:
+            merged[same] = {**merged[same], **entry}
     return merged
 
 
@@ -45,7 +61,7 @@ def _validated(data, source):
         return schema.validate(data)
     except ValidationError as e:
         errors = e.errors()
-        shown = "; ".join(schema.explain(error) for error in errors[:3])
+        shown = "; ".join(schema.explain(error, data) for error in errors[:3])
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         raise SettingsError(f"{source or 'settings'}: {shown}{more}") from None
 
@@ -81,8 +97,12 @@ class Settings:
                         _merge(self.given, overrides))
 
     def origin(self, table, key):
-        """"file" when the settings file set it, else "default"."""
-        return "file" if key in self.given.get(table, {}) else "default"
+        """"file" when the settings file set it, else "default" (for [[profiles]], `key`
+        is a profile's name)."""
+        given = self.given.get(table, {})
+        if isinstance(given, list):
+            return "file" if any(isinstance(p, dict) and p.get("name") == key for p in given) else "default"
+        return "file" if key in given else "default"
 
     @property
     def lab(self):

@@ -52,14 +52,17 @@ def ldap_endpoint(settings):
     return url.hostname, url.port or default_port
 
 
-def profiles(notebook_images, refs):
-    """Spawn profiles: the manifest's images, each with its built reference (or None)."""
-    return [
-        {"name": img.name, "description": img.description, "image": refs.get(img.name),
-         "kernel": img.kernel, "cpu": img.cpu, "memory": img.memory, "gpus": img.gpus,
-         "groups": list(img.groups)}
-        for img in notebook_images.values()
-    ]
+def profiles(settings, notebook_images, refs):
+    """Spawn profiles ([[profiles]] settings), each with its image's built reference
+    (or None) and kernel; a profile whose image the manifest lacks stops `up`."""
+    found = []
+    for p in settings.table("profiles"):
+        if p["image"] not in notebook_images:
+            raise SettingsError(f"[[profiles]] \"{p['name']}\" image: must be one of "
+                                f"{', '.join(repr(n) for n in notebook_images)} (got \"{p['image']}\")")
+        found.append({**p, "image": refs.get(p["image"]), "image_name": p["image"],
+                      "kernel": notebook_images[p["image"]].kernel})
+    return found
 
 
 def refuse_unsafe(settings):

@@ -1,4 +1,4 @@
-"""Which profiles (images/manifest.toml, rendered into the hub's settings) a
+"""Which profiles ([[profiles]] settings, rendered into the hub's settings) a
 user may run, for notebook servers and jobs alike."""
 
 
@@ -31,5 +31,5 @@ def choose(profiles, groups, name):
 def require_built(profile):
     if not profile.get("image"):
         raise ProfileError(400, f"Profile '{profile['name']}' is not built on this lab yet "
-                                f"(an admin runs: datalab images build {profile['name']}).")
+                                f"(an admin runs: datalab images build {profile['image_name']}).")
     return profile

@@ -1,4 +1,4 @@
-"""DockerSpawner with DataLab's profiles (from images/manifest.toml, via the
+"""DockerSpawner with DataLab's profiles ([[profiles]] settings, via the
 runtime settings), container hardening, GPUs and shared volumes."""
 
 import asyncio
@@ -25,8 +25,9 @@ class DataLabSpawner(DockerSpawner):
         Dict(),
         config=True,
         help="Server profiles, in the order the form shows them: dicts with name, "
-        "description, image (None when not built), kernel, cpu, memory, gpus and "
-        "groups (LDAP groups allowed to use it). Rendered from images/manifest.toml.",
+        "description, image (None when not built), image_name, kernel, cpu, memory, gpus, "
+        "groups (LDAP groups allowed to use it) and environment. Rendered from the "
+        "[[profiles]] settings (datalab/schema.py) and images/manifest.toml.",
     )
     pids_limit = Int(
         1024,
@@ -165,7 +166,8 @@ class DataLabSpawner(DockerSpawner):
             "memswap_limit": self.mem_limit,
         }
         self.volumes = await self.volume_mounts()
-        self.environment = {**self.environment, "DATALAB_PROFILE": profile["name"]}
+        # the profile's extra environment first: what the platform sets wins (schema.py refuses it anyway)
+        self.environment = {**profile.get("environment", {}), **self.environment, "DATALAB_PROFILE": profile["name"]}
         ip, port = await super().start()
         try:
             await self.on_docker_threads(netpolicy.apply, self.client, self.container_id, self.netpolicy_image,

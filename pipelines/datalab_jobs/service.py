@@ -266,8 +266,9 @@ class Jobs:
                 raise RuntimeError(why)
             who = self.user_info(job["user"])
             notebook = json.loads(self.store.read_job_file(job["id"], "input.ipynb"))
+            profile = next((p for p in self.profiles if p["name"] == job["profile"]), {})
             container_id = self.runner.start({**job, "attempt": attempt}, notebook, who["groups"], who["admin"],
-                                             self.registry_environment(job))
+                                             {**profile.get("environment", {}), **self.registry_environment(job)})
         except Exception as e:  # the queue goes on
             log.exception("job %s could not start", job["id"])
             self.store.update_job(job["id"], status="failed", exit_reason="could not start",

@@ -304,6 +304,16 @@ def lab():
         "[gate]\n"
         "min_average_precision = 0.1\n"
         "min_recall = 0.02\n"
+        # a site's own profile, for a group named as corporate directories name them
+        # (test_profiles_and_volumes.py): from these settings alone
+        "[[profiles]]\n"
+        'name = "fraud-analytics"\n'
+        'description = "Python with 3 GB, for the fraud analysts"\n'
+        'image = "python"\n'
+        "cpu = 1.0\n"
+        'memory = "3G"\n'
+        'groups = ["GRP-Fraud-Analytics"]\n'
+        'environment = { FRAUD_DESK = "analytics" }\n'
     )
     # a clean lab every session: whatever an earlier (kept or aborted) run left goes first
     # (DATALAB_REUSE_TEST_LAB=1, with a lab kept by DATALAB_KEEP_TEST_LAB=1: only `up`, for quick reruns)

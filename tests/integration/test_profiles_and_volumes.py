@@ -6,6 +6,7 @@ import re
 
 import pytest
 import websocket
+from directory import _ldap
 from kernel import Kernel, KernelDied
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,35 @@ def test_form_offers_only_the_profiles_of_the_users_groups(lab):
     assert offered_profiles(bob, "bob") == ["python", "datascience", "tensorflow", "tensorflow-gpu"]
     page = bob.http.get(f"{lab.url}/hub/spawn/bob/picker", timeout=30).text
     assert "6G memory" in page and "1 GPU" in page and "not built on this lab" in page
+
+
+@pytest.fixture
+def fraud_analyst(lab):
+    """alice, also in the directory group GRP-Fraud-Analytics (a corporate-style name), which the
+    test lab's settings give a profile of its own; the group goes afterwards."""
+    base = lab.settings["directory"]["base_dn"]
+    _ldap(lab.docker, lab.settings, "ldapadd", f"dn: cn=GRP-Fraud-Analytics,ou=groups,{base}\n"
+          f"objectClass: groupOfNames\ncn: GRP-Fraud-Analytics\nmember: uid=alice,ou=people,{base}\n")
+    yield lab.login("alice")
+    _ldap(lab.docker, lab.settings, "ldapdelete", f"cn=GRP-Fraud-Analytics,ou=groups,{base}\n")
+
+
+def test_a_profile_from_the_sites_settings_alone_serves_its_directory_group(lab, fraud_analyst):
+    assert offered_profiles(fraud_analyst, "alice") == ["python", "datascience", "tensorflow", "fraud-analytics"]
+    page = fraud_analyst.http.get(f"{lab.url}/hub/spawn/alice/picker", timeout=30).text
+    assert "Python with 3 GB, for the fraud analysts" in page and "3G memory" in page
+    lab.fresh_server("alice", "fraud-analytics", server="analytics")
+    try:
+        container = lab.notebook_container("alice", "analytics")
+        assert container["HostConfig"]["Memory"] == 3 * GiB
+        assert "FRAUD_DESK=analytics" in container["Config"]["Env"]
+        assert "DATALAB_PROFILE=fraud-analytics" in container["Config"]["Env"]
+    finally:
+        fraud_analyst.stop("alice", "analytics")
+    # bob is not in the group: neither offered nor startable
+    bob = lab.login("bob")
+    assert "fraud-analytics" not in offered_profiles(bob, "bob")
+    assert "is not allowed for your groups" in bob.spawn("bob", "fraud-analytics", server="x").text
 
 
 @pytest.mark.parametrize("profile, message", [

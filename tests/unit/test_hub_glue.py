@@ -18,7 +18,7 @@ from jupyterhub.utils import subdomain_hook_idna
 
 def runtime(tmp_path):
     s = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
-    return json.loads(json.dumps(stack.hub_runtime(s, stack.profiles(manifest.load(), {"python": "datalab/python:abc"}), has_ca=True)))
+    return json.loads(json.dumps(stack.hub_runtime(s, stack.profiles(settings_mod.defaults(), manifest.load(), {"python": "datalab/python:abc"}), has_ca=True)))
 
 
 def test_configure_maps_runtime_settings_onto_traits(tmp_path):

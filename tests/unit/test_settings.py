@@ -84,7 +84,8 @@ def test_the_settings_reference_is_generated_from_the_model_and_current():
     reference = (settings_mod.Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
     assert reference == schema.reference(), "docs/settings.md is stale: datalab settings docs > docs/settings.md"
     for table, field in schema.Schema.model_fields.items():
-        for name, sub in field.annotation.model_fields.items():
+        model = schema.Profile if table == "profiles" else field.annotation
+        for name, sub in model.model_fields.items():
             assert sub.description, f"[{table}] {name} has no help"
             assert f"| `{sub.alias or name}` |" in reference
 
@@ -129,3 +130,11 @@ def test_the_example_multi_node_sites_settings_are_valid(tmp_path):
     site = yaml.safe_load(inventory.read_text())["datalab_settings"]
     merged = settings_mod._merge(schema.defaults(), {**site, "build": {"source": "present"}})
     assert schema.validate(merged)["directory"]["tls_strategy"] == "on_connect"
+
+
+def test_the_readmes_corporate_directory_example_is_valid_and_gives_its_group_profiles(tmp_path):
+    readme = (settings_mod.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("### Using your corporate directory")[1].split("```toml")[1].split("```")[0]
+    site = settings_mod.load(write(tmp_path, example))
+    mine = [p["name"] for p in site["profiles"] if "fraud-analytics" in p["groups"]]
+    assert mine == ["python", "fraud-tensorflow"]

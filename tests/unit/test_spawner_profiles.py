@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from tornado import web
 
-from datalab import manifest, stack
+from datalab import manifest, settings as settings_mod, stack
 from datalab_hub.spawner import DataLabSpawner
 
-PROFILES = stack.profiles(manifest.load(), {"python": "p:1", "datascience": "d:1", "tensorflow": "t:1"})
+PROFILES = stack.profiles(settings_mod.defaults(), manifest.load(), {"python": "p:1", "datascience": "d:1", "tensorflow": "t:1"})
 
 
 def spawner_for(*groups, runtimes=("runc",)):

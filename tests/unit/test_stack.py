@@ -9,7 +9,7 @@ from datalab import manifest
 REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "controller", "edge", "featurestore", "scoring",
                                         "python",
                                         "datascience", "tensorflow")}
-PROFILES = stack.profiles(manifest.load(), REFS)
+PROFILES = stack.profiles(settings_mod.defaults(), manifest.load(), REFS)
 
 
 def rendered(tmp_path, monkeypatch, **overrides):
@@ -206,3 +206,22 @@ def test_the_feature_store_is_reached_by_scoring_only_and_keeps_its_state(tmp_pa
 def test_private_networks_opened_to_servers_reach_the_hub(tmp_path, monkeypatch):
     rendered(tmp_path, monkeypatch, spawner={"private_networks": ["10.20.0.0/16"]})
     assert json.loads((tmp_path / "hub.json").read_text())["spawner"]["private_networks"] == ["10.20.0.0/16"]
+
+
+def test_profiles_are_settings_naming_manifest_images():
+    import pytest
+
+    site = settings_mod.defaults().with_overrides({"profiles": [
+        {"name": "fraud-analytics", "description": "TF, 8 GB", "image": "tensorflow", "cpu": 2.0, "memory": "8G",
+         "groups": ["GRP-Fraud-Analytics"], "environment": {"FRAUD_DESK": "analytics"}},
+        {"name": "tensorflow-gpu", "groups": []}]})
+    found = {p["name"]: p for p in stack.profiles(site, manifest.load(), REFS)}
+    assert list(found) == ["python", "datascience", "tensorflow", "tensorflow-gpu", "fraud-analytics"]
+    analytics = found["fraud-analytics"]
+    assert (analytics["image"], analytics["image_name"], analytics["kernel"]) == (
+        REFS["tensorflow"], "tensorflow", "tensorflow-2.21-cpu")
+    assert analytics["memory"] == "8G" and analytics["environment"] == {"FRAUD_DESK": "analytics"}
+    assert found["tensorflow-gpu"]["groups"] == [] and found["tensorflow-gpu"]["memory"] == "16G"  # the rest kept
+    wrong = site.with_overrides({"profiles": [{"name": "fraud-analytics", "image": "pytorch"}]})
+    with pytest.raises(settings_mod.SettingsError, match=r'\[\[profiles\]\] "fraud-analytics" image: must be one of'):
+        stack.profiles(wrong, manifest.load(), REFS)
