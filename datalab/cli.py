@@ -109,9 +109,10 @@ def print_logins(settings):
     if not logins:
         return
     allowed = set(settings["hub"]["allowed_groups"])
+    admitted = set().union(*(members for group, members in credentials.seed_groups().items() if group in allowed))
     print("Demo logins (user / password):")
     for user, password in logins.items():
-        note = "  (in no lab group: login is refused, by design)" if user == "eve" else ""
+        note = "" if user in admitted else "  (in no lab group: login is refused, by design)"
         print(f"  {user:8} {password}{note}")
     print(f"Allowed groups: {', '.join(sorted(allowed))}. Again any time: datalab demo-logins")
 

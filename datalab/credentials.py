@@ -182,6 +182,19 @@ def demo_logins_file(settings):
     return secrets_dir(settings) / "demo-logins.json"
 
 
+def seed_groups():
+    """{group: {user, ...}} of the demo directory (directory/seed.ldif)."""
+    groups, current = {}, None
+    for line in SEED_LDIF.read_text().splitlines():
+        if line.startswith("dn: cn="):
+            current = groups.setdefault(line[len("dn: cn="):].split(",", 1)[0], set())
+        elif line.startswith("member: uid=") and current is not None:
+            current.add(line[len("member: uid="):].split(",", 1)[0])
+        elif not line.strip():
+            current = None
+    return groups
+
+
 def demo_logins(settings):
     """{username: password} of the seeded demo users, or {} if none."""
     path = demo_logins_file(settings)

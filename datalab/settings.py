@@ -71,7 +71,7 @@ class SettingsError(ValueError):
 
 
 class Settings:
-    """Read-only view: settings["hub"]["port"] or settings.get("hub.port")."""
+    """Read-only view: settings["hub"]["port"]."""
 
     def __init__(self, data, source=None, given=None):
         self._raw = data
@@ -81,12 +81,6 @@ class Settings:
 
     def __getitem__(self, table):
         return self._data[table]
-
-    def get(self, dotted):
-        value = self._data
-        for part in dotted.split("."):
-            value = value[part]
-        return value
 
     def table(self, name=None):
         """A plain (mutable, JSON-ready) copy of one table, or of all settings."""

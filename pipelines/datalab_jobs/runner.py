@@ -229,6 +229,3 @@ class Runner:
         if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
             return None, f"{name} is not a notebook (a JSON object with a list of cells)"
         return notebook, None
-
-    def containers(self):
-        return self.client.containers.list(all=True, filters={"label": f"org.datalab.lab={self.lab}"})

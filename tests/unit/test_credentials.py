@@ -50,3 +50,15 @@ def test_directory_certificate_is_signed_by_the_lab_ca_for_its_names(tmp_path):
     server.verify_directly_issued_by(ca)
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {"directory", "tasks.directory"} <= set(sans.get_values_for_type(x509.DNSName))
+
+
+def test_the_demo_logins_say_who_is_in_no_lab_group(tmp_path, monkeypatch, capsys):
+    from datalab import cli
+
+    monkeypatch.setattr(credentials, "demo_logins", lambda s: {"alice": "pw-a", "carol": "pw-c", "eve": "pw-e"})
+    cli.print_logins(lab_settings(tmp_path))
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:4]}
+    assert "login is refused" in lines["eve"] and "refused" not in lines["alice"] + lines["carol"]
+    cli.print_logins(lab_settings(tmp_path).with_overrides({"hub": {"allowed_groups": ["lab-admins"]}}))
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:4]}
+    assert "login is refused" in lines["alice"] and "refused" not in lines["carol"]
