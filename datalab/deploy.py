@@ -41,9 +41,6 @@ def state_file(settings):
 def ensure_deployments_dir(settings):
     path = deployments_dir(settings)
     path.mkdir(parents=True, exist_ok=True)
-    legacy = settings.data_dir / "scoring.json"  # before the controller existed
-    if legacy.exists() and not state_file(settings).exists():
-        legacy.rename(state_file(settings))
     if os.geteuid() == 0:
         for item in [path, *path.iterdir()]:
             os.chown(item, CONTROLLER_UID, CONTROLLER_UID)
