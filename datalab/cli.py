@@ -489,6 +489,7 @@ def cmd_settings(settings, args):
 def parser():
     p = argparse.ArgumentParser(prog="datalab", description=__doc__)
     p.add_argument("--settings", help="settings file (default: $DATALAB_SETTINGS or /etc/datalab/settings.toml)")
+    p.add_argument("--debug", action="store_true", help="on a failure, show the traceback too")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="install what is missing, build, deploy, wait until healthy")
     up.add_argument("--timeout", type=int, default=300, help="seconds to wait for health")
@@ -610,10 +611,19 @@ def main(argv=None):
         settings = None if standalone else settings_mod.load(args.settings)
         return args.func(settings, args)
     except (SettingsError, DockerError, JobsError, DeployError) as e:
+        if args.debug:
+            raise
         print(f"datalab: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `datalab ... | head`
+        return 0
+    except Exception as e:  # noqa: BLE001 (one line, not a traceback: --debug shows it)
+        if args.debug:
+            raise
+        print(f"datalab: {type(e).__name__}: {e} (datalab --debug {args.command} ... shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,3 +31,16 @@ def test_show_says_where_each_value_came_from(tmp_path, capsys):
 def test_docs_is_the_generated_reference(capsys):
     assert cli.main(["settings", "docs"]) == 0
     assert capsys.readouterr().out == schema.reference()
+
+
+def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    def broken(settings, args):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(cli, "cmd_settings", broken)
+    assert cli.main(["settings", "docs"]) == 1
+    assert capsys.readouterr().err == "datalab: OSError: disk on fire (datalab --debug settings ... shows where)\n"
+    with pytest.raises(OSError):
+        cli.main(["--debug", "settings", "docs"])
