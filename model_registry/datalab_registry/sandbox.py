@@ -20,6 +20,8 @@ password as a copied file (production_window).
 """
 
 import json
+import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -76,16 +78,23 @@ def production_window(docker, settings, scoring_ref, folder):
     name = f"{lab}-window-{uuid.uuid4().hex[:12]}"
     if not STORE_PASSWORD.is_file():
         return {"error": "the controller holds no feature store password"}
+    # `docker cp` keeps owners: a folder of ours (0700), the password in it (0400), read and
+    # written in the container by our uid, with no capability at all
+    inbox = Path(folder, "window-inbox")
+    inbox.mkdir(mode=0o700)
+    shutil.copyfile(STORE_PASSWORD, inbox / "password")
+    (inbox / "password").chmod(0o400)
+    inside = f"{INBOX}/{inbox.name}"
     try:
         docker.run("create", "--name", name, "--network", f"{lab}_features", "--read-only", "--tmpfs", "/tmp",
-                   "--mount", f"type=volume,dst={INBOX}",
-                   # root only to read the password file `docker cp` leaves root's; no capability at all
-                   "--user", "0:0", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                   "--mount", f"type=volume,dst={INBOX}", "--user", f"{os.getuid()}:{os.getgid()}",
+                   "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
                    "--pids-limit", str(PIDS), "--cpus", CPUS, "--memory", settings["resources"]["scoring"]["memory"],
                    "--label", f"{LABEL}={lab}", "--entrypoint", "python3", scoring_ref,
-                   "-m", "datalab_scoring.store_tool", "--password-file", f"{INBOX}/password", "window",
-                   "--days", f"{settings['gate']['production_window_days']:g}", "--out", f"{INBOX}/window.parquet")
-        docker.run("cp", str(STORE_PASSWORD), f"{name}:{INBOX}/password")
+                   "-m", "datalab_scoring.store_tool", "--password-file", f"{inside}/password", "window",
+                   "--days", f"{settings['gate']['production_window_days']:g}", "--out", f"{inside}/window.parquet")
+        docker.run("cp", str(inbox), f"{name}:{inside}")
+        (inbox / "password").unlink()
         docker.run("start", name)
         status = docker.out("wait", name, timeout=TIMEOUT_S)
         logs = docker.run("logs", name, check=False, timeout=120)
@@ -94,7 +103,7 @@ def production_window(docker, settings, scoring_ref, folder):
             return {"error": f"the feature store could not be read (exit {status}): {_printable(last)[:300]}"}
         facts = json.loads(logs.stdout.strip().splitlines()[-1])
         path = Path(folder, "production-window.parquet")
-        docker.run("cp", f"{name}:{INBOX}/window.parquet", str(path), timeout=600)
+        docker.run("cp", f"{name}:{inside}/window.parquet", str(path), timeout=600)
         return {**facts, "path": path}
     except subprocess.TimeoutExpired:
         return {"error": f"reading the feature store took more than {TIMEOUT_S} s"}
@@ -102,6 +111,7 @@ def production_window(docker, settings, scoring_ref, folder):
         return {"error": f"the feature store could not be read: {_printable(str(e))[:300]}"}
     finally:
         docker.run("rm", "--force", "--volumes", name, check=False)
+        (inbox / "password").unlink(missing_ok=True)
 
 
 def remove_leftovers(docker, lab):

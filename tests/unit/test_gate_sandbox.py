@@ -5,6 +5,7 @@ worker that runs inside them, and the controller's use of all of it (a fake
 MLflow client). The real thing: tests/integration/test_registry_attacks.py."""
 
 import json
+import os
 import subprocess
 from types import SimpleNamespace
 
@@ -292,12 +293,18 @@ def test_productions_window_is_exported_by_the_store_tool_next_to_the_store_with
     assert flags[flags.index("--entrypoint") + 1:][:4] == ["python3", "datalab/scoring:new", "-m",
                                                            "datalab_scoring.store_tool"]
     assert flags[flags.index("--days") + 1] == "7"
+    # the password goes in as a file of ours in a folder of ours, read by our uid (docker cp keeps owners)
+    assert flags[flags.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+    assert flags[flags.index("--password-file") + 1] == "/gate/window-inbox/password"
     name = flags[flags.index("--name") + 1]
-    assert ("cp", str(tmp_path / "password"), f"{name}:/gate/password") in engine.calls
-    assert ("cp", f"{name}:/gate/window.parquet", str(tmp_path / "production-window.parquet")) in engine.calls
+    assert ("cp", str(tmp_path / "window-inbox"), f"{name}:/gate/window-inbox") in engine.calls
+    assert ("cp", f"{name}:/gate/window-inbox/window.parquet", str(tmp_path / "production-window.parquet")) \
+        in engine.calls
     assert engine.calls[-1][:3] == ("rm", "--force", "--volumes")
+    assert not (tmp_path / "window-inbox" / "password").exists()  # no copy of it left here
+    (tmp_path / "failing").mkdir()
     failed = sandbox.production_window(FakeEngine(WINDOW_ANSWERS, status="1"), settings_in(tmp_path),
-                                       "datalab/scoring:new", tmp_path)
+                                       "datalab/scoring:new", tmp_path / "failing")
     assert failed["error"].startswith("the feature store could not be read (exit 1)")
     monkeypatch.setattr(sandbox, "STORE_PASSWORD", tmp_path / "none")
     assert "no feature store password" in sandbox.production_window(engine, settings_in(tmp_path), "x", tmp_path)["error"]
