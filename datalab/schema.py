@@ -16,6 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MEMORY = r"^[0-9]+(\.[0-9]+)?[KMG]$"  # Docker's units: "512M", "2G"
+# The private address space user containers never reach unless an operator opens a
+# range within it (the same list as hub/datalab_hub/netpolicy.py's PRIVATE_NETWORKS,
+# which a unit test holds equal: the hub's image does not ship this package).
+PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
 
 
 def setting(default, help, **constraints):
@@ -108,9 +112,13 @@ class Spawner(Table):
         found = []
         for given in value:
             try:
-                found.append(str(ipaddress.ip_network(given, strict=False)))
+                network = ipaddress.IPv4Network(given, strict=False)
             except ValueError:
-                raise ValueError(f"{given!r} is not an address range such as \"10.20.0.0/16\"") from None
+                raise ValueError(f"{given!r} is not an IPv4 address range such as \"10.20.0.0/16\"") from None
+            # closed by default: a range outside private space would open the internet with internet = false
+            if not any(network.subnet_of(ipaddress.IPv4Network(p)) for p in PRIVATE_NETWORKS):
+                raise ValueError(f"{given!r} is not within private address space ({', '.join(PRIVATE_NETWORKS)})")
+            found.append(str(network))
         return found
 
 
@@ -274,6 +282,9 @@ class Gate(Table):
                                             gt=0)
     production_min_labelled: int = setting(2000, "Labelled transactions that window needs to be judged on.", ge=1)
     production_min_frauds: int = setting(20, "Frauds that window needs to be judged on.", ge=1)
+    production_max_transactions: int = setting(
+        200_000, "The most recent transactions of that window the gate reads at most (each is scored by both "
+        "models in their sandboxes, within [resources] scoring's memory).", ge=1, le=5_000_000)
     min_average_precision: float = setting(
         0.25, "A candidate's least average precision (the reference model at full size: 0.71; at the demo's small "
         "size about 0.3).", ge=0, le=1)

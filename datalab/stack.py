@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -93,6 +94,18 @@ def insecure_choices(settings):
     return warnings
 
 
+def host_addresses():
+    """This host's IPv4 addresses (iproute2's JSON), loopback aside: its published
+    ports answer on each, so user containers may reach none (netpolicy.py)."""
+    try:
+        shown = subprocess.run(["ip", "-json", "-4", "address", "show"], capture_output=True, text=True, timeout=10,
+                               check=True).stdout
+        return sorted({a["local"] for link in json.loads(shown) for a in link.get("addr_info", [])
+                       if not a["local"].startswith("127.")})
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
+        raise DockerError(f"this host's addresses could not be listed with `ip -json address`: {e}") from None
+
+
 def hub_runtime(settings, profile_list, has_ca, hub_image=""):
     refuse_unsafe(settings)
     d = settings["directory"]
@@ -138,6 +151,7 @@ def hub_runtime(settings, profile_list, has_ca, hub_image=""):
             "netpolicy_image": hub_image,
             "internet": bool(settings["spawner"]["internet"]),
             "private_networks": list(settings["spawner"]["private_networks"]),
+            "host_addresses": host_addresses(),
         },
         "culler": dict(settings["culler"]),
         "jobs": {

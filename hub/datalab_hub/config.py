@@ -100,6 +100,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.netpolicy_image = spawn["netpolicy_image"]
     sp.internet = bool(spawn["internet"])
     sp.private_networks = list(spawn["private_networks"])
+    sp.host_addresses = list(spawn["host_addresses"])
     # the server starts once its network rules are set (netpolicy.py)
     sp.cmd = [netpolicy.AWAIT_COMMAND, "jupyterhub-singleuser"]
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}

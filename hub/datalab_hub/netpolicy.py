@@ -22,9 +22,13 @@ the rules.
 """
 
 import io
+import ipaddress
+import logging
 import tarfile
 
 import docker
+
+log = logging.getLogger("datalab.netpolicy")
 
 HUB_PORTS = (8081, 8090, 8091)  # the hub's API, the jobs service, the registry gateway
 # Not the internet: where the host's published ports (the scoring edge, the hub's
@@ -78,20 +82,35 @@ def lab_subnet(api, network):
     return api.inspect_network(network)["IPAM"]["Config"][0]["Subnet"]
 
 
-def node_addresses(api):
-    """The Swarm nodes' addresses (none when this engine is no Swarm manager): a
-    container calling its node's address reaches every port the node publishes."""
+def node_addresses(api, host_addresses=()):
+    """The lab nodes' IPv4 addresses: each Swarm node's (as it reports itself, and as
+    a manager), and `host_addresses`, this host's own (`datalab up` lists them: the
+    host may have more than the one Swarm knows). A container calling any of them
+    reaches every port its node publishes."""
+    found = set(host_addresses)
     try:
-        nodes = api.nodes()
-    except docker.errors.APIError:
-        return []
-    return sorted({n["Status"]["Addr"] for n in nodes if n.get("Status", {}).get("Addr") not in (None, "", "0.0.0.0")})
+        for node in api.nodes():
+            found.add(node.get("Status", {}).get("Addr", ""))
+            found.add((node.get("ManagerStatus") or {}).get("Addr", "").rsplit(":", 1)[0])
+    except docker.errors.APIError as e:
+        log.warning("the Swarm's nodes could not be listed (%s): only this host's addresses are closed", e)
+    return sorted(a for a in found if _routable(a))
 
 
-def apply(api, container_id, image, lab_subnet, serve_port=None, internet=True, private_allowed=(), timeout=60):
+def _routable(address):
+    """An IPv4 address another host could be reached on (not 0.0.0.0, not loopback)."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return not (ip.is_unspecified or ip.is_loopback)
+
+
+def apply(api, container_id, image, lab_subnet, serve_port=None, internet=True, private_allowed=(),
+          host_addresses=(), timeout=60):
     """Set the rules in the container's network namespace, then let its command start.
     `api`: docker-py's low-level APIClient. Raises PolicyError if they did not apply."""
-    found = rules(lab_subnet, serve_port, internet, node_addresses(api), private_allowed)
+    found = rules(lab_subnet, serve_port, internet, node_addresses(api, host_addresses), private_allowed)
     script = " && ".join(" ".join(command) for command in found)
     helper = api.create_container(
         image, entrypoint=["sh", "-c"], command=[script], user="0",

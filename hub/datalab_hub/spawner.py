@@ -76,6 +76,12 @@ class DataLabSpawner(DockerSpawner):
         help="Private address ranges servers may reach all the same (netpolicy.PRIVATE_NETWORKS "
         "and the lab nodes' own addresses are closed otherwise), e.g. a package mirror's.",
     )
+    host_addresses = List(
+        Unicode(),
+        config=True,
+        help="This host's own IPv4 addresses (datalab up lists them), closed to servers "
+        "with the Swarm nodes' own: the host's published ports answer on every one.",
+    )
     listen_poll_interval = Float(
         0.1,
         config=True,
@@ -166,13 +172,12 @@ class DataLabSpawner(DockerSpawner):
             "memswap_limit": self.mem_limit,
         }
         self.volumes = await self.volume_mounts()
-        # the profile's extra environment first: what the platform sets wins (schema.py refuses it anyway)
-        self.environment = {**profile.get("environment", {}), **self.environment, "DATALAB_PROFILE": profile["name"]}
+        self.profile = profile  # its environment goes in at get_env(), this start's only
         ip, port = await super().start()
         try:
             await self.on_docker_threads(netpolicy.apply, self.client, self.container_id, self.netpolicy_image,
                                          await self.lab_subnet(), serve_port=self.port, internet=self.internet,
-                                         private_allowed=self.private_networks)
+                                         private_allowed=self.private_networks, host_addresses=self.host_addresses)
         except Exception as e:  # closed by default: no rules, no server
             self.log.error("network rules of %s not set: %s", self.container_name, e)
             await self.stop(now=True)
@@ -207,8 +212,15 @@ class DataLabSpawner(DockerSpawner):
             writer.close()
             return
 
+    profile = None  # the profile of the start under way
+
     def get_env(self):
-        env = super().get_env()
+        # the profile's extra environment under what the platform sets (schema.py refuses its names
+        # anyway); the spawner lives on between starts, so nothing of one profile's stays for the next
+        profile = self.profile or {}
+        env = {**profile.get("environment", {}), **super().get_env()}
+        if profile:
+            env["DATALAB_PROFILE"] = profile["name"]
         # The MLflow client in the server runs as its user, through the registry
         # gateway, with the server's token (its scopes include the registry).
         env["MLFLOW_TRACKING_TOKEN"] = self.api_token

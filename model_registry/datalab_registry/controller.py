@@ -171,9 +171,9 @@ class Controller:
             with tempfile.TemporaryDirectory(prefix="datalab-gate-") as work:
                 try:
                     candidate = self.verified(name, version, work)
-                    transactions, judged_on = self.judged_on(candidate, scoring_ref, work)
+                    transactions, to_score, judged_on = self.judged_on(candidate, scoring_ref, work)
                     record["gate"] = sandbox.evaluate(self.docker, self.settings, scoring_ref, candidate.model,
-                                                      transactions, serving, threshold)
+                                                      transactions, serving, threshold, scored_set=to_score)
                     record["gate"]["judged_on"] = judged_on
                 except (seals.Broken, sandbox.GateError, gate.Unreadable) as e:
                     return self.undo(state, record, "rejected", [str(e)])
@@ -209,17 +209,20 @@ class Controller:
         self.finish(state, record, "deployed", [])
 
     def judged_on(self, candidate, scoring_ref, work):
-        """The labelled transactions to judge on (a parquet file) and what they are:
-        production's recent ones when there are enough, else the candidate's
-        evaluation set, with why."""
+        """The labelled transactions to judge on (a parquet file), what the models are
+        given of them (None: the same file), and what they are: production's recent
+        ones when there are enough (the models see their features, not their labels),
+        else the candidate's evaluation set, with why. GateError: refused."""
         window = sandbox.production_window(self.docker, self.settings, scoring_ref, work)
         source, why = gate.judged_on(window, self.settings["gate"], candidate.input_fields())
+        if source == gate.REFUSED:
+            raise sandbox.GateError(why)
         if source == gate.PRODUCTION:
-            return window["path"], {"source": source, "why": why,
-                                    **{k: window[k] for k in ("since", "until", "labelled", "frauds")}}
+            return window["path"], window["features_path"], {
+                "source": source, "why": why, **{k: window[k] for k in ("since", "until", "labelled", "frauds")}}
         log.info("judging on the candidate's evaluation set: %s", why)
         run_tags = self.client.get_run(candidate.run_id).data.tags if candidate.run_id else {}
-        return candidate.evaluation_set(run_tags), {"source": source, "why": why}
+        return candidate.evaluation_set(run_tags), None, {"source": source, "why": why}
 
     def verified(self, name, version, work):
         """The candidate's artifacts, fetched and checked against its seal (made now if

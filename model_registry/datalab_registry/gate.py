@@ -30,14 +30,16 @@ SEGMENT_RELATIVE = (
     ("average_precision", "max_segment_average_precision_drop"),
     ("recall", "max_segment_recall_drop"),
 )
-PRODUCTION, EVALUATION_SET = "production", "evaluation set"
+PRODUCTION, EVALUATION_SET, REFUSED = "production", "evaluation set", "refused"
 
 
 def judged_on(window, limits, fields):
-    """(PRODUCTION or EVALUATION_SET, why): judge on production's labelled window
-    when it has enough labelled transactions and frauds and holds every field
-    the candidate takes. `window`: the export's facts (sandbox.production_window),
-    or {"error": why}; `fields`: the candidate's input names."""
+    """(PRODUCTION, EVALUATION_SET or REFUSED, why): judge on production's labelled
+    window when it has enough labelled transactions and frauds; on the candidate's
+    evaluation set when it has not. A candidate taking a field the window's features
+    lack is refused then, not judged on its own team's data. `window`: the export's
+    facts (sandbox.production_window), or {"error": why}; `fields`: the candidate's
+    input names."""
     days = limits["production_window_days"]
     if "error" in window:
         return EVALUATION_SET, window["error"]
@@ -45,9 +47,12 @@ def judged_on(window, limits, fields):
         return EVALUATION_SET, (f"production's last {days:g} days hold {window['labelled']} labelled transactions, "
                                 f"{window['frauds']} frauds (the gate needs {limits['production_min_labelled']} "
                                 f"and {limits['production_min_frauds']})")
-    missing = sorted(set(fields) - set(window["columns"]))
+    missing = sorted(set(fields) - set(window["features"]))
     if missing:
-        return EVALUATION_SET, f"production's log lacks fields the candidate takes: {', '.join(missing)}"
+        return REFUSED, (f"production's last {days:g} days hold {window['labelled']} labelled transactions, but "
+                         f"not the field(s) the candidate takes: {', '.join(missing)} (a candidate is judged on "
+                         "production's transactions when there are enough, and these have the features "
+                         f"{', '.join(window['features'])})")
     return PRODUCTION, (f"production's last {days:g} days: {window['labelled']} labelled transactions, "
                         f"{window['frauds']} frauds")
 

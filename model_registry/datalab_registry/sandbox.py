@@ -46,22 +46,25 @@ class GateError(RuntimeError):
     """A sandbox failed, ran out of time, or answered nothing readable: the candidate is rejected."""
 
 
-def evaluate(docker, settings, scoring_ref, model_dir, evaluation_set, serving, threshold):
+def evaluate(docker, settings, scoring_ref, model_dir, evaluation_set, serving, threshold, scored_set=None):
     """The gate's figures for the candidate (model_dir) on evaluation_set, with
-    the version serving (deploy.current()'s record, or None) scored in its image."""
+    the version serving (deploy.current()'s record, or None) scored in its image.
+    `scored_set`: what the models are given to score, when not the whole of
+    evaluation_set (production's window: its features, not its labels)."""
     # the gate loads what a replica loads
     limits = {"lab": settings.lab, "memory": settings["resources"]["scoring"]["memory"]}
     evaluation = {"evaluation.parquet": evaluation_set}
+    to_score = {"evaluation.parquet": scored_set or evaluation_set}
     with tempfile.TemporaryDirectory(prefix="datalab-gate-scores-") as scratch:
         what = "the candidate's scoring"
-        candidate = gate.parse_scores(run(docker, scoring_ref, {**evaluation, "model": model_dir},
+        candidate = gate.parse_scores(run(docker, scoring_ref, {**to_score, "model": model_dir},
                                           ["score", f"{INBOX}/model", f"{INBOX}/evaluation.parquet"], what,
                                           **limits), what)
         scores = {**evaluation, "candidate.json": _written(scratch, "candidate.json", candidate)}
         judge = ["judge", f"{INBOX}/evaluation.parquet", f"{INBOX}/candidate.json", "--threshold", str(threshold)]
         if serving:
             what = f"the production version's scoring (image {serving['image']})"
-            production = gate.parse_scores(run(docker, serving["image"], evaluation,
+            production = gate.parse_scores(run(docker, serving["image"], to_score,
                                                ["score", "/model", f"{INBOX}/evaluation.parquet"], what, **limits),
                                            what)
             scores["production.json"] = _written(scratch, "production.json", production)
@@ -73,7 +76,8 @@ def evaluate(docker, settings, scoring_ref, model_dir, evaluation_set, serving, 
 def production_window(docker, settings, scoring_ref, folder):
     """Production's labelled transactions of the last [gate] production_window_days
     (datalab_scoring.store_tool window): the export's facts with "path", the parquet
-    file written in `folder`; or {"error": why} when the store could not be read."""
+    file written in `folder` (for the judge), and "features_path", their features
+    alone (for the models); or {"error": why} when the store could not be read."""
     lab = settings.lab
     name = f"{lab}-window-{uuid.uuid4().hex[:12]}"
     if not STORE_PASSWORD.is_file():
@@ -92,7 +96,9 @@ def production_window(docker, settings, scoring_ref, folder):
                    "--pids-limit", str(PIDS), "--cpus", CPUS, "--memory", settings["resources"]["scoring"]["memory"],
                    "--label", f"{LABEL}={lab}", "--entrypoint", "python3", scoring_ref,
                    "-m", "datalab_scoring.store_tool", "--password-file", f"{inside}/password", "window",
-                   "--days", f"{settings['gate']['production_window_days']:g}", "--out", f"{inside}/window.parquet")
+                   "--days", f"{settings['gate']['production_window_days']:g}",
+                   "--limit", str(settings["gate"]["production_max_transactions"]),
+                   "--out", f"{inside}/window.parquet", "--features-out", f"{inside}/features.parquet")
         docker.run("cp", str(inbox), f"{name}:{inside}")
         (inbox / "password").unlink()
         docker.run("start", name)
@@ -102,9 +108,10 @@ def production_window(docker, settings, scoring_ref, folder):
             last = next((line for line in reversed(logs.stderr.splitlines()) if line.strip()), "no message")
             return {"error": f"the feature store could not be read (exit {status}): {_printable(last)[:300]}"}
         facts = json.loads(logs.stdout.strip().splitlines()[-1])
-        path = Path(folder, "production-window.parquet")
+        path, features = Path(folder, "production-window.parquet"), Path(folder, "production-features.parquet")
         docker.run("cp", f"{name}:{inside}/window.parquet", str(path), timeout=600)
-        return {**facts, "path": path}
+        docker.run("cp", f"{name}:{inside}/features.parquet", str(features), timeout=600)
+        return {**facts, "path": path, "features_path": features}
     except subprocess.TimeoutExpired:
         return {"error": f"reading the feature store took more than {TIMEOUT_S} s"}
     except (DockerError, ValueError, IndexError) as e:

@@ -510,7 +510,7 @@ def main():
 
     def isolate(container_id):  # as notebook servers: the hub and its services, no other user
         netpolicy.apply(engine.api, container_id, spawn["netpolicy_image"], subnet, internet=spawn["internet"],
-                        private_allowed=spawn["private_networks"])
+                        private_allowed=spawn["private_networks"], host_addresses=spawn["host_addresses"])
 
     runner = Runner(spawn["prefix"], [spawn["network"]] + settings["jobs"]["extra_networks"], volumes,
                     settings["jobs"]["environment"], pids_limit=int(spawn["pids_limit"]),

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 from fraudlab import online
+from fraudlab.features import FEATURES
 
 from . import featurestore
 from .evaluate import LABEL
@@ -51,17 +52,20 @@ def show_status(found, as_json):
         print(f"{name:12} {value}")
 
 
-def export_window(store, days, limit, out):
-    """Write the transactions scored in the last `days` that have a label to `out`
-    (parquet: online.WINDOW_COLUMNS); what was written."""
+def export_window(store, days, limit, out, features_out=None):
+    """Write the transactions scored in the last `days` (the latest `limit` scored at
+    most) that have a label to `out` (parquet: online.WINDOW_COLUMNS), and their
+    features alone, in the same order, to `features_out` (what a model under judgement
+    may see: not the labels, not production's scores); what was written."""
     until = pd.Timestamp.now(tz="UTC")
     since = until - pd.Timedelta(days=days)
     scored = online.labelled_window(store.client, since, until, limit, prefix=store.prefix)
     labelled = scored[scored[LABEL].notna()].reset_index(drop=True)
     labelled.to_parquet(out, index=False)
+    if features_out:
+        labelled[list(FEATURES)].to_parquet(features_out, index=False)
     return {"since": since.isoformat(), "until": until.isoformat(), "scored": len(scored),
-            "labelled": len(labelled), "frauds": int(labelled[LABEL].sum()),
-            "columns": list(labelled.columns)}
+            "labelled": len(labelled), "frauds": int(labelled[LABEL].sum()), "features": list(FEATURES)}
 
 
 def main(argv=None):
@@ -76,7 +80,8 @@ def main(argv=None):
                                         "what they hold as JSON on the last line")
     win.add_argument("--days", type=float, required=True)
     win.add_argument("--limit", type=int, default=None, help="the latest so many scored transactions at most")
-    win.add_argument("--out", required=True)
+    win.add_argument("--out", required=True, help="the transactions, their features, labels and what served them")
+    win.add_argument("--features-out", help="the same transactions' features alone (what models are given)")
     args = ap.parse_args(argv)
     settings = featurestore.Settings.from_env({**os.environ, "SCORING_FEATURE_STORE_PASSWORD_FILE": args.password_file,
                                                "SCORING_FEATURE_STORE_TIMEOUT_MS": TIMEOUT_MS})
@@ -85,7 +90,7 @@ def main(argv=None):
         show_status(store.status(), args.json)
         return 0
     if args.command == "window":
-        print(json.dumps(export_window(store, args.days, args.limit, args.out)))
+        print(json.dumps(export_window(store, args.days, args.limit, args.out, args.features_out)))
         return 0
     history = read_history(args.file)
     started = time.monotonic()

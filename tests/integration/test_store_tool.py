@@ -75,14 +75,23 @@ def test_the_window_holds_the_labelled_transactions_scored_lately_with_their_fea
     fs.log_scored([online.Served(raw["transaction_id"], "fraud", "3", 0.25, now) for raw in raws])
     labels = [(raw["transaction_id"], i % 10 == 0) for i, raw in enumerate(raws[:30])]
     fs.feedback_many(labels)
-    assert store_tool.main([*password, "window", "--days", "7", "--out", str(tmp_path / "w.parquet")]) == 0
+    assert store_tool.main([*password, "window", "--days", "7", "--out", str(tmp_path / "w.parquet"),
+                            "--features-out", str(tmp_path / "f.parquet")]) == 0
     facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (facts["scored"], facts["labelled"], facts["frauds"]) == (40, 30, 3)
     window = pd.read_parquet(tmp_path / "w.parquet")
-    assert list(window.columns) == facts["columns"] and set(features.FEATURES) <= set(window.columns)
+    assert list(window.columns) == list(online.WINDOW_COLUMNS)
+    # what a model under judgement is given: the same rows' features, not the labels or production's scores
+    given = pd.read_parquet(tmp_path / "f.parquet")
+    assert list(given.columns) == facts["features"] == list(features.FEATURES)
+    assert given.equals(window[list(features.FEATURES)])
     assert window["TRANSACTION_ID"].tolist() == [raw["transaction_id"] for raw in raws[:30]]
     assert window["TX_FRAUD"].tolist() == [float(fraud) for _, fraud in labels]
     assert window["TX_AMOUNT"].tolist() == pytest.approx([f["TX_AMOUNT"] for f in found[:30]])
     # nothing scored in the last hour: an empty window, not an error
     assert store_tool.main([*password, "window", "--days", "0", "--out", str(tmp_path / "none.parquet")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["labelled"] == 0
+    # --limit: the latest scored so many at most
+    assert store_tool.main([*password, "window", "--days", "7", "--limit", "10", "--out",
+                            str(tmp_path / "w10.parquet")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scored"] == 10

@@ -35,13 +35,20 @@ def test_the_settings_template_renders_what_datalab_loads(tmp_path):
         ansible_managed="managed", swarm_addr="10.0.0.11",
         datalab_settings={"lab": {"name": "site", "demo": False},
                           "registry": {"team_approvers": {"fraud-team": "fraud-approvers"}},
-                          "volumes": {"teams": ["fraud-team", "aml-team"]}})
+                          "volumes": {"teams": ["fraud-team", "aml-team"]},
+                          "profiles": [{"name": "fraud-analytics", "description": "TF, 8 GB", "image": "tensorflow",
+                                        "cpu": 2.0, "memory": "8G", "groups": ["GRP-Fraud-Analytics"],
+                                        "environment": {"FRAUD_DESK": "analytics"}},
+                                       {"name": "tensorflow-gpu", "groups": []}]})
     path = tmp_path / "settings.toml"
     path.write_text(rendered)
     loaded = settings_mod.load(path)
     assert loaded["lab"]["advertise_addr"] == "10.0.0.11" and loaded["build"]["source"] == "present"
     assert loaded["registry"]["team_approvers"] == {"fraud-team": "fraud-approvers"}
     assert list(loaded["volumes"]["teams"]) == ["fraud-team", "aml-team"] and loaded["lab"]["demo"] is False
+    profiles = {p["name"]: p for p in loaded.table("profiles")}
+    assert profiles["fraud-analytics"]["environment"] == {"FRAUD_DESK": "analytics"}
+    assert profiles["tensorflow-gpu"]["groups"] == [] and profiles["python"]["memory"] == "2G"
 
 
 def test_managers_get_every_image_datalab_up_needs():

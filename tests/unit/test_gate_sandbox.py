@@ -129,14 +129,18 @@ def test_a_candidate_worse_on_a_segment_with_enough_data_is_refused_by_name(tmp_
 def test_production_labels_are_judged_on_when_there_are_enough_else_the_evaluation_set_and_why(tmp_path):
     limits = settings_in(tmp_path)["gate"]
     enough = {"labelled": limits["production_min_labelled"], "frauds": limits["production_min_frauds"],
-              "columns": ["TX_AMOUNT", "TX_FRAUD"], "path": "w.parquet"}
+              "features": ["TX_AMOUNT", "TX_DURING_NIGHT"], "path": "w.parquet"}
     assert gate.judged_on(enough, limits, ["TX_AMOUNT"]) == (
         gate.PRODUCTION, f"production's last 7 days: {enough['labelled']} labelled transactions, "
                          f"{enough['frauds']} frauds")
     source, why = gate.judged_on({**enough, "frauds": 3}, limits, ["TX_AMOUNT"])
     assert source == gate.EVALUATION_SET and "3 frauds (the gate needs" in why
-    assert gate.judged_on(enough, limits, ["TX_AMOUNT", "MERCHANT_RISK"]) == (
-        gate.EVALUATION_SET, "production's log lacks fields the candidate takes: MERCHANT_RISK")
+    # enough of production's: a candidate taking what the window's features lack is refused, not judged on
+    # its own team's data (nor given the labels, a field of the log but not a feature)
+    for asked in (["TX_AMOUNT", "MERCHANT_RISK"], ["TX_AMOUNT", "TX_FRAUD"]):
+        source, why = gate.judged_on(enough, limits, asked)
+        assert source == gate.REFUSED and f"not the field(s) the candidate takes: {asked[1]}" in why
+    assert gate.judged_on({**enough, "frauds": 3}, limits, ["TX_FRAUD"])[0] == gate.EVALUATION_SET
     assert gate.judged_on({"error": "the feature store could not be read"}, limits, []) == (
         gate.EVALUATION_SET, "the feature store could not be read")
 
@@ -274,7 +278,7 @@ def test_a_sandbox_that_fails_runs_too_long_or_cannot_start_is_a_gate_error_and_
 
 
 WINDOW_FACTS = {"since": "2026-11-15T00:00:00+00:00", "until": "2026-11-22T00:00:00+00:00", "scored": 9000,
-                "labelled": 2500, "frauds": 30, "columns": ["TX_AMOUNT", "TX_FRAUD"]}
+                "labelled": 2500, "frauds": 30, "features": ["TX_AMOUNT", "TX_DURING_NIGHT"]}
 WINDOW_ANSWERS = {("datalab/scoring:new", "datalab_scoring.store_tool"): "connecting\n" + json.dumps(WINDOW_FACTS)}
 
 
@@ -284,7 +288,8 @@ def test_productions_window_is_exported_by_the_store_tool_next_to_the_store_with
     monkeypatch.setattr(sandbox, "STORE_PASSWORD", tmp_path / "password")
     engine = FakeEngine(WINDOW_ANSWERS)
     found = sandbox.production_window(engine, settings_in(tmp_path), "datalab/scoring:new", tmp_path)
-    assert found == {**WINDOW_FACTS, "path": tmp_path / "production-window.parquet"}
+    assert found == {**WINDOW_FACTS, "path": tmp_path / "production-window.parquet",
+                     "features_path": tmp_path / "production-features.parquet"}
     (create,) = engine.creates()
     flags = list(create)
     assert flags[flags.index("--network") + 1] == "lab1_features" and "--read-only" in flags
@@ -292,13 +297,15 @@ def test_productions_window_is_exported_by_the_store_tool_next_to_the_store_with
     assert not any(f in ("--env", "-e", "-v", "--volume") for f in flags)  # the password is no environment
     assert flags[flags.index("--entrypoint") + 1:][:4] == ["python3", "datalab/scoring:new", "-m",
                                                            "datalab_scoring.store_tool"]
-    assert flags[flags.index("--days") + 1] == "7"
+    assert flags[flags.index("--days") + 1] == "7" and flags[flags.index("--limit") + 1] == "200000"
     # the password goes in as a file of ours in a folder of ours, read by our uid (docker cp keeps owners)
     assert flags[flags.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
     assert flags[flags.index("--password-file") + 1] == "/gate/window-inbox/password"
     name = flags[flags.index("--name") + 1]
     assert ("cp", str(tmp_path / "window-inbox"), f"{name}:/gate/window-inbox") in engine.calls
     assert ("cp", f"{name}:/gate/window-inbox/window.parquet", str(tmp_path / "production-window.parquet")) \
+        in engine.calls
+    assert ("cp", f"{name}:/gate/window-inbox/features.parquet", str(tmp_path / "production-features.parquet")) \
         in engine.calls
     assert engine.calls[-1][:3] == ("rm", "--force", "--volumes")
     assert not (tmp_path / "window-inbox" / "password").exists()  # no copy of it left here
@@ -433,13 +440,34 @@ def test_the_controller_judges_on_productions_window_and_says_so_else_on_the_eva
     (tmp_path / "run" / "evaluation" / "e.parquet").write_bytes(b"PAR1")
     candidate = seals.Fetched(tmp_path / "model", tmp_path / "run", "r1", "d")
     assert candidate.input_fields() == ["TX_AMOUNT"]
-    window = {**WINDOW_FACTS, "path": tmp_path / "production-window.parquet"}
+    window = {**WINDOW_FACTS, "path": tmp_path / "production-window.parquet",
+              "features_path": tmp_path / "production-features.parquet"}
     monkeypatch.setattr(sandbox, "production_window", lambda *a: window)
-    path, judged = ctl.judged_on(candidate, "datalab/scoring:new", tmp_path)
-    assert path == window["path"] and judged["source"] == "production" and judged["labelled"] == 2500
+    path, scored, judged = ctl.judged_on(candidate, "datalab/scoring:new", tmp_path)
+    assert (path, scored) == (window["path"], window["features_path"])  # the models see the features alone
+    assert judged["source"] == "production" and judged["labelled"] == 2500
     monkeypatch.setattr(sandbox, "production_window", lambda *a: {**window, "labelled": 12})
-    path, judged = ctl.judged_on(candidate, "datalab/scoring:new", tmp_path)
-    assert path.name == "e.parquet" and judged["source"] == "evaluation set" and "12 labelled" in judged["why"]
+    path, scored, judged = ctl.judged_on(candidate, "datalab/scoring:new", tmp_path)
+    assert path.name == "e.parquet" and scored is None
+    assert judged["source"] == "evaluation set" and "12 labelled" in judged["why"]
+    monkeypatch.setattr(sandbox, "production_window", lambda *a: {**window, "features": ["TX_DURING_NIGHT"]})
+    with pytest.raises(sandbox.GateError, match="not the field.s. the candidate takes: TX_AMOUNT"):
+        ctl.judged_on(candidate, "datalab/scoring:new", tmp_path)
+
+
+def test_on_productions_window_the_models_are_given_its_features_and_only_the_judge_its_labels(tmp_path):
+    engine = FakeEngine(ANSWERS)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "window.parquet").write_bytes(b"PAR1 labels")
+    (tmp_path / "features.parquet").write_bytes(b"PAR1 features")
+    sandbox.evaluate(engine, settings_in(tmp_path), "datalab/scoring:new", tmp_path / "model",
+                     tmp_path / "window.parquet", SERVING, 50.0, scored_set=tmp_path / "features.parquet")
+    names = [c[c.index("--name") + 1] for c in engine.creates()]
+    given = {name: {c[1] for c in engine.calls if c[0] == "cp" and c[2] == f"{name}:/gate/evaluation.parquet"}
+             for name in names}
+    candidate, production, judge = names
+    assert given[candidate] == given[production] == {str(tmp_path / "features.parquet")}
+    assert given[judge] == {str(tmp_path / "window.parquet")}
 
 
 def test_the_audit_shows_what_a_promotion_was_judged_on_and_its_segments():

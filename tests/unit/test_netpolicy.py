@@ -46,16 +46,18 @@ def test_the_nodes_own_addresses_stay_closed_whatever_range_an_operator_opens():
     assert rules.index("-A OUTPUT -d 10.0.1.0/24 -p tcp -m multiport --dports 8081,8090,8091 -j ACCEPT") < node
 
 
-def test_node_addresses_are_the_swarms_and_none_off_a_manager():
+def test_node_addresses_are_the_swarms_and_the_hosts_own_and_a_worker_still_closes_the_hosts():
     import docker
 
     class Manager:
         def nodes(self):
-            return [{"Status": {"Addr": "192.0.2.2"}}, {"Status": {"Addr": "0.0.0.0"}}, {"Status": {"Addr": "10.0.0.7"}}]
+            return [{"Status": {"Addr": "0.0.0.0"}, "ManagerStatus": {"Addr": "192.0.2.2:2377"}},
+                    {"Status": {"Addr": "10.0.0.7"}}, {"Status": {"Addr": "127.0.0.1"}}]
 
     class Worker:
         def nodes(self):
             raise docker.errors.APIError("This node is not a swarm manager.")
 
-    assert netpolicy.node_addresses(Manager()) == ["10.0.0.7", "192.0.2.2"]
-    assert netpolicy.node_addresses(Worker()) == []
+    assert netpolicy.node_addresses(Manager(), ["203.0.113.9", "127.0.0.1"]) == ["10.0.0.7", "192.0.2.2",
+                                                                                   "203.0.113.9"]
+    assert netpolicy.node_addresses(Worker(), ["203.0.113.9"]) == ["203.0.113.9"]

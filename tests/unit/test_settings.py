@@ -45,7 +45,13 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
     ('[hub]\nport = 70000', "[hub] port: input should be less than or equal to 65535 (got 70000)"),
     ('[gate]\nmin_recall = 1.5', "[gate] min_recall: input should be less than or equal to 1 (got 1.5)"),
     ('[spawner]\nprivate_networks = ["mirror.corp"]',
-     "[spawner] private_networks: 'mirror.corp' is not an address range such as \"10.20.0.0/16\""),
+     "[spawner] private_networks: 'mirror.corp' is not an IPv4 address range such as \"10.20.0.0/16\""),
+    ('[spawner]\nprivate_networks = ["fd00::/8"]',
+     "[spawner] private_networks: 'fd00::/8' is not an IPv4 address range such as \"10.20.0.0/16\""),
+    # with internet = false, this would have opened the whole internet
+    ('[spawner]\nprivate_networks = ["0.0.0.0/0"]',
+     "[spawner] private_networks: '0.0.0.0/0' is not within private address space (10.0.0.0/8, 172.16.0.0/12, "
+     "192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10)"),
     ('[spawner]\nprivate_networks = "10.0.0.0/8"',
      '[spawner] private_networks: input should be a valid list (got "10.0.0.0/8")'),
     ('[resources]\nhub = { memory = "lots" }',
@@ -138,3 +144,10 @@ def test_the_readmes_corporate_directory_example_is_valid_and_gives_its_group_pr
     site = settings_mod.load(write(tmp_path, example))
     mine = [p["name"] for p in site["profiles"] if "fraud-analytics" in p["groups"]]
     assert mine == ["python", "fraud-tensorflow"]
+
+
+def test_the_private_ranges_are_the_network_policys():
+    from datalab import schema
+    from datalab_hub import netpolicy
+
+    assert schema.PRIVATE_NETWORKS == netpolicy.PRIVATE_NETWORKS

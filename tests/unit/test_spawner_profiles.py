@@ -88,3 +88,19 @@ def test_start_returns_once_the_server_listens_not_a_backoff_later():
         return waited
 
     assert asyncio.run(run()) < 1.0
+
+
+def test_a_profiles_environment_is_its_starts_only_and_under_the_platforms(monkeypatch):
+    from dockerspawner import DockerSpawner
+
+    monkeypatch.setattr(DockerSpawner, "get_env", lambda self: {"JUPYTERHUB_API_TOKEN": "server-token",
+                                                                "MLFLOW_TRACKING_URI": "http://hub:8091"})
+    sp = spawner_for("datascientists")
+    sp.api_token = "server-token"
+    sp.profile = {**PROFILES[0], "environment": {"FRAUD_DESK": "analytics", "MLFLOW_TRACKING_URI": "http://evil"}}
+    env = sp.get_env()
+    assert env["FRAUD_DESK"] == "analytics" and env["DATALAB_PROFILE"] == "python"
+    assert env["MLFLOW_TRACKING_URI"] == "http://hub:8091"  # the platform's wins
+    sp.profile = {**PROFILES[1], "environment": {}}  # the next start, another profile
+    env = sp.get_env()
+    assert "FRAUD_DESK" not in env and env["DATALAB_PROFILE"] == "datascience"

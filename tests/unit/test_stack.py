@@ -205,7 +205,11 @@ def test_the_feature_store_is_reached_by_scoring_only_and_keeps_its_state(tmp_pa
 
 def test_private_networks_opened_to_servers_reach_the_hub(tmp_path, monkeypatch):
     rendered(tmp_path, monkeypatch, spawner={"private_networks": ["10.20.0.0/16"]})
-    assert json.loads((tmp_path / "hub.json").read_text())["spawner"]["private_networks"] == ["10.20.0.0/16"]
+    spawner = json.loads((tmp_path / "hub.json").read_text())["spawner"]
+    assert spawner["private_networks"] == ["10.20.0.0/16"]
+    # this host's own addresses, closed to servers and jobs with the Swarm nodes'
+    assert spawner["host_addresses"] == stack.host_addresses() and spawner["host_addresses"]
+    assert not any(a.startswith("127.") for a in spawner["host_addresses"])
 
 
 def test_profiles_are_settings_naming_manifest_images():
