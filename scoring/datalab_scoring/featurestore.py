@@ -48,6 +48,11 @@ HEALTH_TTL_S = 1.0  # how long the outcome of a call (or PING) answers /readyz
 # answer a call waits at most one timeout for a thread; past that a call is refused at once (503).
 THREADS = 16
 MAX_IN_FLIGHT = 32
+# Transactions (or labels) per round trip: a request's batch goes in round trips of at most this
+# many, one after the other, so that each is answered well within the timeout (Redis runs a
+# pipeline's scripts one by one: 500 take longer than 50 ms on a busy host). A batch failing
+# half-way is a 503 with no score; its retry is answered from the records, each counted once.
+CHUNK = 64
 LOG_BATCH = 1000  # answers logged per call
 LOG_BUFFER = 100_000  # answers kept while the store is away (a few minutes of traffic); the oldest go first
 
@@ -130,20 +135,29 @@ class Link:
         return cls(store, where, settings.timeout_s, metrics, settings.flush_s)
 
     async def features(self, transactions):
-        """The features of validated transactions, in order: one round trip,
-        which also carries answers waiting for the scored log."""
+        """The features of validated transactions, in order: a round trip per CHUNK
+        of them, the first also carrying answers waiting for the scored log."""
         batch = self._take()
+        features = []
         try:
-            features, logged = await self._call("score", self.store.score_and_log, transactions, batch)
+            for start in range(0, max(len(transactions), 1), CHUNK):
+                found, logged = await self._call("score", self.store.score_and_log,
+                                                 transactions[start:start + CHUNK], batch if start == 0 else ())
+                features += found
+                if start == 0:
+                    self.metrics.scored_log(written=logged, pending=len(self.pending))
         except StoreUnavailable:
-            self._put_back(batch)
+            if not features:  # the scored log's batch went with the first round trip, or not at all
+                self._put_back(batch)
             raise
-        self.metrics.scored_log(written=logged, pending=len(self.pending))
         return features
 
     async def feedback(self, labels):
-        """[(transaction id, fraud)] recorded: a fraudlab.online.Feedback each."""
-        return await self._call("feedback", self.store.feedback_many, labels)
+        """[(transaction id, fraud)] recorded: a fraudlab.online.Feedback each (a round trip per CHUNK)."""
+        recorded = []
+        for start in range(0, len(labels), CHUNK):
+            recorded += await self._call("feedback", self.store.feedback_many, labels[start:start + CHUNK])
+        return recorded
 
     def served(self, answers):
         """Answers (online.Served) to log: sent with the next request's round

@@ -353,3 +353,35 @@ class EngineeredAPI(AsyncHTTPTestCase):
     def test_a_model_with_a_feature_set_needs_a_store(self):
         with pytest.raises(ValueError, match="served with a feature store"):
             self.state.serve(model.Model("fraud", "4", SIGNATURE, [], stand_in, "fake", FEATURE_SET))
+
+
+def test_a_large_batch_goes_in_round_trips_each_well_within_the_timeout():
+    class Counting(FakeStore):
+        def __init__(self):
+            super().__init__()
+            self.trips = []
+
+        def score_and_log(self, transactions, served=()):
+            self.trips.append((len(transactions), len(served)))
+            if len(self.trips) == 3 and self.fail_third:
+                raise redis.TimeoutError("slow")
+            return super().score_and_log(transactions, served)
+
+    async def scenario(fail_third):
+        store = Counting()
+        store.fail_third = fail_third
+        link = featurestore.Link(store, "redis://featurestore:6379/0", 0.05, Metrics("fraud", "3"))
+        link.served(served(5))
+        try:
+            return store, link, await link.features([object()] * (2 * featurestore.CHUNK + 10))
+        except featurestore.StoreUnavailable as e:
+            return store, link, e
+        finally:
+            link.close()
+
+    store, link, found = asyncio.run(scenario(False))
+    assert len(found) == 2 * featurestore.CHUNK + 10
+    assert store.trips == [(featurestore.CHUNK, 5), (featurestore.CHUNK, 0), (10, 0)]  # the log rides the first
+    store, link, error = asyncio.run(scenario(True))
+    assert isinstance(error, featurestore.StoreUnavailable)  # no score at all: the retry is answered from records
+    assert len(store.logged) == 5 and not link.pending  # the log's batch went with the first trip: not again
