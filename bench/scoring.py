@@ -41,9 +41,9 @@ from loadgen import fixed_rate, percentile, saturate  # noqa: E402
 
 from datalab import deploy, images, settings as settings_mod  # noqa: E402
 from datalab.docker import Docker  # noqa: E402
+from datalab_scoring.model import FEATURE_SET_KEY  # noqa: E402
 
 OURS_PORT, MLFLOW_PORT, RAW_PORT = 18601, 18602, 18603
-FEATURE_SET_KEY = "datalab.feature_set"  # scoring/datalab_scoring/model.py
 NETWORK, STORE = "datalab-bench", "datalab-bench-store"
 SECRET = "/run/secrets/featurestore_password"
 

@@ -16,6 +16,7 @@ SEAL_TAG = "datalab.artifacts.sha256"
 # The run tag naming the run's evaluation set among its artifacts (the
 # reference workload sets it).
 EVALUATION_TAG = "datalab.evaluation"
+LARGEST_MLMODEL = 1 << 20  # an MLmodel is a few KB of YAML
 
 
 class Broken(ValueError):
@@ -31,8 +32,12 @@ class Fetched:
 
     def input_fields(self):
         """The names in the model's input signature (MLmodel, read as data): [] when
-        it has none or it cannot be read, and then scoring will say what is missing."""
+        it has none or it cannot be read, and then scoring will say what is missing.
+        The file is the candidate's: one past LARGEST_MLMODEL is not read into the
+        controller's memory."""
         try:
+            if (self.model / "MLmodel").stat().st_size > LARGEST_MLMODEL:
+                return []
             inputs = (yaml.safe_load((self.model / "MLmodel").read_text()) or {}).get("signature", {}).get("inputs")
             return [field["name"] for field in json.loads(inputs) if isinstance(field, dict) and "name" in field]
         except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):

@@ -440,6 +440,11 @@ def test_the_controller_judges_on_productions_window_and_says_so_else_on_the_eva
     (tmp_path / "run" / "evaluation" / "e.parquet").write_bytes(b"PAR1")
     candidate = seals.Fetched(tmp_path / "model", tmp_path / "run", "r1", "d")
     assert candidate.input_fields() == ["TX_AMOUNT"]
+    with open(tmp_path / "model" / "MLmodel", "a") as grown:  # a hostile team's MLmodel, too big to read
+        grown.write("#" * seals.LARGEST_MLMODEL)
+    assert candidate.input_fields() == []
+    (tmp_path / "model" / "MLmodel").write_text(
+        "signature:\n  inputs: '[{\"type\": \"double\", \"name\": \"TX_AMOUNT\"}]'\n")
     window = {**WINDOW_FACTS, "path": tmp_path / "production-window.parquet",
               "features_path": tmp_path / "production-features.parquet"}
     monkeypatch.setattr(sandbox, "production_window", lambda *a: window)
