@@ -32,6 +32,18 @@ DATALAB = [sys.executable, "-m", "datalab.cli"]
 TEST_DATA_DIR = Path(os.environ.get("DATALAB_TEST_DATA_DIR", "/tmp/datalab-test-lab"))
 
 
+# Tests that change the shared lab run after those that need it as `up` left
+# it, whatever their files are called (markers declared in pyproject.toml).
+LATE_MARKERS = ("multinode", "disruptive", "stops_lab")
+
+
+def pytest_collection_modifyitems(items):
+    def phase(item):
+        marked = [i for i, name in enumerate(LATE_MARKERS, 1) if item.get_closest_marker(name)]
+        return max(marked, default=0)
+    items.sort(key=phase)  # stable: file order within a phase
+
+
 class Lab:
     def __init__(self, settings_path):
         self.settings_path = settings_path

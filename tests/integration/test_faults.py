@@ -1,11 +1,12 @@
 """Faults: the directory goes away and comes back; the hub restarts.
-(Named to run last: these tests stop and restart services of the test lab.)"""
+(Marked disruptive: they stop and restart services of the test lab, so they
+run after every test that needs it steady.)"""
 
 import pytest
 import requests
 from conftest import RequestLoad
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
 
 def test_directory_down_gives_a_clear_error_and_recovers(lab):

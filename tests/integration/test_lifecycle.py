@@ -1,11 +1,11 @@
 """`datalab down` keeps every piece of data; `up` brings it all back.
-(Runs last: it stops the whole test lab.)"""
+(Marked stops_lab: it stops the whole test lab, so it runs last.)"""
 
 import json
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.stops_lab]
 
 
 def test_down_keeps_data_and_purge_needs_confirmation(lab):

@@ -16,7 +16,7 @@ import requests
 import yaml
 from conftest import REPO, ScoringLoad
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.multinode]
 
 NODES = ("node1", "node2", "node3")
 NETWORK = "dltest-nodes"
