@@ -354,8 +354,8 @@ class Handler(web.RequestHandler):
         return self.settings["jobs"]
 
     async def prepare(self):
-        token = self.request.headers.get("Authorization", "").removeprefix("token ").removeprefix("Bearer ").strip()
-        model = await self.settings["hub_auth"].user_for_token(token, sync=False) if token else None
+        # HubAuth reads the token (`Authorization: token|Bearer ...`) and asks the hub, with a cache
+        model = await self.settings["hub_auth"].get_user(self, sync=False)
         if not model or not (ACCESS_SCOPES & set(model.get("scopes", []))):
             raise web.HTTPError(403, "a JupyterHub token with access to the jobs service is required")
         if model.get("kind") == "service":

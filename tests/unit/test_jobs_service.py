@@ -14,6 +14,7 @@ import docker.errors
 import pytest
 import requests
 from tornado.testing import AsyncHTTPTestCase
+from jupyterhub.services.auth import HubAuth
 
 from datalab import settings as settings_mod
 from datalab_jobs.runner import MB, Runner, tail
@@ -255,11 +256,13 @@ def test_tail_keeps_a_short_log_whole_and_cuts_a_long_one_saying_so():
     assert cut.endswith("0123456789") and len(cut.split("\n", 1)[1]) == MB
 
 
-class FakeHubAuth:
-    """Tokens are the users' names."""
+class FakeHubAuth(HubAuth):
+    """JupyterHub's HubAuth, where the hub would answer that tokens are the users' names."""
 
-    async def user_for_token(self, token, sync=True):
-        return {"kind": "user", "name": token, "scopes": ["access:services!service=jobs"]}
+    def user_for_token(self, token, use_cache=True, session_id="", *, sync=False):
+        async def model():
+            return {"kind": "user", "name": token, "scopes": ["access:services!service=jobs"]}
+        return model()
 
 
 class JobsAPI(AsyncHTTPTestCase):
@@ -267,7 +270,7 @@ class JobsAPI(AsyncHTTPTestCase):
         folder = tempfile.TemporaryDirectory(prefix="jobs-api-")
         self.addCleanup(folder.cleanup)
         self.jobs, self.engine = make_jobs(folder.name, max_queued_per_user=2, max_schedules_per_user=1)
-        return app(self.jobs, FakeHubAuth(), ["datalab-cli"])
+        return app(self.jobs, FakeHubAuth(api_token="unused", api_url="http://hub.invalid/hub/api"), ["datalab-cli"])
 
     def call(self, method, path, body=None, user="alice"):
         data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
@@ -278,6 +281,12 @@ class JobsAPI(AsyncHTTPTestCase):
     def submit(self, user="alice", **body):
         code, answer = self.call("POST", "jobs", {"notebook": NOTEBOOK, **body}, user)
         return code, json.loads(answer)
+
+    def test_a_token_counts_only_in_the_authorization_header(self):
+        assert self.fetch("/services/jobs/api/jobs").code == 403
+        assert self.fetch("/services/jobs/api/jobs?token=alice").code == 403  # a URL ends up in logs
+        for scheme in ("token", "Bearer"):
+            assert self.fetch("/services/jobs/api/jobs", headers={"Authorization": f"{scheme} alice"}).code == 200
 
     def test_bad_submissions_are_4xx_naming_the_problem(self):
         cases = [
