@@ -39,6 +39,7 @@ from tornado import httpserver, web
 from . import featurestore
 from . import model as model_mod
 from .batching import Batcher
+from . import metrics as metrics_mod
 from .metrics import Metrics
 from .validate import RequestError, parse, parse_labels, parse_raw, shown
 
@@ -297,7 +298,7 @@ class Ready(Started):
 
 class PromMetrics(web.RequestHandler):
     def get(self):
-        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.set_header("Content-Type", metrics_mod.CONTENT_TYPE)
         self.finish(self.settings["state"].metrics.render())
 
 
