@@ -1,11 +1,8 @@
 # JupyterHub configuration for DataLab, loaded inside the hub container.
 # Everything site-specific comes from the runtime settings `datalab up`
-# renders from the lab's settings file (mounted as /etc/datalab/hub.json);
-# the mapping onto JupyterHub's traits lives in hub/datalab_hub/config.py.
-import json
-import os
+# renders from the lab's settings file (the stack mounts it and names it in
+# DATALAB_HUB_SETTINGS); the mapping onto JupyterHub's traits lives in
+# hub/datalab_hub/config.py.
+from datalab_hub.config import configure, runtime_settings
 
-from datalab_hub.config import configure
-
-with open(os.environ.get("DATALAB_HUB_SETTINGS", "/etc/datalab/hub.json")) as f:
-    configure(c, json.load(f))  # noqa: F821 (c is JupyterHub's config object)
+configure(c, runtime_settings())  # noqa: F821 (c is JupyterHub's config object)

@@ -26,10 +26,10 @@ def cmd_up(settings, args):
     steps = Steps()
     steps.info(f"DataLab lab '{settings.lab}', data in {settings.data_dir}"
                + (f", settings from {settings.source}" if settings.source else ", default settings"))
-    from . import stack
+    from . import hubsettings, swarm
 
-    stack.refuse_unsafe(settings)
-    for warning in stack.insecure_choices(settings):
+    hubsettings.refuse_unsafe(settings)
+    for warning in hubsettings.insecure_choices(settings):
         steps.info(f"WARNING: {warning}")
     system.install_packages(system.LAB_PACKAGES, steps)
     system.ensure_localhost_names(steps)
@@ -43,10 +43,10 @@ def cmd_up(settings, args):
         images.build_all(docker, settings, steps)
     else:
         steps.info("images: using those in the engine ([build] source = \"present\")")
-    before = stack.fingerprint(docker, settings)
+    before = swarm.fingerprint(docker, settings)
     apply_stack(docker, settings, steps)
     wait_healthy(docker, settings, steps, args.timeout)
-    after = stack.fingerprint(docker, settings)
+    after = swarm.fingerprint(docker, settings)
     changed = sorted(name for name in after if before.get(name) != after[name])
     # a line for scripts (Ansible's changed_when): did this run change any service?
     print(f"stack: changed ({', '.join(changed)})" if changed else "stack: unchanged")
@@ -82,7 +82,7 @@ def cmd_demo(settings, args):
 def apply_stack(docker, settings, steps):
     """Render the stack from the settings, the built images and the current
     model deployment, and deploy it (Swarm changes only what changed)."""
-    from . import credentials, deploy, images, manifest, stack
+    from . import credentials, deploy, hubsettings, images, manifest, stack, swarm
 
     notebook_images = manifest.load()
     refs = {n: images.current_ref(docker, n) for n in list(images.PLATFORM_IMAGES) + list(notebook_images)}
@@ -91,15 +91,15 @@ def apply_stack(docker, settings, steps):
         raise DockerError(f"images not built: {', '.join(missing)} (datalab up builds them)")
     deploy.ensure_deployments_dir(settings)
     deploy.wait_for_promotion(settings, steps)
-    spec = stack.render(settings, refs, stack.profiles(settings, notebook_images, refs), credentials.ensure(settings),
-                        deploy.current(settings))
-    stack.deploy(docker, settings, spec, steps)
+    spec = stack.render(settings, refs, hubsettings.profiles(settings, notebook_images, refs),
+                        credentials.ensure(settings), deploy.current(settings))
+    swarm.deploy(docker, settings, spec, steps)
 
 
 def wait_healthy(docker, settings, steps, timeout):
-    from . import stack
+    from . import swarm
 
-    stack.wait_healthy(docker, settings, steps, timeout=timeout)
+    swarm.wait_healthy(docker, settings, steps, timeout=timeout)
 
 
 def print_logins(settings):
@@ -118,7 +118,7 @@ def print_logins(settings):
 
 
 def cmd_down(settings, args):
-    from . import stack
+    from . import swarm
 
     docker = Docker(settings)
     steps = Steps()
@@ -131,20 +131,20 @@ def cmd_down(settings, args):
         if answer.strip() != settings.lab:
             print("not confirmed; nothing deleted")
             return 1
-    stack.remove(docker, settings, steps)
+    swarm.remove(docker, settings, steps)
     if args.purge:
-        stack.purge_data(docker, settings, steps)
+        swarm.purge_data(docker, settings, steps)
     return 0
 
 
 def cmd_status(settings, args):
-    from . import stack
+    from . import hubsettings, swarm
 
     from . import features
 
     docker = Docker(settings)
-    rows = stack.status(docker, settings) if docker.engine_running() else []
-    warnings = stack.insecure_choices(settings)
+    rows = swarm.status(docker, settings) if docker.engine_running() else []
+    warnings = hubsettings.insecure_choices(settings)
     if rows:
         warnings += [alert] if (alert := features.memory_alert(docker, settings)) else []
     if args.json:
@@ -333,11 +333,11 @@ def describe(deployment):
 
 
 def cmd_scoring_status(settings, args):
-    from . import deploy, stack
+    from . import deploy, swarm
 
     docker = Docker(settings)
     deployment = deploy.current(settings)
-    rows = {r["service"]: r for r in stack.status(docker, settings)} if docker.engine_running() else {}
+    rows = {r["service"]: r for r in swarm.status(docker, settings)} if docker.engine_running() else {}
     out = {"deployment": deployment, "url": f"http://127.0.0.1:{settings['scoring']['port']}/v1/score",
            "scoring": rows.get("scoring"), "edge": rows.get("scoring-edge"),
            "replicas": deploy.replica_figures(docker, settings) if deployment else []}

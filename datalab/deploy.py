@@ -20,10 +20,7 @@ import uuid
 from pathlib import Path
 
 from .docker import Docker, DockerError
-
-MLFLOW_URL = "http://mlflow:5000"
-# Owner of the deployments folder: the promotion controller's uid writes it too.
-CONTROLLER_UID = 1000
+from .endpoints import CONTROLLER_UID, MLFLOW_URL
 
 
 class DeployError(RuntimeError):
@@ -43,7 +40,7 @@ def ensure_deployments_dir(settings):
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         for item in [path, *path.iterdir()]:
-            os.chown(item, CONTROLLER_UID, CONTROLLER_UID)
+            os.chown(item, int(CONTROLLER_UID), int(CONTROLLER_UID))
     return path
 
 

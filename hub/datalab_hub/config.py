@@ -1,15 +1,34 @@
 """Turns the runtime settings that `datalab up` renders (hub.json) into
 JupyterHub configuration. Pure: reads the dict, sets traits on `c`."""
 
+import json
+import os
 import ssl
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from jupyterhub.utils import subdomain_hook_idna
 
 from . import netpolicy
 
 SECRETS = Path("/run/secrets")
+
+
+def runtime_settings():
+    """The runtime settings `datalab up` rendered (hub.json), from the file the
+    stack names in the hub's environment and hands on to the hub's services."""
+    return json.loads(Path(os.environ["DATALAB_HUB_SETTINGS"]).read_text())
+
+
+def service_port():
+    """The port of this hub-managed service: JupyterHub gives it its URL."""
+    return urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"]).port
+
+
+def _origin(url):
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def read_secret(name, secrets_dir=SECRETS):
@@ -27,9 +46,9 @@ def configure(c, runtime, secrets_dir=SECRETS):
         c.JupyterHub.subdomain_host = hub["public_url"]
         # the callable: JupyterHub 5.5 does not resolve its own default name "idna"
         c.JupyterHub.subdomain_hook = subdomain_hook_idna
-    c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
+    c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{urlsplit(hub['api_url']).port}"
     # Notebook containers reach the hub by its service name on the lab network.
-    c.JupyterHub.hub_connect_url = f"http://{hub['service_name']}:8081"
+    c.JupyterHub.hub_connect_url = hub["api_url"]
     c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/data/jupyterhub.sqlite"
     c.JupyterHub.cookie_secret_file = str(Path(secrets_dir) / "cookie_secret")
     c.JupyterHub.pid_file = "/tmp/jupyterhub.pid"
@@ -101,6 +120,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.internet = bool(spawn["internet"])
     sp.private_networks = list(spawn["private_networks"])
     sp.host_addresses = list(spawn["host_addresses"])
+    sp.hub_ports = list(spawn["hub_ports"])
     # the server starts once its network rules are set (netpolicy.py)
     sp.cmd = [netpolicy.AWAIT_COMMAND, "jupyterhub-singleuser"]
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}
@@ -113,18 +133,19 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=jobs",
                               "access:services!service=registry"]
     # The proxy, in its own container, reaches the services in the hub's container by its name.
+    settings_env = {"DATALAB_HUB_SETTINGS": os.environ.get("DATALAB_HUB_SETTINGS", "")}
     services = [
         {
             "name": "jobs",
-            "url": f"http://{hub['service_name']}:8090",
+            "url": _origin(jobs["url"]),
             "command": [sys.executable, "-m", "datalab_jobs.service"],
-            "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
+            "environment": settings_env,
         },
         {
             "name": "registry",
-            "url": f"http://{hub['service_name']}:8091",
+            "url": _origin(registry["url"]),
             "command": [sys.executable, "-m", "datalab_registry.gateway"],
-            "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
+            "environment": settings_env,
             "oauth_no_confirm": True,
         },
         {"name": "datalab-cli", "api_token": read_secret("cli_token", secrets_dir)},
@@ -161,7 +182,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
         services.append({
             "name": "group-sync",
             "command": [sys.executable, "-m", "datalab_hub.groupsync"],
-            "environment": {"DATALAB_HUB_SETTINGS": runtime.get("settings_path", "/etc/datalab/hub.json")},
+            "environment": settings_env,
         })
         roles.append({
             "name": "group-sync",

@@ -30,12 +30,10 @@ none of the hub's users in an allowed group: a search account that may not
 read groups or people looks exactly like that.
 """
 
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote
 
 import docker
@@ -46,7 +44,7 @@ from traitlets.config import Config
 
 from . import profiles as profile_policy
 from .auth import DataLabLDAPAuthenticator
-from .config import configure
+from .config import configure, runtime_settings
 from .volumes import volume_mounts
 
 log = logging.getLogger("datalab.groupsync")
@@ -245,7 +243,7 @@ def remove_users(hub, plans, stop_wait):
 
 def main():
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s group-sync] %(message)s")
-    runtime = json.loads(Path(os.environ.get("DATALAB_HUB_SETTINGS", "/etc/datalab/hub.json")).read_text())
+    runtime = runtime_settings()
     # the hub's own configuration: the same directory, TLS, templates, filters and groups as its logins
     config = Config()
     configure(config, runtime)

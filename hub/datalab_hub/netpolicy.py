@@ -30,7 +30,6 @@ import docker
 
 log = logging.getLogger("datalab.netpolicy")
 
-HUB_PORTS = (8081, 8090, 8091)  # the hub's API, the jobs service, the registry gateway
 # Not the internet: where the host's published ports (the scoring edge, the hub's
 # front door), the company's own network and the cloud's metadata service answer.
 # A container reaching them would get past the firewall that guards them from
@@ -49,10 +48,11 @@ class PolicyError(RuntimeError):
     pass
 
 
-def rules(lab_subnet, serve_port=None, internet=True, node_addresses=(), private_allowed=()):
-    """The iptables commands, in order. `node_addresses`: the lab nodes' own (the host
+def rules(lab_subnet, hub_ports, serve_port=None, internet=True, node_addresses=(), private_allowed=()):
+    """The iptables commands, in order. `hub_ports`: the hub's API and services (the
+    spawner's `hub_ports` in hub.json); `node_addresses`: the lab nodes' own (the host
     may have a public one); `private_allowed`: ranges an operator opened anyway."""
-    subnet, hub_ports = lab_subnet, ",".join(str(p) for p in HUB_PORTS)
+    subnet, hub_ports = lab_subnet, ",".join(str(p) for p in hub_ports)
     replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
     found = [["-A", "INPUT", "-s", subnet, *replies]]
     if serve_port:
@@ -106,11 +106,11 @@ def _routable(address):
     return not (ip.is_unspecified or ip.is_loopback)
 
 
-def apply(api, container_id, image, lab_subnet, serve_port=None, internet=True, private_allowed=(),
+def apply(api, container_id, image, lab_subnet, hub_ports, serve_port=None, internet=True, private_allowed=(),
           host_addresses=(), timeout=60):
     """Set the rules in the container's network namespace, then let its command start.
     `api`: docker-py's low-level APIClient. Raises PolicyError if they did not apply."""
-    found = rules(lab_subnet, serve_port, internet, node_addresses(api, host_addresses), private_allowed)
+    found = rules(lab_subnet, hub_ports, serve_port, internet, node_addresses(api, host_addresses), private_allowed)
     script = " && ".join(" ".join(command) for command in found)
     helper = api.create_container(
         image, entrypoint=["sh", "-c"], command=[script], user="0",

@@ -82,6 +82,12 @@ class DataLabSpawner(DockerSpawner):
         help="This host's own IPv4 addresses (datalab up lists them), closed to servers "
         "with the Swarm nodes' own: the host's published ports answer on every one.",
     )
+    hub_ports = List(
+        Int(),
+        config=True,
+        help="Ports of the hub's API and its services (jobs, registry), the only ones servers "
+        "may call on the lab network (datalab up renders them from one definition).",
+    )
     listen_poll_interval = Float(
         0.1,
         config=True,
@@ -176,7 +182,8 @@ class DataLabSpawner(DockerSpawner):
         ip, port = await super().start()
         try:
             await self.on_docker_threads(netpolicy.apply, self.client, self.container_id, self.netpolicy_image,
-                                         await self.lab_subnet(), serve_port=self.port, internet=self.internet,
+                                         await self.lab_subnet(), self.hub_ports, serve_port=self.port,
+                                         internet=self.internet,
                                          private_allowed=self.private_networks, host_addresses=self.host_addresses)
         except Exception as e:  # closed by default: no rules, no server
             self.log.error("network rules of %s not set: %s", self.container_name, e)

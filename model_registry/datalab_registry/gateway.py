@@ -33,6 +33,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 import httpx
 from tornado import ioloop, iostream, web
 
+from datalab_hub.config import runtime_settings, service_port
 from datalab_hub.identity import HubUsers
 
 from . import routes, tenancy
@@ -481,7 +482,7 @@ async def read_bounded(response, limit):
 
 def main():
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s registry] %(message)s")
-    settings = json.loads(Path(os.environ.get("DATALAB_HUB_SETTINGS", "/etc/datalab/hub.json")).read_text())
+    settings = runtime_settings()
     registry = settings["registry"]
     hub_auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/registry/")
@@ -493,7 +494,7 @@ def main():
         users=HubUsers(hub_auth.api_url, hub_auth.api_token),
         owners=Owners(registry["mlflow_url"]), mlflow_url=registry["mlflow_url"],
         policy=tenancy.Policy.from_settings(registry, registry["teams"]))
-    app.listen(int(os.environ.get("DATALAB_REGISTRY_PORT", "8091")), "0.0.0.0", max_body_size=LARGEST_UPLOAD + (1 << 20))
+    app.listen(service_port(), "0.0.0.0", max_body_size=LARGEST_UPLOAD + (1 << 20))
     log.info("registry gateway on %s -> %s", prefix, registry["mlflow_url"])
     ioloop.IOLoop.current().start()
 

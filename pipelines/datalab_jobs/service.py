@@ -13,7 +13,6 @@ import math
 import os
 import re
 import time
-from pathlib import Path
 
 import docker
 import requests
@@ -22,6 +21,7 @@ from jupyterhub.services.auth import HubAuth
 from tornado import ioloop, web
 
 from datalab_hub import netpolicy, profiles as profile_policy
+from datalab_hub.config import runtime_settings, service_port
 from datalab_hub.groupsync import excess_mounts
 from datalab_hub.identity import HubUsers
 from datalab_hub.volumes import volume_mounts
@@ -498,7 +498,7 @@ def app(jobs, hub_auth, admin_services, prefix="/services/jobs/"):
 
 def main():
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s jobs] %(message)s")
-    settings = json.loads(Path(os.environ.get("DATALAB_HUB_SETTINGS", "/etc/datalab/hub.json")).read_text())
+    settings = runtime_settings()
     spawn = settings["spawner"]
     store = Store(settings["jobs"]["data_dir"])
 
@@ -509,7 +509,8 @@ def main():
     subnet = netpolicy.lab_subnet(engine.api, spawn["network"])
 
     def isolate(container_id):  # as notebook servers: the hub and its services, no other user
-        netpolicy.apply(engine.api, container_id, spawn["netpolicy_image"], subnet, internet=spawn["internet"],
+        netpolicy.apply(engine.api, container_id, spawn["netpolicy_image"], subnet, spawn["hub_ports"],
+                        internet=spawn["internet"],
                         private_allowed=spawn["private_networks"], host_addresses=spawn["host_addresses"])
 
     runner = Runner(spawn["prefix"], [spawn["network"]] + settings["jobs"]["extra_networks"], volumes,
@@ -522,7 +523,7 @@ def main():
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/jobs/")
     app(jobs, hub_auth, settings["jobs"]["admin_services"], prefix).listen(
-        int(os.environ.get("DATALAB_JOBS_PORT", "8090")), "0.0.0.0")
+        service_port(), "0.0.0.0")
 
     busy = asyncio.Lock()
 

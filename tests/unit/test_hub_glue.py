@@ -5,12 +5,13 @@ import asyncio
 import json
 import socket
 import ssl
+from urllib.parse import urlsplit
 
 import pytest
 from tornado import web
 from traitlets.config import Config
 
-from datalab import manifest, settings as settings_mod, stack
+from datalab import hubsettings, manifest, settings as settings_mod
 from datalab_hub.auth import DataLabLDAPAuthenticator
 from datalab_hub.config import configure
 from jupyterhub.utils import subdomain_hook_idna
@@ -18,7 +19,7 @@ from jupyterhub.utils import subdomain_hook_idna
 
 def runtime(tmp_path):
     s = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
-    return json.loads(json.dumps(stack.hub_runtime(s, stack.profiles(settings_mod.defaults(), manifest.load(), {"python": "datalab/python:abc"}), has_ca=True)))
+    return json.loads(json.dumps(hubsettings.hub_runtime(s, hubsettings.profiles(settings_mod.defaults(), manifest.load(), {"python": "datalab/python:abc"}), has_ca=True)))
 
 
 def test_configure_maps_runtime_settings_onto_traits(tmp_path):
@@ -56,6 +57,11 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert services["jobs"]["url"] == "http://hub:8090" and services["registry"]["url"] == "http://hub:8091"
     assert "access:services!service=jobs" in roles["user"]["scopes"]
     assert "access:services!service=jobs" in c.DataLabSpawner.server_token_scopes
+    # one definition of each address (datalab/endpoints.py): what servers may call on the lab
+    # network is exactly where the hub and its services listen
+    assert sorted({urlsplit(u).port for u in (c.JupyterHub.hub_bind_url, services["jobs"]["url"],
+                                               services["registry"]["url"])}) == c.DataLabSpawner.hub_ports
+    assert c.DataLabSpawner.environment["DATALAB_JOBS_URL"].startswith(services["jobs"]["url"] + "/")
 
 
 def authenticator(port):
@@ -110,14 +116,14 @@ def test_plain_ldap_is_refused_unless_a_named_setting_accepts_it_and_then_warns(
     s = settings_mod.defaults().with_overrides(
         {"lab": {"data_dir": str(tmp_path)}, "directory": {"tls_strategy": "insecure"}})
     with pytest.raises(settings_mod.SettingsError, match="allow_insecure_tls"):
-        stack.refuse_unsafe(s)
+        hubsettings.refuse_unsafe(s)
     with pytest.raises(settings_mod.SettingsError):
-        stack.hub_runtime(s, [], has_ca=False)
+        hubsettings.hub_runtime(s, [], has_ca=False)
     accepted = s.with_overrides({"directory": {"allow_insecure_tls": True}})
-    stack.refuse_unsafe(accepted)
-    assert stack.hub_runtime(accepted, [], has_ca=False)["ldap"]["tls_strategy"] == "insecure"
-    assert any("clear text" in w for w in stack.insecure_choices(accepted))
-    assert stack.insecure_choices(settings_mod.defaults()) == []
+    hubsettings.refuse_unsafe(accepted)
+    assert hubsettings.hub_runtime(accepted, [], has_ca=False)["ldap"]["tls_strategy"] == "insecure"
+    assert any("clear text" in w for w in hubsettings.insecure_choices(accepted))
+    assert hubsettings.insecure_choices(settings_mod.defaults()) == []
 
 
 def test_one_origin_for_all_only_when_the_settings_say_so_and_then_it_warns(tmp_path):
@@ -129,7 +135,7 @@ def test_one_origin_for_all_only_when_the_settings_say_so_and_then_it_warns(tmp_
     configure(c, one, secrets_dir=tmp_path)
     assert "subdomain_host" not in c.JupyterHub
     s = settings_mod.defaults().with_overrides({"hub": {"per_user_origins": False}})
-    assert any("per_user_origins = false" in w for w in stack.insecure_choices(s))
+    assert any("per_user_origins = false" in w for w in hubsettings.insecure_choices(s))
 
 
 def test_configured_roles_are_exactly_those_docs_security_md_justifies(tmp_path):

@@ -2,13 +2,15 @@
 
 from datalab_hub import netpolicy
 
+HUB_PORTS = [8081, 8090, 8091]  # as hub.json carries them (tests/unit/test_stack.py)
+
 
 def flat(rules):
     return [" ".join(rule[3:]) for rule in rules]  # without "iptables -w 5"
 
 
 def test_a_server_takes_its_port_from_the_lab_and_calls_only_the_hubs_ports():
-    rules = flat(netpolicy.rules("10.0.1.0/24", serve_port=8888))
+    rules = flat(netpolicy.rules("10.0.1.0/24", HUB_PORTS, serve_port=8888))
     assert rules == [
         "-A INPUT -s 10.0.1.0/24 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         "-A INPUT -s 10.0.1.0/24 -p tcp --dport 8888 -j ACCEPT",
@@ -29,7 +31,7 @@ def test_a_server_takes_its_port_from_the_lab_and_calls_only_the_hubs_ports():
 
 
 def test_a_job_serves_nothing_and_without_internet_reaches_only_the_lab_and_the_loopback():
-    rules = flat(netpolicy.rules("10.0.1.0/24", internet=False))
+    rules = flat(netpolicy.rules("10.0.1.0/24", HUB_PORTS, internet=False))
     assert not any("--dport 8888" in r for r in rules)
     assert not any("--dport 53" in r for r in rules)  # no DNS to the internet either
     assert rules[-1] == "-A OUTPUT -j REJECT"
@@ -39,7 +41,7 @@ def test_a_job_serves_nothing_and_without_internet_reaches_only_the_lab_and_the_
 def test_the_nodes_own_addresses_stay_closed_whatever_range_an_operator_opens():
     """The host's published ports answer on its own address, which may be public
     (as this machine's 192.0.2.2) and so no private range covers it."""
-    rules = flat(netpolicy.rules("10.0.1.0/24", node_addresses=["192.0.2.2"], private_allowed=["192.0.2.0/24"]))
+    rules = flat(netpolicy.rules("10.0.1.0/24", HUB_PORTS, node_addresses=["192.0.2.2"], private_allowed=["192.0.2.0/24"]))
     node, opened = rules.index("-A OUTPUT -d 192.0.2.2/32 -j REJECT"), rules.index("-A OUTPUT -d 192.0.2.0/24 -j ACCEPT")
     assert node < opened < rules.index("-A OUTPUT -d 10.0.0.0/8 -j REJECT")
     # the lab's own rules come first: the hub's ports inside 10.0.0.0/8 stay open

@@ -1,16 +1,15 @@
 """Profile checks of DataLabSpawner, with a stand-in user (groups only)."""
 
-from types import SimpleNamespace
 
 import asyncio
 
 import pytest
 from tornado import web
 
-from datalab import manifest, settings as settings_mod, stack
+from datalab import hubsettings, manifest, settings as settings_mod
 from datalab_hub.spawner import DataLabSpawner
 
-PROFILES = stack.profiles(settings_mod.defaults(), manifest.load(), {"python": "p:1", "datascience": "d:1", "tensorflow": "t:1"})
+PROFILES = hubsettings.profiles(settings_mod.defaults(), manifest.load(), {"python": "p:1", "datascience": "d:1", "tensorflow": "t:1"})
 
 
 def spawner_for(*groups, runtimes=("runc",)):

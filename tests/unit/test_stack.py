@@ -2,14 +2,14 @@ import json
 import os
 import socket
 
-from datalab import credentials, settings as settings_mod, stack
+from datalab import credentials, endpoints, hubsettings, settings as settings_mod, stack
 
 from datalab import manifest
 
 REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "controller", "edge", "featurestore", "scoring",
                                         "python",
                                         "datascience", "tensorflow")}
-PROFILES = stack.profiles(settings_mod.defaults(), manifest.load(), REFS)
+PROFILES = hubsettings.profiles(settings_mod.defaults(), manifest.load(), REFS)
 
 
 def rendered(tmp_path, monkeypatch, **overrides):
@@ -44,7 +44,7 @@ def test_a_deployment_is_a_start_first_service_that_rolls_back(tmp_path, monkeyp
     spec = stack.render(s, REFS, PROFILES, credentials.ensure(s), deployment)
     svc = spec["services"]["scoring"]
     assert svc["image"] == deployment["image"] and svc["deploy"]["replicas"] == 2
-    assert svc["environment"] == {"SCORING_THRESHOLD": "70.0", "SCORING_FEATURE_STORE_URL": stack.FEATURE_STORE_URL}
+    assert svc["environment"] == {"SCORING_THRESHOLD": "70.0", "SCORING_FEATURE_STORE_URL": endpoints.FEATURE_STORE_URL}
     assert svc["deploy"]["update_config"]["order"] == "start-first"
     assert svc["deploy"]["update_config"]["failure_action"] == "rollback"
     assert svc["networks"] == ["scoring", "features"] and "ports" not in svc
@@ -79,7 +79,7 @@ def test_corporate_directory_drops_the_builtin_one(tmp_path, monkeypatch):
         "group_base": "ou=Groups,dc=corp",
     })
     assert "directory" not in spec["services"]
-    runtime = stack.hub_runtime(s, PROFILES, has_ca=True)["ldap"]
+    runtime = hubsettings.hub_runtime(s, PROFILES, has_ca=True)["ldap"]
     assert (runtime["host"], runtime["port"]) == ("ldap.corp.example", 636)
     assert runtime["allowed_group_dns"] == ["cn=datascientists,ou=Groups,dc=corp", "cn=lab-admins,ou=Groups,dc=corp"]
 
@@ -178,14 +178,14 @@ def test_a_corporate_directory_names_its_reader_or_is_warned(tmp_path, monkeypat
     s, spec = rendered(tmp_path, monkeypatch, directory={
         **corporate, "search_bind_dn": "cn=datalab,ou=Services,dc=corp", "search_password_file": str(secret)})
     assert "ldap_search_password" in [x["target"] for x in spec["services"]["hub"]["secrets"]]
-    assert stack.hub_runtime(s, PROFILES, has_ca=False)["ldap"]["search_bind_dn"] == "cn=datalab,ou=Services,dc=corp"
-    assert not any("search_bind_dn" in w for w in stack.insecure_choices(s))
+    assert hubsettings.hub_runtime(s, PROFILES, has_ca=False)["ldap"]["search_bind_dn"] == "cn=datalab,ou=Services,dc=corp"
+    assert not any("search_bind_dn" in w for w in hubsettings.insecure_choices(s))
     s, spec = rendered(tmp_path, monkeypatch, directory=corporate)
-    assert stack.hub_runtime(s, PROFILES, has_ca=False)["ldap"]["search_bind_dn"] == ""
-    assert any("search_bind_dn is empty" in w for w in stack.insecure_choices(s))
+    assert hubsettings.hub_runtime(s, PROFILES, has_ca=False)["ldap"]["search_bind_dn"] == ""
+    assert any("search_bind_dn is empty" in w for w in hubsettings.insecure_choices(s))
     half = s.with_overrides({"directory": {"search_bind_dn": "cn=datalab,ou=Services,dc=corp"}})
     with pytest.raises(settings_mod.SettingsError, match="go together"):
-        stack.refuse_unsafe(half)
+        hubsettings.refuse_unsafe(half)
 
 
 def test_the_feature_store_is_reached_by_scoring_only_and_keeps_its_state(tmp_path, monkeypatch):
@@ -208,7 +208,7 @@ def test_private_networks_opened_to_servers_reach_the_hub(tmp_path, monkeypatch)
     spawner = json.loads((tmp_path / "hub.json").read_text())["spawner"]
     assert spawner["private_networks"] == ["10.20.0.0/16"]
     # this host's own addresses, closed to servers and jobs with the Swarm nodes'
-    assert spawner["host_addresses"] == stack.host_addresses() and spawner["host_addresses"]
+    assert spawner["host_addresses"] == hubsettings.host_addresses() and spawner["host_addresses"]
     assert not any(a.startswith("127.") for a in spawner["host_addresses"])
 
 
@@ -219,7 +219,7 @@ def test_profiles_are_settings_naming_manifest_images():
         {"name": "fraud-analytics", "description": "TF, 8 GB", "image": "tensorflow", "cpu": 2.0, "memory": "8G",
          "groups": ["GRP-Fraud-Analytics"], "environment": {"FRAUD_DESK": "analytics"}},
         {"name": "tensorflow-gpu", "groups": []}]})
-    found = {p["name"]: p for p in stack.profiles(site, manifest.load(), REFS)}
+    found = {p["name"]: p for p in hubsettings.profiles(site, manifest.load(), REFS)}
     assert list(found) == ["python", "datascience", "tensorflow", "tensorflow-gpu", "fraud-analytics"]
     analytics = found["fraud-analytics"]
     assert (analytics["image"], analytics["image_name"], analytics["kernel"]) == (
@@ -228,4 +228,4 @@ def test_profiles_are_settings_naming_manifest_images():
     assert found["tensorflow-gpu"]["groups"] == [] and found["tensorflow-gpu"]["memory"] == "16G"  # the rest kept
     wrong = site.with_overrides({"profiles": [{"name": "fraud-analytics", "image": "pytorch"}]})
     with pytest.raises(settings_mod.SettingsError, match=r'\[\[profiles\]\] "fraud-analytics" image: must be one of'):
-        stack.profiles(wrong, manifest.load(), REFS)
+        hubsettings.profiles(wrong, manifest.load(), REFS)

@@ -1,0 +1,52 @@
+"""Where the lab's services answer each other, defined once: the stack file,
+the hub's runtime settings (hub.json, from which the hub, its services and the
+network rules read them) and the deploy code import these.
+
+Swarm networking here has no IPVS (docs/architecture.md): services reach each
+other by name through Docker's DNS (endpoint_mode dnsrr)."""
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+
+# The hub's API on the lab network (notebook and job containers call it) and the
+# proxy's default target.
+HUB_API_URL = "http://hub:8081"
+# The hub-managed services as notebook and job containers call them: in the hub's
+# container on the lab network, each checking the caller's token with the hub (the
+# proxy routes browsers by host name, which the lab network's DNS does not know).
+JOBS_URL = "http://hub:8090/services/jobs/"
+REGISTRY_URL = "http://hub:8091/services/registry"
+# configurable-http-proxy, a service of its own so that a hub restart drops no
+# route: its REST API, the hub's (behind the proxy token).
+PROXY_API_URL = "http://proxy:8001"
+PROXY_PORT = 8000  # the hub's front door, published as [hub] port
+MLFLOW_URL = "http://mlflow:5000"  # on the backend and tracking networks only
+FEATURE_STORE_URL = "redis://featurestore:6379/0"  # on the features network only
+SCORING_EDGE_PORT = 8500  # published as [scoring] port
+# Where the hub's container finds the runtime settings `datalab up` renders (its
+# environment names the file to the hub and its services: DATALAB_HUB_SETTINGS).
+HUB_SETTINGS_PATH = "/etc/datalab/hub.json"
+CONTROLLER_SETTINGS_PATH = "/etc/datalab/controller.json"
+CONTROLLER_DATA_DIR = "/var/lib/datalab"
+
+HUB_UID = "1000"  # images/hub/Dockerfile
+CONTROLLER_UID = "1000"  # images/controller/Dockerfile; it writes the deployments folder too
+LDAP_UID = "1001"  # images/directory/Dockerfile
+FEATURESTORE_UID = "1002"  # images/featurestore/Dockerfile
+SCORING_UID = "1000"  # the notebook images' user, which the scoring image runs as
+
+
+def port(url):
+    return urlsplit(url).port
+
+
+def origin(url):
+    """scheme://host:port of a URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def lab_network(settings):
+    return f"{settings.lab}_lab"
