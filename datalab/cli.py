@@ -12,6 +12,7 @@ from .docker import Docker, DockerError
 from .jobs_client import JobsClient, JobsError
 from .deploy import DeployError
 from .settings import SettingsError
+from . import steps as steps_mod
 from .steps import Steps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ def cmd_up(settings, args):
 
     hubsettings.refuse_unsafe(settings)
     for warning in hubsettings.insecure_choices(settings):
-        steps.info(f"WARNING: {warning}")
+        steps.warning(warning)
     system.install_packages(system.LAB_PACKAGES, steps)
     system.ensure_localhost_names(steps)
     docker = Docker(settings)
@@ -253,6 +254,9 @@ def cmd_deploy(settings, args):
             outcome, why = deploy.rollout(docker, settings, target, timeout=args.timeout)
     except deploy.DeployError as e:
         print(f"datalab: {e}; nothing changed, {describe(previous)} still serving", file=sys.stderr)
+        return 1
+    except DockerError as e:  # the rollout timed out: say what serves, and what the record says
+        print(f"datalab: {e}; on record as serving: {describe(previous)}", file=sys.stderr)
         return 1
     if outcome != "completed":
         print(f"datalab: {name} v{target['version']} was rolled back ({why or 'it never became ready'}); "
@@ -490,6 +494,10 @@ def parser():
     p = argparse.ArgumentParser(prog="datalab", description=__doc__)
     p.add_argument("--settings", help="settings file (default: $DATALAB_SETTINGS or /etc/datalab/settings.toml)")
     p.add_argument("--debug", action="store_true", help="on a failure, show the traceback too")
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="count", default=0,
+                          help="also show what the command runs (each docker command)")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="only warnings, failures and results")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="install what is missing, build, deploy, wait until healthy")
     up.add_argument("--timeout", type=int, default=300, help="seconds to wait for health")
@@ -605,6 +613,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    steps_mod.configure(-1 if args.quiet else args.verbose)
     try:
         # checking a file, or printing the reference, needs no settings of its own
         standalone = args.command == "settings" and args.settings_command in ("check", "docs")

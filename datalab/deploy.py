@@ -187,7 +187,20 @@ def wait_rollout(docker: Docker, settings, deployment, timeout=300):
                 if tasks and all(t.startswith(deployment["image"]) and " Running" in f" {t}" for t in tasks):
                     return "completed", ""
         time.sleep(1)
-    raise DockerError(f"rollout of {deployment['model']} v{deployment['version']} not finished after {timeout}s")
+    raise DockerError(f"rollout of {deployment['model']} v{deployment['version']} not finished after {timeout}s; "
+                      f"serving now: {serving_images(docker, service) or 'no replica'} "
+                      "(Swarm goes on with the update: datalab scoring status)")
+
+
+def serving_images(docker: Docker, service):
+    """The images the service's running tasks serve: "IMAGE × N, ..." (during an update, the old and the new)."""
+    counts = {}
+    for line in docker.out("service", "ps", "--filter", "desired-state=running", "--format",
+                           "{{.Image}} {{.CurrentState}}", service, check=False).splitlines():
+        image, _, state = line.partition(" ")
+        if state.startswith("Running"):
+            counts[image] = counts.get(image, 0) + 1
+    return ", ".join(f"{image} × {n}" for image, n in sorted(counts.items()))
 
 
 def task_failures(docker: Docker, service):

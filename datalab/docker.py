@@ -1,8 +1,11 @@
 """The Docker engine, through the client that matches it (build.docker)."""
 
 import json
+import logging
 import shutil
 import subprocess
+
+log = logging.getLogger("datalab.docker")
 
 
 class DockerError(RuntimeError):
@@ -15,6 +18,7 @@ class Docker:
         self.cli = configured if shutil.which(configured) else "docker"
 
     def run(self, *args, check=True, capture=True, input=None, timeout=None):
+        log.debug("%s %s", self.cli, " ".join(args))
         proc = subprocess.run(
             [self.cli, *args],
             capture_output=capture,

@@ -1,4 +1,5 @@
-"""`datalab settings show|check|docs`: what an operator runs before `up`."""
+"""The command line: `datalab settings show|check|docs` (what an operator runs before `up`), its
+one-line failures, and how much it says (-q, -v)."""
 
 import json
 
@@ -44,3 +45,38 @@ def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_pat
     assert capsys.readouterr().err == "datalab: OSError: disk on fire (datalab --debug settings ... shows where)\n"
     with pytest.raises(OSError):
         cli.main(["--debug", "settings", "docs"])
+
+
+def fake_engine(tmp_path):
+    """Settings whose docker client answers every command with nothing, successfully."""
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\nexit 0\n")
+    docker.chmod(0o755)
+    site = tmp_path / "site.toml"
+    site.write_text(f'[lab]\nname = "quiet"\ndata_dir = "{tmp_path / "data"}"\n[build]\ndocker = "{docker}"\n')
+    return site, docker
+
+
+def test_quiet_shows_no_progress_and_verbose_shows_each_docker_command(tmp_path, capsys):
+    site, docker = fake_engine(tmp_path)
+    assert cli.main(["--settings", str(site), "down"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["▶ removing stack quiet (data kept)",
+                                                          "✓ removing stack quiet (data kept) (0.0s)"]
+    assert cli.main(["--settings", str(site), "-q", "down"]) == 0
+    assert capsys.readouterr().out == ""
+    assert cli.main(["--settings", str(site), "-v", "down"]) == 0
+    shown = capsys.readouterr().out
+    assert f"· {docker} stack rm quiet" in shown and "▶ removing stack quiet" in shown
+
+
+def test_argument_errors_exit_2_naming_the_argument(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["deploy", "--replicas", "many"])
+    assert exit_.value.code == 2
+    assert "argument --replicas: invalid int value: 'many'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["-q", "-v", "status"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

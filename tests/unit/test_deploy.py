@@ -1,0 +1,72 @@
+"""Rollouts (datalab/deploy.py) against a scripted engine: what is saved as
+serving, when, and what a failure says. The real rollouts: tests/integration
+(test_scoring.py, test_registry.py)."""
+
+import pytest
+
+from datalab import deploy, settings as settings_mod
+from datalab.docker import DockerError
+
+OLD = "datalab/scoring-model:fraud-v1-aaaaaaaaaaaa"
+NEW = "datalab/scoring-model:fraud-v2-bbbbbbbbbbbb"
+TARGET = {"model": "fraud", "version": "2", "run_id": "r2", "image": NEW, "replicas": 2, "threshold": 50}
+
+
+class Engine:
+    """The scoring service as `docker service inspect` and `docker service ps` show it,
+    moving on one step at each look."""
+
+    def __init__(self, script):
+        self.script = list(script)  # (spec image, update state, ["IMAGE STATE", ...]) per look
+        self.now = self.script[0]
+        self.updates = []
+
+    def inspect(self, kind, name):
+        self.now = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        spec_image, state, _ = self.now
+        return [{"Spec": {"TaskTemplate": {"ContainerSpec": {"Image": spec_image}}},
+                 "UpdateStatus": {"State": state} if state else None}]
+
+    def out(self, *args, check=True):
+        if args[:2] == ("service", "ps"):
+            return "\n".join(self.now[2])
+        raise AssertionError(args)
+
+    def run(self, *args, check=True, **kwargs):
+        self.updates.append(args)
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    monkeypatch.setattr(deploy.time, "sleep", lambda seconds: None)
+    settings = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
+    deploy.deployments_dir(settings).mkdir(parents=True)
+    deploy.save(settings, {**TARGET, "version": "1", "image": OLD})
+    return settings
+
+
+def test_a_rollout_is_saved_as_serving_once_every_replica_runs_the_new_image(lab):
+    engine = Engine([(NEW, "updating", [f"{OLD} Running 1 minute ago", f"{NEW} Running 1 second ago"]),
+                     (NEW, "completed", [f"{NEW} Running 3 seconds ago", f"{NEW} Running 1 second ago"])])
+    assert deploy.rollout(engine, lab, TARGET, timeout=30) == ("completed", "")
+    assert deploy.current(lab)["image"] == NEW
+    assert any(a[:2] == ("service", "update") and NEW in a for a in engine.updates)
+
+
+def test_a_rollback_by_swarm_keeps_the_previous_version_on_record(lab):
+    engine = Engine([(NEW, "updating", [f"{OLD} Running 1 minute ago"]),
+                     (OLD, "rollback_completed", [f"{OLD} Running 1 minute ago", f"{NEW} Failed 2 seconds ago"])])
+    outcome, _ = deploy.rollout(engine, lab, TARGET, timeout=30)
+    assert outcome == "rolled back"
+    assert deploy.current(lab)["image"] == OLD
+
+
+def test_a_rollout_that_times_out_says_which_images_serve(lab, monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(deploy.time, "monotonic", lambda: next(clock))
+    engine = Engine([(NEW, "updating", [f"{OLD} Running 5 minutes ago", f"{NEW} Starting 4 minutes ago"])])
+    with pytest.raises(DockerError) as failure:
+        deploy.rollout(engine, lab, TARGET, timeout=30)
+    assert str(failure.value) == (f"rollout of fraud v2 not finished after 30s; serving now: {OLD} × 1 "
+                                  "(Swarm goes on with the update: datalab scoring status)")
+    assert deploy.current(lab)["image"] == OLD
