@@ -38,7 +38,7 @@ $(ANSIBLE_STAMP): ansible/requirements.txt
 	$(ANSIBLE_VENV)/bin/pip install -q -r ansible/requirements.txt
 	@touch $@
 
-$(STAMP): pyproject.toml hub/pyproject.toml pipelines/pyproject.toml scoring/pyproject.toml model_registry/pyproject.toml images/constraints.txt
+$(STAMP): pyproject.toml client/pyproject.toml hub/pyproject.toml pipelines/pyproject.toml scoring/pyproject.toml model_registry/pyproject.toml images/constraints.txt
 	@./scripts/bootstrap-venv $(PYTHON) $(VENV)
-	PIP_CONSTRAINT=images/constraints.txt $(VENV)/bin/pip install -q -e '.[test]' -e ./hub -e ./pipelines -e ./scoring -e ./model_registry
+	PIP_CONSTRAINT=images/constraints.txt $(VENV)/bin/pip install -q -e '.[test]' -e ./client -e ./hub -e ./pipelines -e ./scoring -e './model_registry[gateway]'
 	@touch $@

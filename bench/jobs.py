@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datalab import settings as settings_mod  # noqa: E402
-from datalab.jobs_client import JobsClient  # noqa: E402
+from datalab.credentials import jobs_client  # noqa: E402
 
 TARGET_S = 3.0
 NOTEBOOK = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--user", default="alice", help="a user who has logged in once")
     ap.add_argument("--profile", default="datascience")
     args = ap.parse_args()
-    client = JobsClient.for_lab(settings_mod.load(args.settings))
+    client = jobs_client(settings_mod.load(args.settings))
     to_running, to_done, failed = [], [], 0
     for i in range(args.n):
         job = client.submit(NOTEBOOK, params={"i": i}, profile=args.profile, as_user=args.user)["job"]

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from datalab import settings as settings_mod  # noqa: E402
 from datalab.docker import Docker  # noqa: E402
-from datalab.jobs_client import JobsClient  # noqa: E402
+from datalab.credentials import jobs_client  # noqa: E402
 
 PUBLISHED = {  # Fraud Detection Handbook, baseline results on the same protocol
     "handbook logistic regression": (0.871, 0.606, 0.291),
@@ -47,7 +47,7 @@ def main():
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args()
     settings = settings_mod.load(args.settings)
-    client = JobsClient.for_lab(settings)
+    client = jobs_client(settings)
     notebook = REPO / "pipelines" / "notebooks" / "fraud_reference.ipynb"
     params = {"register_model": "fraud-reference-bench", **dict(args.param)}
     job = client.submit(str(notebook), params=params, profile="tensorflow", as_user=args.user, timeout=7200)["job"]

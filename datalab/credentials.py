@@ -123,6 +123,19 @@ def ensure_directory_pki(sdir):
         _write_private(sdir / "ldap-server.crt", cert.public_bytes(serialization.Encoding.PEM))
 
 
+def cli_token(settings):
+    """The token of the hub service "datalab-cli", with which the host's `datalab`
+    calls the hub, the jobs service (`--as USER`) and issues users' short-lived tokens."""
+    return (secrets_dir(settings) / "cli_token").read_text().strip()
+
+
+def jobs_client(settings):
+    """The jobs service from the lab's host: through the hub's proxy, as datalab-cli."""
+    from datalab_client.jobs import JobsClient
+
+    return JobsClient(settings.service_url("jobs"), cli_token(settings))
+
+
 def ensure(settings):
     """Generate whatever secret is missing; return the secret files by name."""
     sdir = secrets_dir(settings)

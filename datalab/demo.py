@@ -4,16 +4,17 @@ alice (an approver) promotes it through the registry gateway, the controller
 gates and rolls it out, and a curl that scores a raw transaction (and one
 that sends its fraud label back) is printed."""
 
-import http.cookiejar
 import json
 import re
 import sys
 import urllib.parse
 import urllib.request
+from http.cookiejar import CookieJar
 from pathlib import Path
 
+from datalab_client import http
+
 from . import audit, credentials, deploy, promotion
-from .jobs_client import JobsClient
 
 REPO_NOTEBOOK = "pipelines/notebooks/fraud_reference.ipynb"
 DATALAB = Path(sys.executable).with_name("datalab")  # this CLI, in the venv `make up` made
@@ -28,8 +29,9 @@ class DemoError(RuntimeError):
 
 
 def log_in(settings, user, password):
-    """Log in through the hub's form once, so the hub knows the user and their groups."""
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    """Log in through the hub's form once, so the hub knows the user and their groups.
+    (The standard library's opener: a form login needs a cookie jar, which urllib3 has not.)"""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
     page = opener.open(f"{settings.hub_url}hub/login", timeout=30).read().decode()
     xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
     form = urllib.parse.urlencode({"username": user, "password": password, "_xsrf": xsrf}).encode()
@@ -47,7 +49,7 @@ def run(settings, steps, repo):
         steps.info("demo: no demo user (corporate directory); demo loop skipped")
         return None
     log_in(settings, USER, password)
-    jobs = JobsClient.for_lab(settings)
+    jobs = credentials.jobs_client(settings)
     with steps.step(f"demo: {USER} trains the reference model (small size) as a job"):
         job = jobs.submit(str(repo / REPO_NOTEBOOK), params=SMALL, profile="tensorflow", as_user=USER,
                           timeout=1800)["job"]
@@ -73,7 +75,7 @@ def curl_example(settings):
     model on raw transactions, one that reports it as fraud (the token read
     when it runs, never printed)."""
     edge = f"http://127.0.0.1:{settings['scoring']['port']}"
-    schema = json.loads(urllib.request.urlopen(f"{edge}/v1/schema", timeout=10).read())
+    schema = http.call("GET", f"{edge}/v1/schema")
     body = json.dumps(schema["example"])
     score = f"curl -s '{edge}/v1/score?explain=1' -H 'Content-Type: application/json' -d '{body}'"
     if "feedback" not in schema:

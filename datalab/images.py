@@ -98,16 +98,18 @@ def build_tag(name):
     return f"{REPOSITORY}/{name}:build"
 
 
-# The last layer of every notebook image: the `datalab` command (for `datalab
-# jobs ...` in a terminal, `from datalab.jobs_client import JobsClient` in
-# Python) and the `fraudlab` library of the reference workload.
+# The last layer of every notebook image: DataLab's client library (client/:
+# `datalab jobs ...` in a terminal, `from datalab_client.jobs import JobsClient`
+# in Python) with the `fraudlab` library of the reference workload beside it
+# (see client/pyproject.toml), installed as a package.
 WITH_CLI = """
 USER root
-COPY datalab/ /opt/datalab-cli/datalab/
-COPY pipelines/fraudlab/ /opt/datalab-cli/fraudlab/
+COPY client/ /opt/datalab-client/
+COPY pipelines/fraudlab/ /opt/datalab-client/fraudlab/
 ENV MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
-RUN echo /opt/datalab-cli > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/datalab-cli.pth" \\
- && printf '#!/bin/sh\\nexec python3 -m datalab.cli "$@"\\n' > /usr/local/bin/datalab && chmod 755 /usr/local/bin/datalab
+RUN pip install --quiet /opt/datalab-client && rm -rf /opt/datalab-client \\
+ && printf '#!/bin/sh\\nexec python3 -m datalab_client.cli "$@"\\n' > /usr/local/bin/datalab && chmod 755 /usr/local/bin/datalab \\
+ && datalab --help >/dev/null
 USER 1000
 """
 

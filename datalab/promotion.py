@@ -1,14 +1,13 @@
 """Promotions from the host's shell: set the production alias through the
 registry gateway as a given user (exactly what the MLflow UI does for them),
-then follow the controller's decision in the audit log. Standard library only.
+then follow the controller's decision in the audit log.
 """
 
-import json
 import time
-import urllib.error
-import urllib.request
 
-from . import audit
+from datalab_client import http
+
+from . import audit, credentials
 
 
 class PromotionError(RuntimeError):
@@ -16,26 +15,15 @@ class PromotionError(RuntimeError):
 
 
 def _call(url, token, method, body=None, scheme="token"):
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"{scheme} {token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as r:
-            return json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        try:
-            found = json.loads(e.read())
-            message = found.get("message") or found.get("error") or e.reason
-        except ValueError:
-            message = e.reason
-        raise PromotionError(f"{method} {url.split('?')[0]}: {e.code} {message}") from None
-    except urllib.error.URLError as e:
-        raise PromotionError(f"cannot reach {url}: {e.reason}") from None
+        return http.call(method, url, token, body, scheme=scheme) or {}
+    except http.HTTPError as e:
+        raise PromotionError(str(e)) from None
 
 
 def user_token(settings, user, minutes=10):
     """A short-lived registry-only token of `user`, issued with the lab's CLI token."""
-    cli = (settings.data_dir / "secrets" / "cli_token").read_text().strip()
-    found = _call(f"{settings.hub_url}hub/api/users/{user}/tokens", cli, "POST", {
+    found = _call(f"{settings.hub_url}hub/api/users/{user}/tokens", credentials.cli_token(settings), "POST", {
         "scopes": ["access:services!service=registry"], "expires_in": minutes * 60,
         "note": "datalab promote (CLI)"})
     return found["token"]

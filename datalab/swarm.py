@@ -5,9 +5,9 @@ import hashlib
 import json
 import shutil
 import time
-import urllib.request
 
 import yaml
+from datalab_client import http
 
 from .docker import Docker, DockerError
 from .endpoints import FEATURE_STORE_URL, MLFLOW_URL
@@ -104,12 +104,11 @@ def status(docker: Docker, settings):
 def hub_answers(settings, timeout=3):
     """The hub answers through its proxy, asked on this machine's loopback under the
     lab's public name (which this machine may not resolve yet)."""
-    request = urllib.request.Request(f"http://127.0.0.1:{settings['hub']['port']}/hub/health",
-                                     headers={"Host": f"{settings['hub']['public_host']}:{settings['hub']['port']}"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
+        return http.request("GET", f"http://127.0.0.1:{settings['hub']['port']}/hub/health", timeout=timeout,
+                            headers={"Host": f"{settings['hub']['public_host']}:{settings['hub']['port']}"},
+                            retries=False).status == 200
+    except http.HTTPError:
         return False
 
 

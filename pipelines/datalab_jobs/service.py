@@ -20,6 +20,8 @@ from croniter import croniter
 from jupyterhub.services.auth import HubAuth
 from tornado import ioloop, web
 
+from datalab_client.jobs import (CANCELLED, FAILED, FINAL, QUEUED, RUNNING, SUCCEEDED, TIMED_OUT,
+                                 UNFINISHED)
 from datalab_hub import netpolicy, profiles as profile_policy
 from datalab_hub.config import runtime_settings, service_port
 from datalab_hub.groupsync import excess_mounts
@@ -28,7 +30,7 @@ from datalab_hub.volumes import volume_mounts
 
 from .params import ParameterError, check
 from .runner import Runner, error_of
-from .store import FINAL, UNFINISHED, Store
+from .store import Store
 
 log = logging.getLogger("datalab.jobs")
 # A running job whose owner left a group is stopped within this many seconds (plus the
@@ -209,7 +211,7 @@ class Jobs:
                     self.fire(schedule, now)
                 except Exception:
                     log.exception("schedule %s could not fire", schedule["id"])
-        for job in self.store.jobs(status=("running",)):
+        for job in self.store.jobs(status=(RUNNING,)):
             try:
                 self.watch(job, now)
             except requests.ConnectionError as e:  # the engine is away, not the job's doing: next pass
@@ -244,11 +246,11 @@ class Jobs:
         log.info("schedule %s fired job %s for %s", schedule["id"], job["id"], schedule["user"])
 
     def start_queued(self):
-        running = self.store.jobs(status=("running",))
+        running = self.store.jobs(status=(RUNNING,))
         per_user = {}
         for job in running:
             per_user[job["user"]] = per_user.get(job["user"], 0) + 1
-        for job in self.store.jobs(status=("queued",)):
+        for job in self.store.jobs(status=(QUEUED,)):
             if len(running) >= self.settings["max_running"]:
                 return
             if per_user.get(job["user"], 0) >= self.settings["max_running_per_user"]:
@@ -271,10 +273,10 @@ class Jobs:
                                              {**profile.get("environment", {}), **self.registry_environment(job)})
         except Exception as e:  # the queue goes on
             log.exception("job %s could not start", job["id"])
-            self.store.update_job(job["id"], status="failed", exit_reason="could not start",
+            self.store.update_job(job["id"], status=FAILED, exit_reason="could not start",
                                   error=str(e)[:2000], finished_at=time.time(), attempt=attempt)
             return False
-        self.store.update_job(job["id"], status="running", attempt=attempt, container_id=container_id,
+        self.store.update_job(job["id"], status=RUNNING, attempt=attempt, container_id=container_id,
                               started_at=job["started_at"] or time.time())
         log.info("job %s (%s) started, attempt %d", job["id"], job["user"], attempt)
         return True
@@ -287,25 +289,25 @@ class Jobs:
                 why = self.lost_rights(job["user"], job["profile"], job["container_id"])
                 if why:
                     self.runner.stop(job["container_id"])
-                    self.finish(job, "cancelled", f"stopped: {why}")
+                    self.finish(job, CANCELLED, f"stopped: {why}")
                     return
             if now - job["started_at"] > job["timeout_s"]:
                 self.runner.stop(job["container_id"], grace=1)
-                self.finish(job, "timed out", f"stopped after its {job['timeout_s']} s timeout")
+                self.finish(job, TIMED_OUT, f"stopped after its {job['timeout_s']} s timeout")
             elif job["cancel_requested"]:
                 self.runner.stop(job["container_id"])
-                self.finish(job, "cancelled", "cancelled by its owner or an admin")
+                self.finish(job, CANCELLED, "cancelled by its owner or an admin")
             return
         if exit_code is None:
-            self.store.update_job(job["id"], status="failed", exit_reason="container lost",
+            self.store.update_job(job["id"], status=FAILED, exit_reason="container lost",
                                   error="the job's container disappeared", finished_at=now)
             return
         if job["cancel_requested"]:
-            self.finish(job, "cancelled", "cancelled by its owner or an admin")
+            self.finish(job, CANCELLED, "cancelled by its owner or an admin")
         elif exit_code == 0:
-            self.finish(job, "succeeded", "all cells ran")
+            self.finish(job, SUCCEEDED, "all cells ran")
         else:
-            self.finish(job, "failed", f"papermill exited with {exit_code}")
+            self.finish(job, FAILED, f"papermill exited with {exit_code}")
 
     def finish(self, job, status, reason):
         log_text, output, refused = self.runner.collect(job["container_id"])
@@ -316,13 +318,13 @@ class Jobs:
             error = error_of(output)
         else:
             error = refused  # None where papermill wrote no output
-            if refused and status == "succeeded":
-                status, reason = "failed", "its output notebook was refused"
-        if status == "failed" and job["attempt"] <= job["retries"]:
+            if refused and status == SUCCEEDED:
+                status, reason = FAILED, "its output notebook was refused"
+        if status == FAILED and job["attempt"] <= job["retries"]:
             log.info("job %s failed (%s); retrying", job["id"], error or reason)
-            self.store.update_job(job["id"], status="queued", container_id=None, error=error)
+            self.store.update_job(job["id"], status=QUEUED, container_id=None, error=error)
             return
-        if status == "failed" and not error:
+        if status == FAILED and not error:
             error = log_text.strip().splitlines()[-1][:2000] if log_text.strip() else reason
         self.store.update_job(job["id"], status=status, exit_reason=reason, error=error,
                               finished_at=time.time())
@@ -334,15 +336,15 @@ class Jobs:
             self.runner.remove(job["container_id"])
         except Exception:
             log.exception("job %s: could not remove its container %s", job["id"], job["container_id"])
-        self.store.update_job(job["id"], status="failed", exit_reason="the jobs service could not watch or collect it",
+        self.store.update_job(job["id"], status=FAILED, exit_reason="the jobs service could not watch or collect it",
                               error=f"{type(error).__name__}: {error}"[:2000], finished_at=time.time())
 
     def recover(self):
         """After a restart: running jobs whose containers are gone failed."""
-        for job in self.store.jobs(status=("running",)):
+        for job in self.store.jobs(status=(RUNNING,)):
             running, exit_code = self.runner.state(job["container_id"])
             if not running and exit_code is None:
-                self.store.update_job(job["id"], status="failed", exit_reason="lost",
+                self.store.update_job(job["id"], status=FAILED, exit_reason="lost",
                                       error="the container was gone when the jobs service restarted",
                                       finished_at=time.time())
 
@@ -427,8 +429,8 @@ class CancelHandler(Handler):
         job = self.job(job_id)
         if job["status"] in FINAL:
             raise web.HTTPError(409, f"job {job_id} is already {job['status']}")
-        if job["status"] == "queued":
-            job = self.jobs.store.update_job(job_id, status="cancelled", exit_reason="cancelled before it started",
+        if job["status"] == QUEUED:
+            job = self.jobs.store.update_job(job_id, status=CANCELLED, exit_reason="cancelled before it started",
                                              finished_at=time.time(), cancel_requested=1)
         else:
             job = self.jobs.store.update_job(job_id, cancel_requested=1)
@@ -443,7 +445,7 @@ class LogsHandler(Handler):
         if saved is not None:
             self.write(saved)
         follow = self.get_argument("follow", "") == "1"
-        if job["status"] == "running" and job["container_id"]:
+        if job["status"] == RUNNING and job["container_id"]:
             try:
                 if not follow:
                     self.write(await asyncio.to_thread(self.jobs.runner.logs, job["container_id"]))

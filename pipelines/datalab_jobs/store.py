@@ -11,8 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-FINAL = ("succeeded", "failed", "cancelled", "timed out")
-UNFINISHED = ("queued", "running")
+from datalab_client.jobs import QUEUED
 
 
 class Store:
@@ -91,7 +90,7 @@ class Store:
         row = {"id": job_id, "user": user, "notebook_name": notebook_name, "profile": profile["name"],
                "image": profile["image"], "kernel": profile["kernel"], "params": json.dumps(params),
                "cpu": cpu, "memory": memory, "gpus": profile["gpus"], "timeout_s": timeout_s,
-               "retries": retries, "attempt": 0, "status": "queued", "exit_reason": None, "error": None,
+               "retries": retries, "attempt": 0, "status": QUEUED, "exit_reason": None, "error": None,
                "submitted_at": time.time(), "started_at": None, "finished_at": None,
                "container_id": None, "schedule_id": schedule_id, "cancel_requested": 0}
         self._insert("jobs", row)

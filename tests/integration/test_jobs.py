@@ -248,7 +248,7 @@ def test_jobs_from_inside_a_notebook_container_use_the_users_token(lab, jobs):
     listed = json.loads(lab.exec(container, "datalab", "jobs", "list", "--json").stdout)
     assert job["id"] in {j["id"] for j in listed} and {j["user"] for j in listed} == {"alice"}
     python = lab.exec(container, "python3", "-c",
-                      "from datalab.jobs_client import JobsClient; "
+                      "from datalab_client.jobs import JobsClient; "
                       f"print(JobsClient.from_environment().show('{job['id']}')['status'])")
     assert python.stdout.strip() == "succeeded"
 

@@ -1,11 +1,10 @@
-"""Client of the jobs service, for the host's shell and inside notebook
-containers alike (standard library only).
+"""The jobs service's client, for notebook containers and the host alike.
 
 Inside a notebook container it finds the service and the user's token in the
-environment (DATALAB_JOBS_URL, JUPYTERHUB_API_TOKEN). On the host it goes
-through the hub's proxy with the lab's CLI token, acting for `--as USER`.
+environment (DATALAB_JOBS_URL, JUPYTERHUB_API_TOKEN). On the host, `datalab`
+builds it with the hub's proxy and the lab's CLI token, acting for `--as USER`.
 
-    from datalab.jobs_client import JobsClient
+    from datalab_client.jobs import JobsClient
     jobs = JobsClient.from_environment()
     job = jobs.submit("train.ipynb", params={"epochs": 3}, profile="tensorflow")
 """
@@ -13,11 +12,15 @@ through the hub's proxy with the lab's CLI token, acting for `--as USER`.
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-FINAL = ("succeeded", "failed", "cancelled", "timed out")
+from . import http
+
+# A job's statuses (the jobs service's too): queued, then running, then one of FINAL.
+QUEUED, RUNNING = "queued", "running"
+SUCCEEDED, FAILED, CANCELLED, TIMED_OUT = "succeeded", "failed", "cancelled", "timed out"
+UNFINISHED = (QUEUED, RUNNING)
+FINAL = (SUCCEEDED, FAILED, CANCELLED, TIMED_OUT)
 
 
 class JobsError(RuntimeError):
@@ -38,32 +41,16 @@ class JobsClient:
             raise JobsError(0, "not in a DataLab notebook container (DATALAB_JOBS_URL / JUPYTERHUB_API_TOKEN unset)")
         return cls(url, token)
 
-    @classmethod
-    def for_lab(cls, settings):
-        """On the lab's host: the hub's proxy and the CLI service token."""
-        token = (settings.data_dir / "secrets" / "cli_token").read_text().strip()
-        return cls(settings.service_url("jobs"), token)
-
     def _request(self, method, path, body=None, raw=False, stream=False):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"token {self.token}", "Content-Type": "application/json"})
         try:
-            response = urllib.request.urlopen(request, timeout=None if stream else 120)
-        except urllib.error.HTTPError as e:
-            try:
-                message = json.loads(e.read()).get("error") or e.reason
-            except ValueError:
-                message = e.reason
-            raise JobsError(e.code, message) from None
-        except urllib.error.URLError as e:
-            raise JobsError(0, f"cannot reach the jobs service at {self.url}: {e.reason}") from None
+            response = http.request(method, self.url + path, self.token, body, stream=stream)
+        except http.HTTPError as e:
+            raise JobsError(e.status, e.detail) from None  # the service's words, or why it was not reached
         if stream:
             return response
-        payload = response.read()
         if raw:
-            return payload.decode()
-        return json.loads(payload) if payload else None
+            return response.data.decode()
+        return json.loads(response.data) if response.data else None
 
     def submit(self, notebook, params=None, profile=None, as_user=None, timeout=None, retries=None,
                cpu=None, memory=None, schedule=None):
@@ -95,6 +82,7 @@ class JobsClient:
         return self._request("POST", f"api/jobs/{job_id}/cancel", {})
 
     def logs(self, job_id, follow=False):
+        """The log; with `follow`, a response to read as it grows (`.stream()`)."""
         if follow:
             return self._request("GET", f"api/jobs/{job_id}/logs?follow=1", stream=True)
         return self._request("GET", f"api/jobs/{job_id}/logs", raw=True)
