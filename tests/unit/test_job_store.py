@@ -6,7 +6,7 @@ import time
 import pytest
 from tornado import web
 
-from datalab_jobs.service import Jobs
+from datalab_jobs.queue import Jobs
 from datalab_jobs.store import Store
 
 PROFILE = {"name": "python", "image": "datalab/python:abc", "kernel": "python-3.11", "gpus": 0,

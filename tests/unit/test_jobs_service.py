@@ -18,7 +18,8 @@ from jupyterhub.services.auth import HubAuth
 
 from datalab import settings as settings_mod
 from datalab_jobs.runner import MB, Runner, tail
-from datalab_jobs.service import Jobs, app
+from datalab_jobs.api import app
+from datalab_jobs.queue import Jobs
 from datalab_jobs.store import Store
 
 PROFILE = {"name": "python", "image": "datalab/python:abc", "kernel": "python-3.11", "gpus": 0,
