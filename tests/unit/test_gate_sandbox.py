@@ -476,13 +476,13 @@ def test_on_productions_window_the_models_are_given_its_features_and_only_the_ju
 
 
 def test_the_audit_shows_what_a_promotion_was_judged_on_and_its_segments():
-    from datalab import cli
+    from datalab import cli_models
 
     record = {"at": "t", "model": "fraud", "version": "2", "from": "fraud v1", "by": "alice", "outcome": "rejected",
               "reasons": ["segment 'night' ..."], "rollout_s": None,
               "gate": {**EVALUATION, "segments": {"night": SEGMENT},
                        "judged_on": {"source": "production", "why": "production's last 7 days: 2500 labelled"}}}
-    shown = cli.audit_line(record).splitlines()
+    shown = cli_models.audit_line(record).splitlines()
     assert shown[1].strip() == "judged on production: production's last 7 days: 2500 labelled"
     assert shown[2].split() == ["segment", "transactions", "frauds", "AP", "recall", "block", "rate"]
     assert shown[3].split() == ["night", "600", "12", "0.500", "/", "0.700", "0.500", "/", "0.750",
