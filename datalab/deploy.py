@@ -210,17 +210,20 @@ def task_failures(docker: Docker, service):
 
 
 def replica_figures(docker: Docker, settings):
-    """Memory and start-up time (process start -> model warm) of the scoring tasks on this node."""
+    """Memory and start-up time (process start -> model warm) of the scoring tasks on this node:
+    the memory from the engine's statistics, the start-up from the replica's own metric
+    (scoring_model_load_seconds, read on its loopback: the scoring network is not the host's)."""
     figures = []
     ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={settings.lab}_scoring").split()
     for cid in ids:
         name = docker.out("inspect", "-f", "{{.Name}}", cid).lstrip("/")
         usage = docker.out("stats", "--no-stream", "--format", "{{.MemUsage}}", cid).split("/")[0].strip()
-        logs = docker.run("logs", cid, check=False)
-        ready = [line for line in (logs.stdout + logs.stderr).splitlines() if " ready (" in line]
-        startup = ready[-1].rsplit(" in ", 1)[-1].removesuffix(" s") if ready else None
+        metrics = docker.run("exec", cid, "curl", "-fsS", "--max-time", "5", "http://127.0.0.1:8080/metrics",
+                             check=False).stdout
+        startup = next((float(line.split()[1]) for line in metrics.splitlines()
+                        if line.startswith("scoring_model_load_seconds ")), 0.0)
         figures.append({"task": name.split(".")[1] if "." in name else name, "memory_mb": _megabytes(usage),
-                        "startup_s": float(startup) if startup else None})
+                        "startup_s": round(startup, 1) if startup else None})
     return figures
 
 

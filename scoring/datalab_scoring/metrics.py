@@ -28,6 +28,9 @@ class Metrics:
                                buckets=BATCH_BUCKETS, registry=registry)
         Gauge("scoring_model_info", "The model version served.", ["model", "version"],
               registry=registry).labels(model_name, model_version).set(1)
+        self.load_seconds = Gauge("scoring_model_load_seconds",
+                                  "From the server's start to the model loaded and warmed up (0 until then).",
+                                  registry=registry)
         # the feature store (raw transactions only): per call ("score", "feedback", "log", "ping")
         self.store_latency = Histogram("scoring_feature_store_seconds",
                                        "Round trips to the feature store that succeeded, by call.", ["call"],
@@ -45,6 +48,9 @@ class Metrics:
         self.labels = Counter("scoring_feedback_labels",
                               "Labels received, by what came of them (recorded, unchanged, unknown).", ["result"],
                               registry=registry)
+
+    def loaded(self, seconds):
+        self.load_seconds.set(seconds)
 
     def request(self, status, seconds, transactions=0):
         self.requests.labels(status).inc()

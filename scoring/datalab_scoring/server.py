@@ -345,6 +345,7 @@ async def main_async():
         await asyncio.sleep(float(env.get("SCORING_FAIL_GRACE_S", "2")))
         raise SystemExit(3)
     state.serve(model, store)
+    state.metrics.loaded(time.monotonic() - started)
     log.info("model %s v%s ready (%s, %s) in %.1f s", model.name, model.version, model.engine,
              f"raw transactions, {model.feature_set}" if store else "features in the request",
              time.monotonic() - started)

@@ -70,3 +70,16 @@ def test_a_rollout_that_times_out_says_which_images_serve(lab, monkeypatch):
     assert str(failure.value) == (f"rollout of fraud v2 not finished after 30s; serving now: {OLD} × 1 "
                                   "(Swarm goes on with the update: datalab scoring status)")
     assert deploy.current(lab)["image"] == OLD
+
+
+def test_a_replicas_start_up_time_is_its_own_metric_not_a_log_line(lab):
+    class Replicas:
+        def out(self, *args, check=True):
+            return {"ps": "c1", "inspect": "/dltest_scoring.1.abc", "stats": "812.4MiB / 2GiB"}[args[0]]
+
+        def run(self, *args, check=True):
+            assert args[:2] == ("exec", "c1") and "http://127.0.0.1:8080/metrics" in args
+            return type("Proc", (), {"stdout": "# HELP scoring_model_load_seconds ...\n"
+                                               "scoring_model_load_seconds 7.84\nscoring_model_info 1.0\n"})()
+
+    assert deploy.replica_figures(Replicas(), lab) == [{"task": "1", "memory_mb": 812.4, "startup_s": 7.8}]
