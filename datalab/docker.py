@@ -5,7 +5,7 @@ import logging
 import shutil
 import subprocess
 
-log = logging.getLogger("datalab.docker")
+log = logging.getLogger("datalab.cli.docker")  # shown by `datalab -v` (steps.py)
 
 
 class DockerError(RuntimeError):

@@ -44,6 +44,9 @@ class Lab(Table):
     advertise_addr: str = setting("127.0.0.1", "Address other Swarm nodes (and this one) reach this manager on.")
     demo: bool = setting(True, "End `datalab up` with the demo loop, until a model serves: the reference model "
                          "trains at a small size as alice, who promotes it; a curl scores a transaction.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
+        "INFO", "How much the services log (`datalab logs SERVICE`): the hub, its services (jobs, registry, "
+        "group sync), the controller and scoring, all in one format.")
 
 
 class Hub(Table):

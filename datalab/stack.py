@@ -65,6 +65,7 @@ def scoring_services(settings, refs, deployment, files, secret_files):
     deployment = deployment or {"image": refs["scoring"], "replicas": 0, "threshold": settings["scoring"]["threshold"],
                                 "model": "", "version": ""}
     scoring = _service(deployment["image"], ["scoring", "features"], environment={
+        "DATALAB_LOG_LEVEL": settings["lab"]["log_level"],
         "SCORING_THRESHOLD": str(deployment["threshold"]),
         "SCORING_FEATURE_STORE_URL": FEATURE_STORE_URL,
     }, secrets=[files.secret("featurestore_password", secret_files["featurestore_password"], SCORING_UID),
@@ -100,7 +101,8 @@ def controller_service(settings, refs, files, secret_files, docker_gid):
     service = _service(
         refs["controller"], ["backend"],
         user=f"{CONTROLLER_UID}:{docker_gid}",
-        environment={"MLFLOW_TRACKING_URI": MLFLOW_URL, "DATALAB_CONTROLLER_SETTINGS": CONTROLLER_SETTINGS_PATH},
+        environment={"MLFLOW_TRACKING_URI": MLFLOW_URL, "DATALAB_CONTROLLER_SETTINGS": CONTROLLER_SETTINGS_PATH,
+                     "DATALAB_LOG_LEVEL": settings["lab"]["log_level"]},
         volumes=[f"{DOCKER_SOCKET}:{DOCKER_SOCKET}", f"{deployments}:{CONTROLLER_DATA_DIR}/deployments"],
         configs=[files.config("controller_settings", settings_json, CONTROLLER_SETTINGS_PATH)],
         secrets=[files.secret("webhook_secret", secret_files["webhook_secret"], CONTROLLER_UID),
@@ -137,7 +139,7 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             # unprivileged user whose group owns the socket.
             user=f"{HUB_UID}:{docker_gid}",
             volumes=[f"{DOCKER_SOCKET}:{DOCKER_SOCKET}", "hub-data:/srv/jupyterhub/data"],
-            environment={"DATALAB_HUB_SETTINGS": HUB_SETTINGS_PATH},
+            environment={"DATALAB_HUB_SETTINGS": HUB_SETTINGS_PATH, "DATALAB_LOG_LEVEL": settings["lab"]["log_level"]},
             configs=[files.config("hub_settings", hub_json, HUB_SETTINGS_PATH)],
             secrets=hub_secrets,
         ),

@@ -1,4 +1,4 @@
-"""The command line's progress lines, through `logging` (logger "datalab").
+"""The command line's progress lines, through `logging` (logger "datalab.cli").
 
 Every line carries the time since the command started: `[  12.3s] ▶ building
 images`. `datalab -q` shows warnings and failures only; `datalab -v` adds what
@@ -9,7 +9,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-log = logging.getLogger("datalab")
+log = logging.getLogger("datalab.cli")
 
 
 class _Elapsed(logging.Formatter):

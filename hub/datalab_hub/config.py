@@ -39,6 +39,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
     hub, ldap, spawn = runtime["hub"], runtime["ldap"], runtime["spawner"]
 
     c.JupyterHub.bind_url = "http://0.0.0.0:8000/"
+    c.Application.log_level = os.environ.get("DATALAB_LOG_LEVEL") or "INFO"  # [lab] log_level, as its services
     if hub["per_user_origins"]:
         # Each user's server on an origin of its own (alice.<host>), and each service
         # (registry--service.<host>): a page one user serves cannot read the hub's or
@@ -133,7 +134,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=jobs",
                               "access:services!service=registry"]
     # The proxy, in its own container, reaches the services in the hub's container by its name.
-    settings_env = {"DATALAB_HUB_SETTINGS": os.environ.get("DATALAB_HUB_SETTINGS", "")}
+    settings_env = {name: os.environ.get(name, "") for name in ("DATALAB_HUB_SETTINGS", "DATALAB_LOG_LEVEL")}
     services = [
         {
             "name": "jobs",

@@ -42,6 +42,8 @@ from dockerspawner import DockerSpawner
 from ldap3.core.exceptions import LDAPException
 from traitlets.config import Config
 
+from datalab_client import logs
+
 from . import profiles as profile_policy
 from .auth import DataLabLDAPAuthenticator
 from .config import configure, runtime_settings
@@ -242,7 +244,7 @@ def remove_users(hub, plans, stop_wait):
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s group-sync] %(message)s")
+    logs.configure()
     runtime = runtime_settings()
     # the hub's own configuration: the same directory, TLS, templates, filters and groups as its logins
     config = Config()

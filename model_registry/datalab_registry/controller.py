@@ -34,6 +34,7 @@ from tornado import ioloop, web
 from datalab import audit, deploy, images
 from datalab.docker import Docker
 from datalab.settings import Settings
+from datalab_client import logs
 
 from . import gate, sandbox, seals, webhooks
 from .tenancy import REQUESTED_BY_TAG
@@ -328,7 +329,7 @@ def quiet_health(handler):
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s controller] %(message)s")
+    logs.configure()
     from mlflow import MlflowClient
 
     settings = Settings(json.loads(Path(os.environ["DATALAB_CONTROLLER_SETTINGS"]).read_text()))

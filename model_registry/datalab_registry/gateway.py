@@ -33,6 +33,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 import httpx
 from tornado import ioloop, iostream, web
 
+from datalab_client import logs
 from datalab_hub.config import runtime_settings, service_port
 from datalab_hub.identity import HubUsers
 
@@ -481,7 +482,7 @@ async def read_bounded(response, limit):
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s registry] %(message)s")
+    logs.configure()
     settings = runtime_settings()
     registry = settings["registry"]
     hub_auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)

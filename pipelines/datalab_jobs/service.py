@@ -10,6 +10,7 @@ import docker
 from jupyterhub.services.auth import HubAuth
 from tornado import ioloop
 
+from datalab_client import logs
 from datalab_hub import netpolicy
 from datalab_hub.config import runtime_settings, service_port
 from datalab_hub.identity import HubUsers
@@ -24,7 +25,7 @@ log = logging.getLogger("datalab.jobs")
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s jobs] %(message)s")
+    logs.configure()
     settings = runtime_settings()
     spawn = settings["spawner"]
     store = Store(settings["jobs"]["data_dir"])

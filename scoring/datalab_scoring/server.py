@@ -36,6 +36,8 @@ from pathlib import Path
 from fraudlab import online
 from tornado import httpserver, web
 
+from datalab_client import logs
+
 from . import featurestore
 from . import model as model_mod
 from .batching import Batcher
@@ -374,7 +376,7 @@ async def serve_raw(server, store):
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s scoring] %(message)s")
+    logs.configure()
     asyncio.run(main_async())
 
 

@@ -85,3 +85,20 @@ def test_errors_carry_the_services_own_words_and_a_closed_port_says_so(service):
     with pytest.raises(http.HTTPError) as failure:
         http.call("GET", f"http://127.0.0.1:{port}/hub/health", retries=False)
     assert failure.value.status == 0 and str(failure.value).startswith(f"cannot reach http://127.0.0.1:{port}/hub/health")
+
+
+def test_services_log_in_one_format_at_the_labs_level(capsys):
+    import logging
+
+    from datalab_client import logs
+
+    try:
+        logs.configure({"DATALAB_LOG_LEVEL": "warning"})
+        logging.getLogger("datalab.jobs").info("not shown at WARNING")
+        logging.getLogger("datalab.jobs").warning("job j1 lost")
+        logs.configure({"DATALAB_LOG_LEVEL": ""})  # a service started without the variable: INFO
+        assert logging.getLogger().level == logging.INFO
+    finally:
+        logging.basicConfig(force=True)
+    shown = capsys.readouterr().err.splitlines()
+    assert len(shown) == 1 and shown[0].startswith("[W 20") and shown[0].endswith(" datalab.jobs] job j1 lost")

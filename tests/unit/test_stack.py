@@ -44,7 +44,8 @@ def test_a_deployment_is_a_start_first_service_that_rolls_back(tmp_path, monkeyp
     spec = stack.render(s, REFS, PROFILES, credentials.ensure(s), deployment)
     svc = spec["services"]["scoring"]
     assert svc["image"] == deployment["image"] and svc["deploy"]["replicas"] == 2
-    assert svc["environment"] == {"SCORING_THRESHOLD": "70.0", "SCORING_FEATURE_STORE_URL": endpoints.FEATURE_STORE_URL}
+    assert svc["environment"] == {"SCORING_THRESHOLD": "70.0", "SCORING_FEATURE_STORE_URL": endpoints.FEATURE_STORE_URL,
+                                  "DATALAB_LOG_LEVEL": "INFO"}  # [lab] log_level
     assert svc["deploy"]["update_config"]["order"] == "start-first"
     assert svc["deploy"]["update_config"]["failure_action"] == "rollback"
     assert svc["networks"] == ["scoring", "features"] and "ports" not in svc
