@@ -336,6 +336,13 @@ class FakeMlflow:
     def get_registered_model(self, name):
         return SimpleNamespace(aliases=dict(self.aliases.get(name, {})))
 
+    def search_registered_models(self, max_results=None):
+        return [SimpleNamespace(name=name, aliases=dict(aliases)) for name, aliases in self.aliases.items()]
+
+    def delete_model_version_tag(self, name, version, key):
+        self.calls.append(("untag", name, str(version), key))
+        self.versions[name, str(version)].tags.pop(key, None)
+
     def get_run(self, run_id):
         return SimpleNamespace(data=SimpleNamespace(tags={seals.EVALUATION_TAG: "evaluation/e.parquet"}))
 
@@ -404,6 +411,36 @@ def test_a_candidate_whose_artifacts_changed_is_rejected_before_any_of_its_code_
     record = audit.records(s)[-1]
     assert record["outcome"] == "rejected" and "fraud v2 are not those sealed" in record["reasons"][0]
     assert client.aliases["fraud"]["production"] == "1"
+
+
+def test_a_restarted_controller_follows_the_rollout_it_had_issued_without_gating_or_issuing_it_again(
+        tmp_path, monkeypatch):
+    """The controller died after issuing a rollout: its successor finds the attempt in
+    promotions.json, runs no gate, updates no service, and records the outcome once."""
+    s = settings_in(tmp_path)
+    client = FakeMlflow([version(1, {seals.SEAL_TAG: "d1"}), version(2, {seals.SEAL_TAG: "d2"})],
+                        aliases={"fraud": {"production": "2"}})
+    target = {"model": "fraud", "version": "2", "run_id": "r2", "image": "datalab/scoring-model:fraud-v2-b",
+              "replicas": 2, "threshold": 50.0}
+    in_progress = {"model": "fraud", "version": "2", "step": "rolling out", "issued": True, "started_at": "t",
+                   "t0": 0, "from": "fraud v1", "by": "alice", "serving": None, "rollout_t0": 0, "target": target,
+                   "gate": {"candidate": {"average_precision": 0.7}, "transactions": 5000}}
+    (tmp_path / "deployments" / "promotions.json").write_text(json.dumps(
+        {"accepted": {"fraud": "1"}, "in_progress": in_progress}))
+    monkeypatch.setattr(sandbox, "evaluate", lambda *a, **k: pytest.fail("a restart ran the gate again"))
+    monkeypatch.setattr(controller_mod.deploy, "start_rollout", lambda *a: pytest.fail("a restart issued it again"))
+    followed = []
+    monkeypatch.setattr(controller_mod.deploy, "rollout",
+                        lambda docker, settings, t, started=False: followed.append((t["image"], started))
+                        or ("completed", ""))
+    ctl = controller_mod.Controller(s, client, docker=None)
+    ctl.reconcile()
+    ctl.reconcile()  # the next poll: nothing left to do
+    assert followed == [(target["image"], True)]
+    assert [(r["version"], r["outcome"]) for r in audit.records(s)] == [("2", "deployed")]
+    state = json.loads((tmp_path / "deployments" / "promotions.json").read_text())
+    assert state == {"accepted": {"fraud": "2"}, "in_progress": None}
+    assert client.versions["fraud", "2"].tags["datalab.deployed_by"] == "alice"
 
 
 def test_the_alias_is_removed_when_the_version_accepted_before_is_gone(tmp_path):
