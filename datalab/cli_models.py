@@ -142,7 +142,8 @@ def cmd_scoring_status(settings, args):
     print(f"{deployment['model']} v{deployment['version']}  threshold {deployment['threshold']}  "
           f"replicas {svc.get('replicas', '?')}  health {svc.get('health', '?')}  {out['url']}")
     for r in out["replicas"]:
-        print(f"  {r['task']}: {r['memory_mb']} MB, model ready {r['startup_s']} s after start")
+        ready = f"model ready {r['startup_s']} s after start" if r["startup_s"] else "start-up time not reported"
+        print(f"  {r['task']}: {r['memory_mb']} MB, {ready}")
     return 0
 
 

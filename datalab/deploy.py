@@ -182,9 +182,9 @@ def wait_rollout(docker: Docker, settings, deployment, timeout=300):
             if spec_image != deployment["image"]:
                 return "rolled back", task_failures(docker, service)
             if status in (None, "completed"):
-                tasks = docker.out("service", "ps", "--filter", "desired-state=running",
-                                   "--format", "{{.Image}} {{.CurrentState}}", service).splitlines()
-                if tasks and all(t.startswith(deployment["image"]) and " Running" in f" {t}" for t in tasks):
+                tasks = docker.tasks(service, running=True)
+                if tasks and all(task_image(t).startswith(deployment["image"]) and t["Status"]["State"] == "running"
+                                 for t in tasks):
                     return "completed", ""
         time.sleep(1)
     raise DockerError(f"rollout of {deployment['model']} v{deployment['version']} not finished after {timeout}s; "
@@ -192,21 +192,25 @@ def wait_rollout(docker: Docker, settings, deployment, timeout=300):
                       "(Swarm goes on with the update: datalab scoring status)")
 
 
+def task_image(task):
+    """The image a task runs, without the digest Swarm may pin to it."""
+    return task["Spec"]["ContainerSpec"]["Image"].split("@", 1)[0]
+
+
 def serving_images(docker: Docker, service):
     """The images the service's running tasks serve: "IMAGE × N, ..." (during an update, the old and the new)."""
     counts = {}
-    for line in docker.out("service", "ps", "--filter", "desired-state=running", "--format",
-                           "{{.Image}} {{.CurrentState}}", service, check=False).splitlines():
-        image, _, state = line.partition(" ")
-        if state.startswith("Running"):
-            counts[image] = counts.get(image, 0) + 1
+    for task in docker.tasks(service, running=True):
+        if task["Status"]["State"] == "running":
+            counts[task_image(task)] = counts.get(task_image(task), 0) + 1
     return ", ".join(f"{image} × {n}" for image, n in sorted(counts.items()))
 
 
 def task_failures(docker: Docker, service):
-    lines = docker.out("service", "ps", "--no-trunc", "--format", "{{.Image}} {{.CurrentState}} {{.Error}}",
-                       service, check=False).splitlines()
-    return "; ".join(sorted({l for l in lines if "Failed" in l or "Rejected" in l or "unhealthy" in l.lower()}))[:800]
+    """Why the service's tasks failed, as the engine says (failed or rejected, or an unhealthy exit)."""
+    found = {f"{task_image(t)} {t['Status']['State']}: {t['Status'].get('Err', '')}" for t in docker.tasks(service)
+             if t["Status"]["State"] in ("failed", "rejected") or "unhealthy" in t["Status"].get("Err", "")}
+    return "; ".join(sorted(found))[:800]
 
 
 def replica_figures(docker: Docker, settings):

@@ -41,6 +41,17 @@ class Docker:
         proc = self.run(kind, "inspect", *names, check=False)
         return json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
 
+    def tasks(self, service, running=False):
+        """A Swarm service's tasks as the engine describes them (JSON: Status.State,
+        Status.Err, Spec.ContainerSpec.Image, NodeID); `running`: those meant to run."""
+        args = ["service", "ps", "--quiet", "--no-trunc", *(["--filter", "desired-state=running"] if running else []),
+                service]
+        ids = self.run(*args, check=False).stdout.split()
+        if not ids:
+            return []
+        proc = self.run("inspect", "--type", "task", *ids, check=False)
+        return json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+
     def engine_running(self):
         try:
             return self.ok("info", "--format", "{{.ServerVersion}}")

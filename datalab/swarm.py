@@ -45,7 +45,7 @@ def services(docker: Docker, settings):
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _local_health(docker: Docker, service_name, image, local_node):
+def _local_health(docker: Docker, service_name, image, local_node_id):
     """Health of the service's containers on this node; "updating" while any
     still runs another image than the service's spec (a rollout under way)."""
     ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service_name}").split()
@@ -54,12 +54,10 @@ def _local_health(docker: Docker, service_name, image, local_node):
         return "updating"
     states = {c["State"].get("Health", {}).get("Status", c["State"]["Status"]) for c in containers}
     # tasks on other nodes: Swarm calls a task with a healthcheck running once it is healthy
-    remote = docker.out("service", "ps", "--filter", "desired-state=running", "--format",
-                        "{{.Node}} {{.CurrentState}}", service_name).splitlines()
-    for line in remote:
-        node, _, state = line.partition(" ")
-        if node != local_node:
-            states.add("healthy" if state.startswith("Running") else state.split(" ")[0].lower())
+    for task in docker.tasks(service_name, running=True):
+        if task.get("NodeID") != local_node_id:
+            state = task["Status"]["State"]
+            states.add("healthy" if state == "running" else state)
     if not states:
         return "no task"
     return "healthy" if states == {"healthy"} else ",".join(sorted(states))
@@ -84,12 +82,12 @@ def service_url(settings, short_name):
 def status(docker: Docker, settings):
     """One row per service: name, state (running/desired), health, URL."""
     rows = []
-    local_node = docker.out("info", "--format", "{{.Name}}")  # once per report: it is polled
+    local_node_id = docker.out("info", "--format", "{{.Swarm.NodeID}}")  # once per report: it is polled
     for svc in services(docker, settings):
         short = svc["Name"].removeprefix(f"{settings.lab}_")
         running, _, desired = svc["Replicas"].partition(" ")[0].partition("/")
         idle = desired == "0"  # the scoring service before a first deployment
-        health = "idle" if idle else _local_health(docker, svc["Name"], svc["Image"], local_node)
+        health = "idle" if idle else _local_health(docker, svc["Name"], svc["Image"], local_node_id)
         rows.append({
             "service": short,
             "state": "scaled to 0" if idle else "running" if running == desired else f"{running}/{desired} running",
@@ -131,11 +129,8 @@ def wait_healthy(docker: Docker, settings, steps, timeout=300):
 
 
 def task_errors(docker: Docker, settings, short_names):
-    out = []
-    for short in short_names:
-        out.append(docker.out("service", "ps", "--no-trunc", "--format",
-                              "{{.Name}} {{.CurrentState}} {{.Error}}", f"{settings.lab}_{short}", check=False))
-    return "\n".join(out)
+    return "\n".join(f"{settings.lab}_{short}.{t.get('Slot', '')} {t['Status']['State']} {t['Status'].get('Err', '')}"
+                     for short in short_names for t in docker.tasks(f"{settings.lab}_{short}"))
 
 
 def lab_containers(docker: Docker, settings):

@@ -17,7 +17,7 @@ class Engine:
     moving on one step at each look."""
 
     def __init__(self, script):
-        self.script = list(script)  # (spec image, update state, ["IMAGE STATE", ...]) per look
+        self.script = list(script)  # (spec image, update state, [(task image, task state), ...]) per look
         self.now = self.script[0]
         self.updates = []
 
@@ -27,10 +27,9 @@ class Engine:
         return [{"Spec": {"TaskTemplate": {"ContainerSpec": {"Image": spec_image}}},
                  "UpdateStatus": {"State": state} if state else None}]
 
-    def out(self, *args, check=True):
-        if args[:2] == ("service", "ps"):
-            return "\n".join(self.now[2])
-        raise AssertionError(args)
+    def tasks(self, service, running=False):
+        return [{"Spec": {"ContainerSpec": {"Image": f"{image}@sha256:0f0f"}}, "Status": {"State": state, "Err": ""}}
+                for image, state in self.now[2]]
 
     def run(self, *args, check=True, **kwargs):
         self.updates.append(args)
@@ -46,25 +45,25 @@ def lab(tmp_path, monkeypatch):
 
 
 def test_a_rollout_is_saved_as_serving_once_every_replica_runs_the_new_image(lab):
-    engine = Engine([(NEW, "updating", [f"{OLD} Running 1 minute ago", f"{NEW} Running 1 second ago"]),
-                     (NEW, "completed", [f"{NEW} Running 3 seconds ago", f"{NEW} Running 1 second ago"])])
+    engine = Engine([(NEW, "updating", [(OLD, "running"), (NEW, "running")]),
+                     (NEW, "completed", [(NEW, "running"), (NEW, "running")])])
     assert deploy.rollout(engine, lab, TARGET, timeout=30) == ("completed", "")
     assert deploy.current(lab)["image"] == NEW
     assert any(a[:2] == ("service", "update") and NEW in a for a in engine.updates)
 
 
 def test_a_rollback_by_swarm_keeps_the_previous_version_on_record(lab):
-    engine = Engine([(NEW, "updating", [f"{OLD} Running 1 minute ago"]),
-                     (OLD, "rollback_completed", [f"{OLD} Running 1 minute ago", f"{NEW} Failed 2 seconds ago"])])
-    outcome, _ = deploy.rollout(engine, lab, TARGET, timeout=30)
-    assert outcome == "rolled back"
+    engine = Engine([(NEW, "updating", [(OLD, "running")]),
+                     (OLD, "rollback_completed", [(OLD, "running"), (NEW, "failed")])])
+    outcome, why = deploy.rollout(engine, lab, TARGET, timeout=30)
+    assert (outcome, why) == ("rolled back", f"{NEW} failed: ")
     assert deploy.current(lab)["image"] == OLD
 
 
 def test_a_rollout_that_times_out_says_which_images_serve(lab, monkeypatch):
     clock = iter(range(0, 1000, 10))
     monkeypatch.setattr(deploy.time, "monotonic", lambda: next(clock))
-    engine = Engine([(NEW, "updating", [f"{OLD} Running 5 minutes ago", f"{NEW} Starting 4 minutes ago"])])
+    engine = Engine([(NEW, "updating", [(OLD, "running"), (NEW, "starting")])])
     with pytest.raises(DockerError) as failure:
         deploy.rollout(engine, lab, TARGET, timeout=30)
     assert str(failure.value) == (f"rollout of fraud v2 not finished after 30s; serving now: {OLD} × 1 "
