@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from .docker import Docker, DockerError
-from .endpoints import CONTROLLER_UID, MLFLOW_URL
+from .endpoints import CONTROLLER_UID, MLFLOW_URL, NOTEBOOK_UID
 
 
 class DeployError(RuntimeError):
@@ -106,7 +106,7 @@ def bake(docker: Docker, scoring_ref, answer, work):
     """Build the image that serves the fetched version (work/model)."""
     name, version = answer["name"], answer["version"]
     Path(work, "Dockerfile").write_text(
-        f"FROM {scoring_ref}\nCOPY --chown=1000:1000 model /model\n"
+        f"FROM {scoring_ref}\nCOPY --chown={NOTEBOOK_UID}:{NOTEBOOK_UID} model /model\n"
         f"ENV SCORING_MODEL_NAME={name} SCORING_MODEL_VERSION={version}\n")
     tag = f"datalab/scoring-model:{name}-v{version}"
     docker.run("build", "-q", "--label", f"org.datalab.model={name}",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_UID, CONTROLLER_SETTINGS_PATH, DOCKER_SOCKET, FEATURE_STORE_URL,
                         FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID, MLFLOW_URL,
-                        PROXY_PORT, SCORING_EDGE_PORT, SCORING_UID, port)
+                        PROXY_PORT, SCORING_EDGE_PORT, NOTEBOOK_UID, port)
 from .hubsettings import hub_runtime
 
 
@@ -68,8 +68,8 @@ def scoring_services(settings, refs, deployment, files, secret_files):
         "DATALAB_LOG_LEVEL": settings["lab"]["log_level"],
         "SCORING_THRESHOLD": str(deployment["threshold"]),
         "SCORING_FEATURE_STORE_URL": FEATURE_STORE_URL,
-    }, secrets=[files.secret("featurestore_password", secret_files["featurestore_password"], SCORING_UID),
-                files.secret("feedback_token", secret_files["feedback_token"], SCORING_UID)],
+    }, secrets=[files.secret("featurestore_password", secret_files["featurestore_password"], NOTEBOOK_UID),
+                files.secret("feedback_token", secret_files["feedback_token"], NOTEBOOK_UID)],
         stop_grace_period="5s")
     scoring["deploy"].update(
         replicas=int(deployment["replicas"]),

@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from html import escape
 
-from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
@@ -173,7 +172,7 @@ class DataLabSpawner(DockerSpawner):
         self.mem_limit = profile["memory"]
         self.extra_host_config = {
             **self._hardened_host_config(),
-            **self.gpu_request(profile),
+            **containers.gpu_request(profile["gpus"]),
             # memory + swap = memory: past its limit a kernel is killed, it does not swap the host
             "memswap_limit": self.mem_limit,
         }
@@ -237,12 +236,6 @@ class DataLabSpawner(DockerSpawner):
         info = await self.docker("info")
         if "nvidia" not in (info.get("Runtimes") or {}):
             raise web.HTTPError(503, NO_GPU_RUNTIME.format(**profile))
-
-    @staticmethod
-    def gpu_request(profile):
-        if not profile["gpus"]:
-            return {}
-        return {"device_requests": [DeviceRequest(count=int(profile["gpus"]), capabilities=[["gpu"]])]}
 
     async def volume_mounts(self):
         mounts = volumes.volume_mounts(

@@ -2,6 +2,8 @@
 
 from dockerspawner import DockerSpawner
 
+from .containers import NOTEBOOK_UID
+
 HOME = "/home/jovyan"
 
 
@@ -24,7 +26,7 @@ def shared(mounts, prefix):
     return [name for name in mounts if not name.startswith(f"{prefix}-user-")]
 
 
-def ensure_shared(api, name, prefix, image, uid="1000"):
+def ensure_shared(api, name, prefix, image, uid=NOTEBOOK_UID):
     """Create the shared volume `name` on first use, owned by the notebook user.
 
     api: a docker-py APIClient (blocking; call from a thread in async code).

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from datalab.docker import DockerError
+from datalab.endpoints import NOTEBOOK_UID
 
 from . import gate
 
@@ -140,7 +141,7 @@ def sandbox_args(name, image, argv, lab, memory):
             "--tmpfs", f"/tmp:rw,noexec,nosuid,size={SCRATCH}",
             # the inbox: a volume, so that `docker cp` fills it though the root is read-only;
             # its files are root's, read-only to the sandbox's user
-            "--mount", f"type=volume,dst={INBOX}", "--user", "1000:1000", "--env", "HOME=/tmp",
+            "--mount", f"type=volume,dst={INBOX}", "--user", f"{NOTEBOOK_UID}:{NOTEBOOK_UID}", "--env", "HOME=/tmp",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--pids-limit", str(PIDS),
             "--cpus", CPUS, "--memory", memory, "--memory-swap", memory,
             "--log-driver", "json-file", "--log-opt", f"max-size={OUTPUT}", "--log-opt", "max-file=1",

@@ -12,9 +12,8 @@ from contextlib import closing
 
 import docker
 import docker.errors
-from docker.types import DeviceRequest
 
-from datalab_hub.containers import NOTEBOOK_UID, hardened
+from datalab_hub.containers import NOTEBOOK_UID, gpu_request, hardened
 from datalab_hub.netpolicy import AWAIT_COMMAND
 from datalab_hub.volumes import ensure_shared, shared
 
@@ -130,8 +129,7 @@ class Runner:
             log_config={"type": "json-file", "config": {"max-size": f"{max(1, int(self.max_log_mb * 1024))}k",
                                                         "max-file": "3"}},
         )
-        if job["gpus"]:
-            host["device_requests"] = [DeviceRequest(count=int(job["gpus"]), capabilities=[["gpu"]])]
+        host.update(gpu_request(job["gpus"]))
         mounts = self.volumes(job["user"], user_groups, admin)
         for volume in shared(mounts, self.lab):  # as a notebook server would, owned by the user
             ensure_shared(self.client.api, volume, self.lab, job["image"])

@@ -7,6 +7,7 @@ import pytest
 from tornado import web
 
 from datalab import hubsettings, manifest, settings as settings_mod
+from datalab_hub import containers
 from datalab_hub.spawner import DataLabSpawner
 
 PROFILES = hubsettings.profiles(settings_mod.defaults(), manifest.load(), {"python": "p:1", "datascience": "d:1", "tensorflow": "t:1"})
@@ -61,9 +62,9 @@ def test_unbuilt_profile_says_how_to_build_it():
 
 def test_gpu_profiles_ask_docker_for_gpus():
     gpu = next(p for p in PROFILES if p["name"] == "tensorflow-gpu")
-    request = DataLabSpawner.gpu_request(gpu)["device_requests"][0]
+    request = containers.gpu_request(gpu["gpus"])["device_requests"][0]
     assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
-    assert DataLabSpawner.gpu_request(PROFILES[0]) == {}
+    assert containers.gpu_request(PROFILES[0]["gpus"]) == {}
 
 
 def test_start_returns_once_the_server_listens_not_a_backoff_later():
