@@ -13,7 +13,7 @@ from tornado import httpclient, web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from datalab_registry import gateway, tenancy
+from datalab_registry import gateway, owners, tenancy
 
 POLICY = tenancy.Policy(teams=frozenset({"fraud-team", "aml-team"}))
 USERS = {"alice": tenancy.Identity("alice", frozenset({"fraud-team", "model-approvers"})),
@@ -96,7 +96,7 @@ def call(who, method, path, body=None, policy=POLICY, mlflow=None):
         sockets = [bind_unused_port() for _ in range(2)]
         url = f"http://127.0.0.1:{sockets[0][1]}"
         servers = [HTTPServer(mlflow.app()), HTTPServer(web.Application(
-            [(r"/services/registry/(.*)", AsCaller)], owners=gateway.Owners(url), mlflow_url=url, policy=policy))]
+            [(r"/services/registry/(.*)", AsCaller)], owners=owners.Owners(url), mlflow_url=url, policy=policy))]
         for server, (sock, _) in zip(servers, sockets):
             server.add_sockets([sock])
         try:
@@ -228,7 +228,7 @@ async def streaming_gateway(mlflow):
     sockets = [bind_unused_port() for _ in range(2)]
     url = f"http://127.0.0.1:{sockets[0][1]}"
     servers = [HTTPServer(mlflow.app()),
-               HTTPServer(web.Application([(r"/services/registry/(.*)", AsCaller)], owners=gateway.Owners(url),
+               HTTPServer(web.Application([(r"/services/registry/(.*)", AsCaller)], owners=owners.Owners(url),
                                           mlflow_url=url, policy=POLICY))]
     for server, (sock, _) in zip(servers, sockets):
         server.add_sockets([sock])
