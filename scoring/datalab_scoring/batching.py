@@ -2,14 +2,17 @@
 short window) are scored together in one call of the compiled model."""
 
 import asyncio
+import time
 
 
 class Batcher:
-    def __init__(self, predict, max_batch=256, window_s=0.0005, on_batch=None):
+    def __init__(self, predict, max_batch=256, window_s=0.0005, on_batch=None, on_request=None):
         self.predict = predict          # list of rows -> list of probabilities (blocking, fast)
         self.max_batch = max_batch
         self.window_s = window_s
         self.on_batch = on_batch or (lambda size: None)
+        # per request: (seconds it waited for the model, seconds of its batch's model call)
+        self.on_request = on_request or (lambda queue_s, model_s: None)
         self.queue = asyncio.Queue()
         self.task = None
 
@@ -17,7 +20,7 @@ class Batcher:
         if self.task is None:  # started by the first request, on the server's loop
             self.task = asyncio.get_running_loop().create_task(self._run())
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((rows, future))
+        await self.queue.put((rows, future, time.perf_counter()))
         return await future
 
     async def _run(self):
@@ -30,17 +33,20 @@ class Batcher:
                 item = self.queue.get_nowait()
                 pending.append(item)
                 size += len(item[0])
-            rows = [row for item, _ in pending for row in item]
+            rows = [row for item, _, _ in pending for row in item]
+            called = time.perf_counter()
             try:
                 scores = self.predict(rows)
             except Exception as e:  # a model failure fails these requests, not the server
-                for _, future in pending:
+                for _, future, _ in pending:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            returned = time.perf_counter()
             self.on_batch(len(rows))
             start = 0
-            for item, future in pending:
+            for item, future, queued in pending:
+                self.on_request(called - queued, returned - called)
                 if not future.done():
                     future.set_result(scores[start:start + len(item)])
                 start += len(item)

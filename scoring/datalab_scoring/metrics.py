@@ -14,6 +14,9 @@ CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 STORE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+STAGE_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+# Where a scoring request's time goes (the tail's breakdown, scoring/README.md).
+STAGES = ("parse", "features", "queue", "model", "respond")
 
 
 class Metrics:
@@ -26,6 +29,12 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=registry)
         self.batch = Histogram("scoring_batch_size", "Transactions per model call.",
                                buckets=BATCH_BUCKETS, registry=registry)
+        stages = Histogram("scoring_stage_seconds",
+                           "Time a scoring request spends in each stage: parse (read and check the body), features "
+                           "(the feature store's round trips; raw transactions only), queue (waiting for the model), "
+                           "model (the model call of the batch it is in), respond (scores, JSON, writing).",
+                           ["stage"], buckets=STAGE_BUCKETS, registry=registry)
+        self.stages = {name: stages.labels(name) for name in STAGES}
         Gauge("scoring_model_info", "The model version served.", ["model", "version"],
               registry=registry).labels(model_name, model_version).set(1)
         self.load_seconds = Gauge("scoring_model_load_seconds",
@@ -57,6 +66,13 @@ class Metrics:
         if transactions:
             self.transactions.inc(transactions)
         self.latency.observe(seconds)
+
+    def stage(self, name, seconds):
+        self.stages[name].observe(seconds)
+
+    def waited_and_scored(self, queue_s, model_s):
+        self.stages["queue"].observe(queue_s)
+        self.stages["model"].observe(model_s)
 
     def batch_scored(self, size):
         self.batch.observe(size)

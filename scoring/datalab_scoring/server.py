@@ -94,7 +94,8 @@ class State:
             raise ValueError("a model that declares a feature set is served with a feature store, and only it")
         self.model = model
         self.store = store
-        self.batcher = Batcher(model.predict, on_batch=self.metrics.batch_scored)
+        self.batcher = Batcher(model.predict, on_batch=self.metrics.batch_scored,
+                               on_request=self.metrics.waited_and_scored)
 
 
 class JSONHandler(web.RequestHandler):
@@ -133,12 +134,17 @@ class Score(JSONHandler):
             if state.store:
                 transactions, many = parse_raw(body, content_type, state.max_batch, state.max_bytes,
                                                datetime.now(timezone.utc))
+                parsed = time.perf_counter()
+                state.metrics.stage("parse", parsed - started)
                 features = await state.store.features(transactions)
                 rows = [[row[name] for name in names] for row in features]
+                state.metrics.stage("features", time.perf_counter() - parsed)
             else:
                 rows, many = parse(body, content_type, m.fields, state.max_batch, state.max_bytes)
                 features = [dict(zip(names, row)) for row in rows] if explain else None
+                state.metrics.stage("parse", time.perf_counter() - started)
             probabilities = await state.batcher.score(rows)
+            answered = time.perf_counter()
             results = self.results(probabilities, many)
         except RequestError as e:
             self.refuse(e)
@@ -153,7 +159,9 @@ class Score(JSONHandler):
                 result["features"] = row
         self.finish(results[0] if not many else {"results": results, "model": m.name, "version": m.version,
                                                 "threshold": state.threshold})
-        state.metrics.request(200, time.perf_counter() - started, len(rows))
+        done = time.perf_counter()
+        state.metrics.stage("respond", done - answered)
+        state.metrics.request(200, done - started, len(rows))
 
     def explain(self):
         value = self.get_query_argument("explain", "0")

@@ -79,6 +79,10 @@ class ScoringAPI(ServedModel):
         assert 'scoring_requests_total{code="422"} 1' in metrics
         assert 'scoring_model_info{model="fraud",version="3"} 1' in metrics
         assert "scoring_batch_size_count 1" in metrics
+        # where the scored request's time went, stage by stage (features: raw transactions only)
+        for stage, count in (("parse", 1), ("queue", 1), ("model", 1), ("respond", 1)):
+            assert f'scoring_stage_seconds_count{{stage="{stage}"}} {count}.0' in metrics, stage
+        assert 'scoring_stage_seconds_count{stage="features"} 0.0' in metrics
         r = self.fetch("/v2/score")
         assert r.code == 404 and "POST /v1/score" in json.loads(r.body)["error"]
 

@@ -38,3 +38,23 @@ def test_a_failing_model_call_fails_those_requests_and_the_next_ones_still_run()
         return await batcher.score([[1]])
 
     assert asyncio.run(run()) == [0.5]
+
+
+def test_each_request_is_told_how_long_it_waited_and_how_long_its_batch_took():
+    import time
+
+    timings = []
+
+    def slow(rows):
+        time.sleep(0.02)
+        return [0.1] * len(rows)
+
+    async def run():
+        batcher = Batcher(slow, max_batch=1, window_s=0,
+                          on_request=lambda queue_s, model_s: timings.append((queue_s, model_s)))
+        await asyncio.gather(*(batcher.score([[i]]) for i in range(3)))
+
+    asyncio.run(run())
+    assert len(timings) == 3 and all(model_s >= 0.02 for _, model_s in timings)
+    # one request a call: the second waited for the first call, the third for both
+    assert [q >= 0.02 * n for n, (q, _) in enumerate(timings)] == [True, True, True]
