@@ -11,7 +11,9 @@ CPUs, one replica, published on loopback):
                        bench's own) - when the model declares fraudlab's feature set
   mlflow models serve  the model taking its 15 features
 then sends single-transaction requests at fixed rates and at saturation, and
-prints p50/p99 latency and throughput side by side. Raw requests are each a new
+prints p50/p99 latency and throughput side by side, and, for our runtime, where
+each row's time went inside the server (p50/p99 of each stage: parse, features,
+queue, model, respond, from its scoring_stage_seconds histograms). Raw requests are each a new
 transaction (a new id; customers and terminals drawn from 10,000 each).
 Targets (docs/targets.md): p99 <= 5 ms at 300 req/s on one 2-core replica,
 features or raw; raw p99 <= 1.5x ours; >= 5x mlflow's throughput. Last line: JSON.
@@ -33,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,6 +44,7 @@ from loadgen import fixed_rate, percentile, saturate  # noqa: E402
 
 from datalab import deploy, images, settings as settings_mod  # noqa: E402
 from datalab.docker import Docker  # noqa: E402
+from datalab_scoring.metrics import STAGE_BUCKETS, STAGES  # noqa: E402
 from datalab_scoring.model import FEATURE_SET_KEY  # noqa: E402
 
 OURS_PORT, MLFLOW_PORT, RAW_PORT = 18601, 18602, 18603
@@ -93,19 +97,62 @@ def raw_transactions():
     return body
 
 
-def measure(name, url, body, rates, seconds, results):
+def stage_buckets(metrics_url):
+    """{stage: {upper bound: cumulative count}} of the server's scoring_stage_seconds."""
+    found = {}
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "scoring_stage_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    found.setdefault(sample.labels["stage"], {})[float(sample.labels["le"])] = sample.value
+    return found
+
+
+def stage_figures(before, after):
+    """{stage: {"p50_ms", "p99_ms", "n"}} of the requests between two scrapes: the upper
+    bound of the bucket the quantile falls in (so "<= x ms"); None past the last bound."""
+    figures = {}
+    for stage, buckets in after.items():
+        counts = {le: n - before.get(stage, {}).get(le, 0) for le, n in buckets.items()}
+        total = counts.get(float("inf"), 0)
+        if not total:
+            continue
+
+        def quantile(q):
+            le = next(le for le in sorted(counts) if counts[le] >= q * total)
+            return None if le == float("inf") else le
+        figures[stage] = {key: None if (v := quantile(q)) is None else 1000 * v
+                          for key, q in (("p50_ms", .5), ("p99_ms", .99))} | {"n": int(total)}
+    return figures
+
+
+def ms(value):
+    return f"> {1000 * STAGE_BUCKETS[-1]:g}" if value is None else f"{value:.2f}"
+
+
+def measure(name, url, body, rates, seconds, results, metrics_url=None):
     asyncio.run(fixed_rate(url, body, 50, 2))  # warm up
+
+    def row(key, run):
+        before = stage_buckets(metrics_url) if metrics_url else {}
+        results[key] = run()
+        if metrics_url:
+            results[key]["stages"] = stage_figures(before, stage_buckets(metrics_url))
+        print(f"  {key} done", flush=True)
+
     for rate in rates:
-        latencies, failures = asyncio.run(fixed_rate(url, body, rate, seconds))
-        results[f"{name} @ {rate:g}/s"] = {
-            "p50_ms": 1000 * percentile(latencies, .5), "p99_ms": 1000 * percentile(latencies, .99),
-            "throughput": len(latencies) / seconds, "failed": failures}
-        print(f"  {name} at {rate:g} req/s done", flush=True)
-    throughput, latencies, failures = asyncio.run(saturate(url, body, seconds))
-    results[f"{name} @ saturation"] = {
-        "p50_ms": 1000 * percentile(latencies, .5), "p99_ms": 1000 * percentile(latencies, .99),
-        "throughput": throughput, "failed": failures}
-    print(f"  {name} at saturation done", flush=True)
+        def fixed(rate=rate):
+            latencies, failures = asyncio.run(fixed_rate(url, body, rate, seconds))
+            return {"p50_ms": 1000 * percentile(latencies, .5), "p99_ms": 1000 * percentile(latencies, .99),
+                    "throughput": len(latencies) / seconds, "failed": failures}
+        row(f"{name} @ {rate:g}/s", fixed)
+
+    def saturation():
+        throughput, latencies, failures = asyncio.run(saturate(url, body, seconds))
+        return {"p50_ms": 1000 * percentile(latencies, .5), "p99_ms": 1000 * percentile(latencies, .99),
+                "throughput": throughput, "failed": failures}
+    row(f"{name} @ saturation", saturation)
 
 
 def main():
@@ -154,11 +201,11 @@ def main():
             wait_ready(f"http://127.0.0.1:{MLFLOW_PORT}/ping")
             example = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{OURS_PORT}/v1/schema").read())["example"]
             measure("ours", f"http://127.0.0.1:{OURS_PORT}/v1/score", json.dumps(example).encode(), rates,
-                    args.seconds, results)
+                    args.seconds, results, f"http://127.0.0.1:{OURS_PORT}/metrics")
             if feature_set:
                 wait_ready(f"http://127.0.0.1:{RAW_PORT}/readyz")
                 measure("ours raw", f"http://127.0.0.1:{RAW_PORT}/v1/score", raw_transactions(), rates,
-                        args.seconds, results)
+                        args.seconds, results, f"http://127.0.0.1:{RAW_PORT}/metrics")
             measure("mlflow models serve", f"http://127.0.0.1:{MLFLOW_PORT}/invocations",
                     json.dumps({"dataframe_records": [example]}).encode(), rates, args.seconds, results)
         finally:
@@ -170,6 +217,13 @@ def main():
     print(f"{'server @ load':36} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'failed':>7}")
     for key, r in results.items():
         print(f"{key:36} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['throughput']:9.1f} {r['failed']:7}")
+    print("\nwhere our runtime's time went, by stage inside the server (p50 / p99 ms, bucket upper bounds):")
+    print(f"{'server @ load':36} " + " ".join(f"{stage:>15}" for stage in STAGES))
+    for key, r in results.items():
+        if r.get("stages"):
+            print(f"{key:36} " + " ".join(
+                f"{ms(s['p50_ms']):>6} / {ms(s['p99_ms']):<6}" if (s := r["stages"].get(stage)) else f"{'-':>15}"
+                for stage in STAGES))
     ratio = results["ours @ saturation"]["throughput"] / max(results["mlflow models serve @ saturation"]["throughput"], 1e-9)
     p99_300 = results.get("ours @ 300/s", {}).get("p99_ms")
     raw_300 = results.get("ours raw @ 300/s", {}).get("p99_ms")
