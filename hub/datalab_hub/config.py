@@ -1,5 +1,7 @@
 """Turns the runtime settings that `datalab up` renders (hub.json) into
-JupyterHub configuration. Pure: reads the dict, sets traits on `c`."""
+JupyterHub configuration: reads the dict (and the log level and settings path
+the stack put in the hub's environment, to hand them on to its services), sets
+traits on `c`."""
 
 import json
 import os
