@@ -12,9 +12,9 @@ import os
 import socket
 from pathlib import Path
 
-from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_UID, CONTROLLER_SETTINGS_PATH, DOCKER_SOCKET, FEATURE_STORE_URL,
-                        FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID, MLFLOW_URL,
-                        PROXY_PORT, SCORING_EDGE_PORT, NOTEBOOK_UID, port)
+from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET,
+                        FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID,
+                        MLFLOW_URL, NOTEBOOK_UID, PROXY_PORT, SCORING_EDGE_PORT, port)
 from .hubsettings import hub_runtime
 
 
