@@ -236,21 +236,24 @@ def alias_offered(browser):
     return any(e.is_displayed() for e in browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{ALIAS}']"))
 
 
+def save_production_alias_in_ui(browser):
+    """On a version's page of MLflow's UI: add the production alias and save, as a person does."""
+    WebDriverWait(browser, 60).until(EC.element_to_be_clickable((By.XPATH, ADD_ALIAS))).click()
+    box = WebDriverWait(browser, 30).until(EC.element_to_be_clickable(
+        (By.CSS_SELECTOR, "[role=dialog] input[role=combobox]")))
+    box.send_keys(ALIAS)
+    WebDriverWait(browser, 10).until(alias_offered)
+    box.send_keys(Keys.ENTER)
+    browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space(.)='Save aliases']").click()
+
+
 @pytest.mark.browser
 def test_an_approver_promotes_by_setting_the_alias_in_the_registry_ui(lab, production, browser, tmp_path):
     candidate = copy_version(lab, served_version(lab))
     browser_login(browser, lab, "alice")
     browser.get(f"{lab.service_url('registry')}/#/models/{MODEL}/versions/{candidate}")
     try:
-        add = WebDriverWait(browser, 60).until(EC.element_to_be_clickable(
-            (By.XPATH, ADD_ALIAS)))
-        add.click()
-        box = WebDriverWait(browser, 30).until(EC.element_to_be_clickable(
-            (By.CSS_SELECTOR, "[role=dialog] input[role=combobox]")))
-        box.send_keys(ALIAS)
-        WebDriverWait(browser, 10).until(alias_offered)
-        box.send_keys(Keys.ENTER)
-        browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space(.)='Save aliases']").click()
+        save_production_alias_in_ui(browser)
         WebDriverWait(browser, 30).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, "[role=dialog]")))
     finally:
         browser.save_screenshot(str(tmp_path / "registry-alias.png"))
@@ -273,14 +276,7 @@ def test_a_non_approver_sees_why_the_registry_ui_refuses_the_alias(lab, producti
     candidate = copy_version(lab, serving, user="bob")
     browser.get(f"{lab.service_url('registry')}/#/models/{MODEL}/versions/{candidate}")
     try:
-        WebDriverWait(browser, 60).until(EC.element_to_be_clickable(
-            (By.XPATH, ADD_ALIAS))).click()
-        box = WebDriverWait(browser, 30).until(EC.element_to_be_clickable(
-            (By.CSS_SELECTOR, "[role=dialog] input[role=combobox]")))
-        box.send_keys(ALIAS)
-        WebDriverWait(browser, 10).until(alias_offered)
-        box.send_keys(Keys.ENTER)
-        browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space(.)='Save aliases']").click()
+        save_production_alias_in_ui(browser)
         WebDriverWait(browser, 30).until(lambda b: "only members of model-approvers" in b.page_source)
     finally:
         browser.save_screenshot(str(tmp_path / "registry-alias-refused.png"))
