@@ -23,7 +23,7 @@ import time
 import numpy as np
 import redis
 
-from fraudlab import features, online, simulate
+from fraudlab import features, intake, online, simulate
 from fraudlab.features import DELAY, FEATURES
 
 
@@ -54,7 +54,7 @@ def percentile(values, q):
 
 def replay(store, tx, batch, name):
     """Score tx in time order, `batch` transactions a round trip (1: store.score, one at a time)."""
-    raws, days = online.raw_transactions(tx), tx["TX_TIME_DAYS"].to_numpy()
+    raws, days = intake.raw_transactions(tx), tx["TX_TIME_DAYS"].to_numpy()
     ids, frauds = tx["TRANSACTION_ID"].astype(str).tolist(), (tx["TX_FRAUD"] == 1).tolist()
     rows, round_trips, scoring = [], [], 0.0
     for day in range(days.max() + 1):

@@ -122,7 +122,7 @@ class Link:
         self.metrics = metrics
         self.flush_s = flush_s
         self.executor = ThreadPoolExecutor(THREADS, thread_name_prefix="featurestore")
-        self.pending = collections.deque()  # online.Served not yet in the scored log, oldest first
+        self.pending = collections.deque()  # intake.Served not yet in the scored log, oldest first
         self.health = None  # (monotonic time, None or why the store is unreachable) of the latest call
         self.in_flight = 0
 
@@ -153,14 +153,14 @@ class Link:
         return features
 
     async def feedback(self, labels):
-        """[(transaction id, fraud)] recorded: a fraudlab.online.Feedback each (a round trip per CHUNK)."""
+        """[(transaction id, fraud)] recorded: a fraudlab.intake.Feedback each (a round trip per CHUNK)."""
         recorded = []
         for start in range(0, len(labels), CHUNK):
             recorded += await self._call("feedback", self.store.feedback_many, labels[start:start + CHUNK])
         return recorded
 
     def served(self, answers):
-        """Answers (online.Served) to log: sent with the next request's round
+        """Answers (intake.Served) to log: sent with the next request's round
         trip, or by flush() when none comes."""
         self.pending.extend(answers)
         dropped = max(0, len(self.pending) - LOG_BUFFER)

@@ -33,7 +33,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from fraudlab import online
+from fraudlab import intake, online
 from tornado import httpserver, web
 
 from datalab_client import logs
@@ -48,17 +48,17 @@ from .validate import RequestError, parse, parse_labels, parse_raw, shown
 log = logging.getLogger("datalab.scoring")
 
 
-# The raw transaction a model with a feature set takes (fraudlab.online.validate checks it)
+# The raw transaction a model with a feature set takes (fraudlab.intake.validate checks it)
 RAW_FIELDS = [
     {"name": "transaction_id", "type": "string",
-     "about": f"1 to {online.MAX_ID_LENGTH} characters, one per transaction: a retry with the same id is answered "
+     "about": f"1 to {intake.MAX_ID_LENGTH} characters, one per transaction: a retry with the same id is answered "
               "as the first time and counted once"},
     {"name": "customer_id", "type": "integer or string", "about": "the card holder; 5 and \"5\" are the same"},
     {"name": "terminal_id", "type": "integer or string", "about": "the merchant's terminal; 5 and \"5\" are the same"},
     {"name": "amount", "type": "number", "about": ">= 0"},
     {"name": "datetime", "type": "string",
      "about": "ISO-8601, UTC when it has no offset; at most "
-              f"{online.FUTURE_TOLERANCE.total_seconds() / 60:.0f} minutes ahead of this server's clock"},
+              f"{intake.FUTURE_TOLERANCE.total_seconds() / 60:.0f} minutes ahead of this server's clock"},
 ]
 
 
@@ -152,7 +152,7 @@ class Score(JSONHandler):
             return
         if state.store:
             scored_at = int(time.time() * 1000)
-            state.store.served([online.Served(tx.transaction_id, m.name, m.version, p, scored_at)
+            state.store.served([intake.Served(tx.transaction_id, m.name, m.version, p, scored_at)
                                 for tx, p in zip(transactions, probabilities)])
         if explain:
             for result, row in zip(results, features):
@@ -205,9 +205,9 @@ class Feedback(JSONHandler):
             return
         answers = [{"transaction_id": tid, "result": result.value} for (tid, _), result in zip(labels, results)]
         if many:
-            counts = {kind.value: results.count(kind) for kind in online.Feedback}
+            counts = {kind.value: results.count(kind) for kind in intake.Feedback}
             status, body = 200, {"results": answers, **counts}
-        elif results[0] is online.Feedback.UNKNOWN:
+        elif results[0] is intake.Feedback.UNKNOWN:
             status, body = 404, {"error": f"no transaction {labels[0][0]!r} was scored here, or its record has "
                                           f"expired ({online.RECORD_TTL // 86400} days after scoring)", **answers[0]}
         else:

@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 
 import pandas as pd
-from fraudlab import online
+from fraudlab import intake, online
 from fraudlab.features import FEATURES
 
 from . import featurestore
@@ -100,7 +100,7 @@ def main(argv=None):
 
     try:
         loaded = store.backfill(history, progress=progress)
-    except online.InvalidField as e:
+    except intake.InvalidField as e:
         print(f"datalab features backfill: {e}", file=sys.stderr)
         return 2
     print(f"{loaded:,} transactions of the last windows loaded, of {len(history):,} in the file")

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 
-from fraudlab import online
+from fraudlab import intake
 
 
 class RequestError(ValueError):
@@ -130,17 +130,17 @@ def parse(body, content_type, fields, max_batch, max_bytes):
     return rows, many
 
 
-def parse_raw(body, content_type, max_batch, max_bytes, now, future_tolerance=online.FUTURE_TOLERANCE):
+def parse_raw(body, content_type, max_batch, max_bytes, now, future_tolerance=intake.FUTURE_TOLERANCE):
     """(transactions, many): the raw transactions of a request body, each
-    checked by fraudlab.online.validate (a fraudlab.online.Transaction), and
+    checked by fraudlab.intake.validate (a fraudlab.intake.Transaction), and
     whether a list came. `now`: an aware datetime, this server's clock."""
     raws, many = items(decode(body, content_type, max_bytes), "transaction", "score", max_batch)
     transactions = []
     for i, raw in enumerate(raws):
         where, index = (f"transaction {i}: ", i) if many else ("", None)
         try:
-            tx = online.validate(raw, now, future_tolerance)
-        except online.InvalidField as e:
+            tx = intake.validate(raw, now, future_tolerance)
+        except intake.InvalidField as e:
             raise RequestError(422, f"{where}{e}", e.field, index) from None
         if tx.amount > FLOAT32_MAX:  # refused before it is counted into its customer's sums
             raise RequestError(422, f"{where}'amount' is out of range: {raw['amount']} {_RANGE}", "amount", index)
@@ -150,12 +150,12 @@ def parse_raw(body, content_type, max_batch, max_bytes, now, future_tolerance=on
 
 def parse_labels(body, content_type, max_batch, max_bytes):
     """(labels, many): [(transaction id, fraud)] of a feedback request body,
-    checked by fraudlab.online.validate_label, and whether a list came."""
+    checked by fraudlab.intake.validate_label, and whether a list came."""
     raws, many = items(decode(body, content_type, max_bytes), "label", "record", max_batch)
     labels = []
     for i, raw in enumerate(raws):
         try:
-            labels.append(online.validate_label(raw))
-        except online.InvalidField as e:
+            labels.append(intake.validate_label(raw))
+        except intake.InvalidField as e:
             raise RequestError(422, f"{'label %d: ' % i if many else ''}{e}", e.field, i if many else None) from None
     return labels, many

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraudlab import features, online, simulate
+from fraudlab import features, intake, online, simulate
 from fraudlab.features import DELAY, FEATURES
 from redisserver import RedisServer, server  # noqa: F401 (server: a fixture)
 
@@ -36,7 +36,7 @@ def simulated():
 def replay(store, tx, first_day=0, batch=500):
     """Score tx's transactions from `first_day` on, in time order, `batch` per round trip; before each day d
     the labels of day d - DELAY arrive (the terminal windows of day d read days before d - DELAY)."""
-    raws, days = online.raw_transactions(tx), tx["TX_TIME_DAYS"].to_numpy()
+    raws, days = intake.raw_transactions(tx), tx["TX_TIME_DAYS"].to_numpy()
     rows = []
     for day in range(first_day, days.max() + 1):
         labelled = tx[days == day - DELAY]
@@ -131,7 +131,7 @@ def test_a_retry_is_answered_from_the_record_and_counted_once(store, server):
     assert store.score_features([raw("a", amount=12.5), raw("a", amount=12.5)]) == [first, first]
     client = server.client()
     assert client.zcard(store.customer_key(1)) == 1
-    assert client.hget(store.terminal_key(1), f"n{online.day_number(pd.Timestamp('2024-01-01', tz='UTC'))}") == b"1"
+    assert client.hget(store.terminal_key(1), f"n{intake.day_number(pd.Timestamp('2024-01-01', tz='UTC'))}") == b"1"
     second = store.score(raw("b", amount=7.5, when="2024-01-01T13:00:00"))
     assert second["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2
     assert second["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == pytest.approx(10.0)
@@ -147,24 +147,24 @@ def test_a_label_counts_from_the_day_the_delay_says_and_flipping_it_back_undoes_
 
     before = probe(DELAY + 1, "p1")
     assert before["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 1 and before["TERMINAL_ID_RISK_1DAY_WINDOW"] == 0
-    assert store.feedback("fraud", True) is online.Feedback.RECORDED
+    assert store.feedback("fraud", True) is intake.Feedback.RECORDED
     on_time = probe(DELAY, "p2")  # day + DELAY reads days before day: not yet
     assert on_time["TERMINAL_ID_NB_TX_30DAY_WINDOW"] == 0 and on_time["TERMINAL_ID_RISK_30DAY_WINDOW"] == 0
     after = probe(DELAY + 1, "p3")  # reads day: the fraud counts
     assert [after[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] for w in features.WINDOWS] == [1.0, 1.0, 1.0]
-    assert store.feedback("fraud", True) is online.Feedback.UNCHANGED
+    assert store.feedback("fraud", True) is intake.Feedback.UNCHANGED
     assert probe(DELAY + 1, "p4")["TERMINAL_ID_RISK_1DAY_WINDOW"] == 1.0  # not counted twice
-    assert store.feedback("fraud", False) is online.Feedback.RECORDED
+    assert store.feedback("fraud", False) is intake.Feedback.RECORDED
     undone = probe(DELAY + 1, "p5")
     assert undone["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 1 and undone["TERMINAL_ID_RISK_1DAY_WINDOW"] == 0
-    assert store.feedback_many([("fraud", True), ("fraud", True)]) == [online.Feedback.RECORDED,
-                                                                        online.Feedback.UNCHANGED]
+    assert store.feedback_many([("fraud", True), ("fraud", True)]) == [intake.Feedback.RECORDED,
+                                                                        intake.Feedback.UNCHANGED]
 
 
 def test_a_label_for_an_unknown_transaction_is_reported(store, server):
-    assert store.feedback("never-scored", True) is online.Feedback.UNKNOWN
+    assert store.feedback("never-scored", True) is intake.Feedback.UNKNOWN
     assert not server.client().keys(f"{store.prefix}*")  # nothing written
-    with pytest.raises(online.InvalidField) as refused:
+    with pytest.raises(intake.InvalidField) as refused:
         store.feedback("never-scored", "yes")
     assert refused.value.field == "fraud"
 
@@ -175,7 +175,7 @@ def test_a_label_for_an_unknown_transaction_is_reported(store, server):
     ({"transaction_id": ""}, "transaction_id"), ({"merchant": "x"}, "merchant"),
 ])
 def test_an_invalid_transaction_refuses_its_batch_and_names_the_field(store, server, bad, field):
-    with pytest.raises(online.InvalidField) as refused:
+    with pytest.raises(intake.InvalidField) as refused:
         store.score_features([raw("good"), {**raw("bad"), **bad}])
     assert refused.value.field == field and "transaction 1" in str(refused.value) and field in str(refused.value)
     assert not server.client().keys(f"{store.prefix}*")  # the valid one was not scored either
@@ -205,7 +205,7 @@ def test_state_survives_a_restart_with_appendonly(tmp_path):
     try:
         store = online.FeatureStore(server.client())
         first = store.score(raw("a", terminal_id=9, when="2024-01-01T12:00:00"))
-        assert store.feedback("a", True) is online.Feedback.RECORDED
+        assert store.feedback("a", True) is intake.Feedback.RECORDED
         assert store.status()["aof_enabled"] is True
         server.stop()
         server.start()  # same directory and port: the append-only file is read back; the scripts are gone
@@ -215,7 +215,7 @@ def test_state_survives_a_restart_with_appendonly(tmp_path):
         server.stop()
         server.start()
         assert store.score(raw("a", terminal_id=9)) == first  # one call: reloaded too
-        assert store.feedback("a", True) is online.Feedback.UNCHANGED
+        assert store.feedback("a", True) is intake.Feedback.UNCHANGED
         assert server.client().ttl(store.terminal_key(9)) > 0
     finally:
         server.stop()

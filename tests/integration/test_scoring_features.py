@@ -29,7 +29,7 @@ from tornado import httpserver, netutil
 
 from datalab_scoring import model as model_mod
 from datalab_scoring import server as server_mod
-from fraudlab import features, online, simulate
+from fraudlab import features, intake, online, simulate
 from fraudlab.features import DELAY, FEATURE_SET, FEATURES
 from redisserver import RedisServer, server  # noqa: F401 (server: a fixture)
 
@@ -186,7 +186,7 @@ def test_raw_transactions_score_with_the_batch_features_and_are_logged_with_thei
     _, _, tx = simulate.simulate(n_customers=100, n_terminals=40, nb_days=14, start_date="2018-04-01", radius=20,
                                  seed=3)
     batch = features.add_features(tx)
-    raws, days = online.raw_transactions(tx), tx["TX_TIME_DAYS"].to_numpy()
+    raws, days = intake.raw_transactions(tx), tx["TX_TIME_DAYS"].to_numpy()
     results = []
     for day in range(days.max() + 1):
         labelled = tx[days == day - DELAY]  # before day d, the labels of day d - DELAY arrive
@@ -429,8 +429,8 @@ def test_explain_and_the_schema_of_raw_transactions(service):
     code, out = service.score(raw("e"), explain=False)
     assert code == 200 and "features" not in out and set(out) == {"score", "decision", "model", "version"}
     schema = service.request("GET", "/v1/schema")[1]
-    assert [f["name"] for f in schema["fields"]] == list(online.FIELDS) and schema["feature_set"] == FEATURE_SET
-    online.validate(schema["example"], datetime.now(timezone.utc))
+    assert [f["name"] for f in schema["fields"]] == list(intake.FIELDS) and schema["feature_set"] == FEATURE_SET
+    intake.validate(schema["example"], datetime.now(timezone.utc))
     assert schema["feedback"]["url"] == "/v1/feedback" and "Bearer" in schema["feedback"]["auth"]
     assert schema["feedback"]["configured"] is True
     assert service.score(schema["request"]["many"])[0] == 200
@@ -455,17 +455,17 @@ def test_the_labelled_window(server):  # noqa: F811
     client.flushdb()
     store = online.FeatureStore(client)
     now = datetime.now(timezone.utc)
-    txs = [online.validate(raw(f"w-{i}", customer_id=i % 3, terminal_id="T-w", amount=float(i),
+    txs = [intake.validate(raw(f"w-{i}", customer_id=i % 3, terminal_id="T-w", amount=float(i),
                                when=now - timedelta(minutes=10 - i)), now) for i in range(6)]
     store.score_and_log(txs)
-    served = [online.Served(tx.transaction_id, MODEL, VERSION, i / 10, int(time.time() * 1000))
+    served = [intake.Served(tx.transaction_id, MODEL, VERSION, i / 10, int(time.time() * 1000))
               for i, tx in enumerate(txs)]
     assert store.log_scored(served[:4]) == 4
     time.sleep(0.01)  # the log's ids are milliseconds: `middle` is in none of them
     middle = datetime.now(timezone.utc)
     time.sleep(0.01)
     assert store.score_and_log([], served) == ([], 2)  # the first four were logged already
-    assert store.log_scored([online.Served("never-scored", MODEL, VERSION, 0.5, 0)]) == 0
+    assert store.log_scored([intake.Served("never-scored", MODEL, VERSION, 0.5, 0)]) == 0
     assert not client.exists("fs:tx:never-scored")  # no record is made up for it
     store.feedback_many([("w-0", True), ("w-1", False)])
     window = online.labelled_window(client)
@@ -487,9 +487,9 @@ def test_the_scored_log_keeps_about_its_length(server):  # noqa: F811
     client.flushdb()
     store = online.FeatureStore(client, scored_log_maxlen=100)
     now = datetime.now(timezone.utc)
-    txs = [online.validate(raw(f"n-{i}", customer_id=i), now) for i in range(1000)]
+    txs = [intake.validate(raw(f"n-{i}", customer_id=i), now) for i in range(1000)]
     store.score_and_log(txs)
-    assert store.log_scored([online.Served(tx.transaction_id, MODEL, VERSION, 0.5, 0) for tx in txs]) == 1000
+    assert store.log_scored([intake.Served(tx.transaction_id, MODEL, VERSION, 0.5, 0) for tx in txs]) == 1000
     # MAXLEN ~ trims whole nodes of the stream (100 entries each by default): about the length asked
     assert 100 <= client.xlen("fs:scored") < 300
     assert online.labelled_window(client)["TRANSACTION_ID"].iloc[-1] == "n-999"

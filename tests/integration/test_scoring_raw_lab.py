@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import requests
 from conftest import SMALL_REFERENCE, registered_versions, run_job
-from fraudlab import online, simulate
+from fraudlab import intake, simulate
 
 from datalab import deploy
 
@@ -158,7 +158,7 @@ def test_a_promotion_is_judged_on_productions_labels_with_a_table_per_segment(la
     history.to_csv(lab.settings.data_dir / "bank-history.csv", index=False)
     lab.datalab("features", "backfill", str(lab.settings.data_dir / "bank-history.csv"), timeout=600)
     token = lab.datalab("scoring", "feedback-token").stdout.strip()
-    raws = online.raw_transactions(week)
+    raws = intake.raw_transactions(week)
     for start in range(0, len(raws), 500):
         answered = score(lab, raws[start:start + 500])
         assert answered.status_code == 200, answered.text[:300]

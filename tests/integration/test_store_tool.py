@@ -10,7 +10,7 @@ import json
 import pytest
 
 from datalab_scoring import store_tool
-from fraudlab import features, online, simulate
+from fraudlab import features, intake, online, simulate
 from redisserver import RedisServer
 
 pytestmark = pytest.mark.integration  # a redis-server of its own, not the lab
@@ -41,7 +41,7 @@ def test_a_backfilled_store_scores_the_next_transaction_as_batch_does(store, tmp
     assert "transactions loaded" in capsys.readouterr().out
 
     first = today.iloc[0]
-    found = online.FeatureStore(server.client()).score(online.raw_transactions(today.head(1))[0])
+    found = online.FeatureStore(server.client()).score(intake.raw_transactions(today.head(1))[0])
     assert max(abs(found[name] - float(first[name])) for name in features.FEATURES) < 1e-6
 
     assert store_tool.main([*password, "status", "--json"]) == 0
@@ -69,10 +69,10 @@ def test_the_window_holds_the_labelled_transactions_scored_lately_with_their_fea
 
     server, password = store
     fs = online.FeatureStore(server.client())
-    raws = online.raw_transactions(history(days=2).head(40))
+    raws = intake.raw_transactions(history(days=2).head(40))
     found = fs.score_features(raws)
     now = int(time.time() * 1000)
-    fs.log_scored([online.Served(raw["transaction_id"], "fraud", "3", 0.25, now) for raw in raws])
+    fs.log_scored([intake.Served(raw["transaction_id"], "fraud", "3", 0.25, now) for raw in raws])
     labels = [(raw["transaction_id"], i % 10 == 0) for i, raw in enumerate(raws[:30])]
     fs.feedback_many(labels)
     assert store_tool.main([*password, "window", "--days", "7", "--out", str(tmp_path / "w.parquet"),

@@ -17,7 +17,7 @@ from tornado.testing import AsyncHTTPTestCase
 from datalab_scoring import featurestore, model, server
 from datalab_scoring.metrics import Metrics
 from datalab_scoring.validate import RequestError, parse_labels, parse_raw
-from fraudlab import online
+from fraudlab import intake
 from fraudlab.features import FEATURE_SET, FEATURES
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -66,7 +66,7 @@ def test_load_reads_the_feature_set_and_warms_up_on_the_example(tmp_path):
 
 def test_raw_transactions_one_or_many():
     [tx], many = parse_raw(body(RAW), "application/json", 10, 4096, NOW)
-    assert not many and tx == online.validate(RAW, NOW)
+    assert not many and tx == intake.validate(RAW, NOW)
     txs, many = parse_raw(body({"transactions": [RAW, {**RAW, "transaction_id": "t-2"}]}), "application/json", 10,
                           4096, NOW)
     assert many and [t.transaction_id for t in txs] == ["t-1", "t-2"]
@@ -186,11 +186,11 @@ class FakeStore:
 
     def feedback_many(self, labels):
         self.client.ping()
-        return [online.Feedback.RECORDED if tid != "unknown" else online.Feedback.UNKNOWN for tid, _ in labels]
+        return [intake.Feedback.RECORDED if tid != "unknown" else intake.Feedback.UNKNOWN for tid, _ in labels]
 
 
 def served(n, first=0):
-    return [online.Served(f"t-{i}", "fraud", "3", 0.5, 0) for i in range(first, first + n)]
+    return [intake.Served(f"t-{i}", "fraud", "3", 0.5, 0) for i in range(first, first + n)]
 
 
 def test_an_unreachable_store_is_a_503_naming_it_and_the_link_recovers_with_it():
@@ -327,8 +327,8 @@ class RawAPI(AsyncHTTPTestCase):
 
     def test_schema_shows_the_raw_fields_and_feedback(self):
         out = json.loads(self.fetch("/v1/schema").body)
-        assert [f["name"] for f in out["fields"]] == list(online.FIELDS) and out["feature_set"] == FEATURE_SET
-        assert online.validate(out["example"], datetime.now(timezone.utc))
+        assert [f["name"] for f in out["fields"]] == list(intake.FIELDS) and out["feature_set"] == FEATURE_SET
+        assert intake.validate(out["example"], datetime.now(timezone.utc))
         assert out["feedback"]["url"] == "/v1/feedback" and out["feedback"]["configured"] is True
 
 
