@@ -102,3 +102,38 @@ def test_services_log_in_one_format_at_the_labs_level(capsys):
         logging.basicConfig(force=True)
     shown = capsys.readouterr().err.splitlines()
     assert len(shown) == 1 and shown[0].startswith("[W 20") and shown[0].endswith(" datalab.jobs] job j1 lost")
+
+
+def test_a_followed_log_arrives_as_the_service_writes_it():
+    """The service writes the first lines, then waits until the client has shown them:
+    a client that waited for the whole answer would never see it end."""
+    shown = threading.Event()
+
+    class Following(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (b"cell 1\n", None, b"cell 2\n"):
+                if piece is None:
+                    shown.wait(10)
+                    continue
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Following)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        chunks = JobsClient(f"http://127.0.0.1:{server.server_port}/", "tok").logs("j1", follow=True).stream(4096)
+        assert next(chunks) == b"cell 1\n"
+        shown.set()
+        assert b"".join(chunks) == b"cell 2\n"
+    finally:
+        server.shutdown()
+        server.server_close()
