@@ -92,14 +92,20 @@ def test_services_log_in_one_format_at_the_labs_level(capsys):
 
     from datalab_client import logs
 
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         logs.configure({"DATALAB_LOG_LEVEL": "warning"})
         logging.getLogger("datalab.jobs").info("not shown at WARNING")
         logging.getLogger("datalab.jobs").warning("job j1 lost")
         logs.configure({"DATALAB_LOG_LEVEL": ""})  # a service started without the variable: INFO
-        assert logging.getLogger().level == logging.INFO
-    finally:
-        logging.basicConfig(force=True)
+        assert root.level == logging.INFO
+    finally:  # the test run's own logging as it was (not a handler on this test's captured stderr)
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
     shown = capsys.readouterr().err.splitlines()
     assert len(shown) == 1 and shown[0].startswith("[W 20") and shown[0].endswith(" datalab.jobs] job j1 lost")
 
