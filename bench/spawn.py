@@ -305,18 +305,18 @@ def main():
     ap.add_argument("--profiles", default="python,datascience,tensorflow",
                     help="profiles timed one user at a time; the first is the one the storms start")
     ap.add_argument("--users", type=int, default=20,
-                    help="the storm size judged against the storm targets (run even if --storm lacks it)")
-    ap.add_argument("--storm", default="20,40", help="storm sizes, run in turn")
+                    help="the storm size judged against the storm targets (run even if --storm lacks it; 0: none)")
+    ap.add_argument("--storm", default="20,40", help="storm sizes, run in turn (\"\" or 0: no storm)")
     ap.add_argument("--deadline", type=float, default=300, help="seconds a storm user keeps trying")
     args = ap.parse_args()
     settings = settings_mod.load(args.settings)
     docker = Docker(settings)
     url = settings.hub_url.rstrip("/")
     profiles = args.profiles.split(",")
-    sizes = [int(n) for n in args.storm.split(",")]
-    if args.users not in sizes:
+    sizes = [int(n) for n in args.storm.split(",") if n.strip() and int(n) > 0]
+    if args.users > 0 and args.users not in sizes:
         sizes.append(args.users)
-    names = [f"bench{i:02d}" for i in range(1, max(sizes) + 1)]
+    names = [f"bench{i:02d}" for i in range(1, max(sizes, default=1) + 1)]
     passwords = add_users(docker, settings, names)
     results = {}
     try:

@@ -13,6 +13,7 @@ controller both go through rollout() here.
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -222,13 +223,29 @@ def replica_figures(docker: Docker, settings):
     for cid in ids:
         name = docker.out("inspect", "-f", "{{.Name}}", cid).lstrip("/")
         usage = docker.out("stats", "--no-stream", "--format", "{{.MemUsage}}", cid).split("/")[0].strip()
-        metrics = docker.run("exec", cid, "curl", "-fsS", "--max-time", "5", "http://127.0.0.1:8080/metrics",
-                             check=False).stdout
-        startup = next((float(line.split()[1]) for line in metrics.splitlines()
-                        if line.startswith("scoring_model_load_seconds ")), 0.0)
+        # the replica runs the team's model code, which may answer anything there
+        metrics = docker.read_bounded("exec", cid, "curl", "-fsS", "--max-time", "5",
+                                      "http://127.0.0.1:8080/metrics", limit=METRICS_LIMIT, timeout=6)
+        startup = _gauge(metrics, "scoring_model_load_seconds")
         figures.append({"task": name.split(".")[1] if "." in name else name, "memory_mb": _megabytes(usage),
                         "startup_s": round(startup, 1) if startup else None})
     return figures
+
+
+METRICS_LIMIT = 1 << 20  # bytes of a replica's /metrics read at most: the real page is a few KiB
+
+
+def _gauge(metrics, name):
+    """A gauge's value from Prometheus text, or 0.0 when it is missing or not a finite
+    non-negative number."""
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            try:
+                value = float(line.split()[1])
+            except (IndexError, ValueError):
+                return 0.0
+            return value if math.isfinite(value) and value >= 0 else 0.0
+    return 0.0
 
 
 def _megabytes(usage):

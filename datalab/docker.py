@@ -4,6 +4,7 @@ import json
 import logging
 import shutil
 import subprocess
+import threading
 
 log = logging.getLogger("datalab.cli.docker")  # shown by `datalab -v` (steps.py)
 
@@ -30,6 +31,20 @@ class Docker:
             detail = (proc.stderr or proc.stdout or "").strip() if capture else ""
             raise DockerError(f"docker {' '.join(args[:3])} failed: {detail}")
         return proc
+
+    def read_bounded(self, *args, limit, timeout):
+        """The first `limit` bytes of a command's standard output, in at most `timeout`
+        seconds: for output a container's own code writes (`exec` into a model's
+        replica), which may be endless or never end. Decoded leniently."""
+        log.debug("%s %s (first %d bytes)", self.cli, " ".join(args), limit)
+        with subprocess.Popen([self.cli, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                return proc.stdout.read(limit).decode(errors="replace")
+            finally:
+                timer.cancel()
+                proc.kill()
 
     def out(self, *args, **kwargs):
         return self.run(*args, **kwargs).stdout.strip()

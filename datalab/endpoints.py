@@ -44,11 +44,5 @@ def port(url):
     return urlsplit(url).port
 
 
-def origin(url):
-    """scheme://host:port of a URL."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def lab_network(settings):
     return f"{settings.lab}_lab"

@@ -8,7 +8,8 @@ import subprocess
 from urllib.parse import urlparse
 
 from .docker import DockerError
-from .endpoints import HUB_API_URL, JOBS_URL, MLFLOW_URL, PROXY_API_URL, REGISTRY_URL, lab_network, port
+from .endpoints import (HUB_API_URL, JOBS_URL, MLFLOW_URL, PROXY_API_URL, PROXY_PORT, REGISTRY_URL, lab_network,
+                        port)
 from .settings import SettingsError
 
 
@@ -79,6 +80,8 @@ def hub_runtime(settings, profile_list, has_ca, hub_image=""):
         "hub": {
             "api_url": HUB_API_URL,
             "proxy_api_url": PROXY_API_URL,
+            # where the proxy listens: JupyterHub takes its public port (and base URL) from it
+            "bind_url": f"http://0.0.0.0:{PROXY_PORT}/",
             "public_url": settings.hub_url.rstrip("/"),
             "per_user_origins": bool(settings["hub"]["per_user_origins"]),
             **{key: settings["hub"][key] for key in ("concurrent_spawn_limit", "spawn_retry_seconds",

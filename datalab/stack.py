@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET,
                         FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID,
-                        MLFLOW_URL, NOTEBOOK_UID, PROXY_PORT, SCORING_EDGE_PORT, port)
+                        MLFLOW_URL, NOTEBOOK_UID, PROXY_API_URL, PROXY_PORT, SCORING_EDGE_PORT, port)
 from .hubsettings import hub_runtime
 
 
@@ -148,7 +148,8 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
         "proxy": _service(
             refs["hub"],
             ["lab"],
-            command=["datalab-proxy", "--default-target", HUB_API_URL,
+            command=["datalab-proxy", "--port", str(PROXY_PORT), "--api-port", str(port(PROXY_API_URL)),
+                     "--default-target", HUB_API_URL,
                      "--error-target", f"{HUB_API_URL}/hub/error",
                      # per-user origins: JupyterHub's routes are host/path
                      *(["--host-routing"] if settings["hub"]["per_user_origins"] else [])],

@@ -40,7 +40,7 @@ def read_secret(name, secrets_dir=SECRETS):
 def configure(c, runtime, secrets_dir=SECRETS):
     hub, ldap, spawn = runtime["hub"], runtime["ldap"], runtime["spawner"]
 
-    c.JupyterHub.bind_url = "http://0.0.0.0:8000/"
+    c.JupyterHub.bind_url = hub["bind_url"]
     c.Application.log_level = os.environ.get("DATALAB_LOG_LEVEL") or "INFO"  # [lab] log_level, as its services
     if hub["per_user_origins"]:
         # Each user's server on an origin of its own (alice.<host>), and each service

@@ -2,10 +2,12 @@
 serving, when, and what a failure says. The real rollouts: tests/integration
 (test_scoring.py, test_registry.py)."""
 
+import time
+
 import pytest
 
 from datalab import deploy, settings as settings_mod
-from datalab.docker import DockerError
+from datalab.docker import Docker, DockerError
 
 OLD = "datalab/scoring-model:fraud-v1-aaaaaaaaaaaa"
 NEW = "datalab/scoring-model:fraud-v2-bbbbbbbbbbbb"
@@ -76,9 +78,29 @@ def test_a_replicas_start_up_time_is_its_own_metric_not_a_log_line(lab):
         def out(self, *args, check=True):
             return {"ps": "c1", "inspect": "/dltest_scoring.1.abc", "stats": "812.4MiB / 2GiB"}[args[0]]
 
-        def run(self, *args, check=True):
+        def read_bounded(self, *args, limit, timeout):
             assert args[:2] == ("exec", "c1") and "http://127.0.0.1:8080/metrics" in args
-            return type("Proc", (), {"stdout": "# HELP scoring_model_load_seconds ...\n"
-                                               "scoring_model_load_seconds 7.84\nscoring_model_info 1.0\n"})()
+            assert limit <= 1 << 20 and timeout <= 10
+            return self.page
 
-    assert deploy.replica_figures(Replicas(), lab) == [{"task": "1", "memory_mb": 812.4, "startup_s": 7.8}]
+    replicas = Replicas()
+    replicas.page = "# HELP scoring_model_load_seconds ...\nscoring_model_load_seconds 7.84\nscoring_model_info 1.0\n"
+    assert deploy.replica_figures(replicas, lab) == [{"task": "1", "memory_mb": 812.4, "startup_s": 7.8}]
+    # the replica runs the team's model code: whatever it answers, the status is shown without it
+    for hostile in ("scoring_model_load_seconds nan\n", "scoring_model_load_seconds -1\n",
+                    "scoring_model_load_seconds lots\n", "scoring_model_load_seconds \n", "\x00" * 100):
+        replicas.page = hostile
+        assert deploy.replica_figures(replicas, lab) == [{"task": "1", "memory_mb": 812.4, "startup_s": None}]
+
+
+def test_a_bounded_read_stops_at_its_limit_and_at_its_time(tmp_path):
+    endless = Docker.__new__(Docker)
+    endless.cli = "yes"  # `yes exec ...`: an answer that never ends
+    assert len(endless.read_bounded("exec", "c1", limit=1000, timeout=5)) == 1000
+    silent = tmp_path / "silent"
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")
+    silent.chmod(0o755)
+    endless.cli = str(silent)
+    started = time.monotonic()
+    assert endless.read_bounded("exec", "c1", limit=1000, timeout=0.5) == ""
+    assert time.monotonic() - started < 5

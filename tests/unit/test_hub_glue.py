@@ -30,6 +30,7 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.ConfigurableHTTPProxy.auth_token == "tok"
     assert c.ConfigurableHTTPProxy.should_start is False  # the stack's own proxy service
     assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
+    assert c.JupyterHub.bind_url == "http://0.0.0.0:8000/"  # the proxy's port, from hub.json
     assert c.JupyterHub.concurrent_spawn_limit == 8
     assert c.JupyterHub.tornado_settings["spawn_throttle_retry_range"] == (2, 6)
     # per-user origins: alice.lab.localhost, registry--service.lab.localhost

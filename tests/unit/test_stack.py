@@ -31,6 +31,9 @@ def test_services_are_dnsrr_and_only_the_edges_publish_in_host_mode(tmp_path, mo
             assert "ports" not in svc, name
     # the hub's proxy is the front door, a service of its own: a hub restart keeps every route
     assert spec["services"]["proxy"]["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
+    # the proxy listens where the stack publishes and where the hub's config calls its API
+    command = spec["services"]["proxy"]["command"]
+    assert command[command.index("--port") + 1] == "8000" and command[command.index("--api-port") + 1] == "8001"
     assert spec["services"]["scoring-edge"]["ports"] == [{"target": 8500, "published": 8500, "protocol": "tcp", "mode": "host"}]
     # nothing deployed yet: the bare runtime at 0 replicas, so that a rollout is a service update
     assert spec["services"]["scoring"]["deploy"]["replicas"] == 0
