@@ -16,9 +16,10 @@ capability to change:
 A short-lived helper container joins the target's network namespace with
 NET_ADMIN alone to set them (a `docker exec` cannot add capabilities to a
 container with no-new-privileges, by design), then the platform drops a marker
-file into the target: its command (`datalab-await-network`, in every notebook
-image) starts the server or papermill only then, so no user code runs before
-the rules.
+file into the target: its command starts the server or papermill only then,
+so no user code runs before the rules (`datalab-await-network` for jobs,
+`datalab-singleuser` for servers, which imports the server's own modules while
+it waits: both in every notebook image).
 """
 
 import io
@@ -41,7 +42,8 @@ PRIVATE_NETWORKS = (
     "100.64.0.0/10",  # shared address space (carrier-grade NAT)
 )
 READY_MARKER = "/tmp/.datalab-network-ready"
-AWAIT_COMMAND = "datalab-await-network"  # images/python/datalab-await-network
+AWAIT_COMMAND = "datalab-await-network"  # images/python/datalab-await-network: `AWAIT_COMMAND cmd args`
+SERVER_COMMAND = "datalab-singleuser"  # images/python/datalab-singleuser: jupyterhub-singleuser, waiting as well
 
 
 class PolicyError(RuntimeError):
@@ -124,9 +126,10 @@ def apply(api, container_id, image, lab_subnet, hub_ports, serve_port=None, inte
         if status != 0:
             raise PolicyError(f"network rules not set (exit {status}): "
                               f"{api.logs(helper).decode(errors='replace')[-500:]}")
+        # the target starts now; the helper's removal is not on the way to a ready server
+        marker = io.BytesIO()
+        with tarfile.open(fileobj=marker, mode="w") as tar:
+            tar.addfile(tarfile.TarInfo(READY_MARKER.rsplit("/", 1)[1]), io.BytesIO(b""))
+        api.put_archive(container_id, READY_MARKER.rsplit("/", 1)[0], marker.getvalue())
     finally:
         api.remove_container(helper, force=True)
-    marker = io.BytesIO()
-    with tarfile.open(fileobj=marker, mode="w") as tar:
-        tar.addfile(tarfile.TarInfo(READY_MARKER.rsplit("/", 1)[1]), io.BytesIO(b""))
-    api.put_archive(container_id, READY_MARKER.rsplit("/", 1)[0], marker.getvalue())

@@ -16,6 +16,8 @@ import requests
 import yaml
 from conftest import REPO, ScoringLoad
 
+from datalab.images import PLATFORM_IMAGES
+
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
 
 NODES = ("node1", "node2", "node3")
@@ -47,6 +49,8 @@ def on_node(lab, node, *cmd, check=True):
 
 def playbook(inventory, timeout=2400):
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
+           # each task's time in the output (kept beside the inventory): where the suite's minutes go
+           "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
            "PATH": f"{ANSIBLE}:{os.environ['PATH']}"}
     return subprocess.run([ANSIBLE / "ansible-playbook", "-i", str(inventory), "site.yml"], cwd=REPO / "ansible",
                           env=env, capture_output=True, text=True, timeout=timeout)
@@ -84,6 +88,9 @@ def cluster(lab, tmp_path_factory):
         "gpu_workers": {"hosts": {}},
     }, "vars": {
         "datalab_image_source": "present",  # built by the single-node suite
+        # no notebook server starts here: the platform's images only (the notebook images are
+        # most of a manager's bundle, and every byte of it is saved, copied and loaded)
+        "datalab_manager_images": [*PLATFORM_IMAGES],
         "datalab_image_dir": "/var/tmp/datalab-test-images",
         "datalab_extra_images": [serving["image"]],
         "datalab_scoring_image": serving["image"],
@@ -98,6 +105,7 @@ def cluster(lab, tmp_path_factory):
                      f"dockerd in {node_name}", timeout=60)
     try:
         first = playbook(work / "hosts.yml")
+        (work / "site-first.log").write_text(first.stdout + first.stderr)
         assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
         yield work / "hosts.yml", first.stdout, serving["image"]
     finally:  # a failed run too: the nodes' volumes would keep the test lab's purge from finishing

@@ -13,9 +13,12 @@ to them, DNS excepted, as z2jh's default egress policy."""
 import json
 import socket
 import subprocess
+import time
 
 import pytest
 from conftest import notebook
+
+from datalab import images
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +100,58 @@ def test_a_notebook_and_a_job_reach_no_port_the_host_publishes(lab, jobs):
     output = json.loads(jobs.cli("output", job["id"]).stdout)
     printed = "".join("".join(o.get("text", "")) for c in output["cells"] for o in c.get("outputs", []))
     assert printed.count("blocked") == len(doors) and not reached(printed), printed
+
+
+STARTUP_PROBE = "~/.jupyter/jupyter_server_config.py"
+STARTUP_CONFIG = """
+import socket
+with open('/home/jovyan/.startup-probe', 'w') as log:
+    for host, port in {targets!r}:
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+            log.write(f'REACHED {{host}} {{port}}\\n')
+        except OSError:
+            log.write(f'blocked {{host}} {{port}}\\n')
+"""
+
+
+def test_a_users_server_config_runs_only_behind_the_rules(lab):
+    """A user's own server config runs at every start of their server: it probes the
+    host's doors from there (the rules must already be in place), and never before the
+    platform's marker, though the server loads its own modules meanwhile."""
+    doors = host_doors(lab)
+    lab.fresh_server("alice", "python")
+    alice = lab.notebook_container("alice")
+    config = STARTUP_CONFIG.format(targets=doors + HUB)
+    lab.docker.run("exec", "-i", alice["Id"], "sh", "-c", f"mkdir -p ~/.jupyter && cat > {STARTUP_PROBE}",
+                   input=config)
+    try:
+        lab.fresh_server("alice", "python")
+        alice = lab.notebook_container("alice")
+        out = lab.exec(alice, "cat", "/home/jovyan/.startup-probe").stdout
+        assert reached(out) == set(HUB) and out.count("blocked") == len(doors), out
+    finally:  # alice's later servers start without it
+        if current := lab.notebook_container("alice"):
+            lab.exec(current, "rm", "-f", STARTUP_PROBE.replace("~", "/home/jovyan"), "/home/jovyan/.startup-probe",
+                     check=False)
+
+    # and the order itself, on the image alone: imports done, the config not run, until the marker
+    name = f"{lab.name}-startup-order"
+    env = [f"--env=JUPYTERHUB_{k}={v}" for k, v in {
+        "SERVICE_URL": "http://0.0.0.0:8888/user/x/", "API_TOKEN": "unused", "API_URL": "http://127.0.0.1:9/hub/api",
+        "CLIENT_ID": "jupyterhub-user-x", "USER": "x", "BASE_URL": "/", "SERVICE_PREFIX": "/user/x/"}.items()]
+    lab.docker.run("rm", "-f", name, check=False)
+    lab.docker.run("run", "-d", "--name", name, "--network", "none", *env, "--entrypoint", "sh",
+                   images.current_ref(lab.docker, "python"), "-c",
+                   "mkdir -p ~/.jupyter && echo \"open('/tmp/config-ran', 'w')\" > ~/.jupyter/jupyter_server_config.py"
+                   " && exec datalab-singleuser")
+    try:
+        lab.wait_for(lambda: "waiting for this container's network rules" in lab.docker.run(
+            "logs", name, check=False).stderr, "the server's own modules loaded", timeout=60)
+        time.sleep(2)
+        assert lab.docker.run("exec", name, "test", "-e", "/tmp/config-ran", check=False).returncode == 1
+        lab.docker.run("exec", name, "touch", "/tmp/.datalab-network-ready")
+        lab.wait_for(lambda: lab.docker.ok("exec", name, "test", "-e", "/tmp/config-ran"),
+                     "the user's config run once the marker is there", timeout=30)
+    finally:
+        lab.docker.run("rm", "-f", name, check=False)
