@@ -5,6 +5,8 @@ and our runtime on raw transactions with the feature store in the path.
 Starts, on this host, from the deployed model's image (each limited to --cpus
 CPUs, one replica, published on loopback):
   ours                 the model taking its 15 features in the request
+  ours on tf.function  the same, on the model's compiled graph instead of the
+                       numpy forward pass (SCORING_ENGINE=graph)
   ours raw             the same weights taking raw transactions, computing the
                        features online against a feature store (the stack's
                        featurestore image, a password, on a network of the
@@ -47,7 +49,7 @@ from datalab.docker import Docker  # noqa: E402
 from datalab_scoring.metrics import STAGE_BUCKETS, STAGES  # noqa: E402
 from datalab_scoring.model import FEATURE_SET_KEY  # noqa: E402
 
-OURS_PORT, MLFLOW_PORT, RAW_PORT = 18601, 18602, 18603
+OURS_PORT, MLFLOW_PORT, RAW_PORT, GRAPH_PORT = 18601, 18602, 18603, 18604
 NETWORK, STORE = "datalab-bench", "datalab-bench-store"
 SECRET = "/run/secrets/featurestore_password"
 
@@ -136,7 +138,10 @@ def measure(name, url, body, rates, seconds, results, metrics_url=None):
 
     def row(key, run):
         before = stage_buckets(metrics_url) if metrics_url else {}
+        cpu, wall = time.process_time(), time.perf_counter()
         results[key] = run()
+        # the load generator shares the cores with the server: its own share, in cores
+        results[key]["loadgen_cores"] = (time.process_time() - cpu) / (time.perf_counter() - wall)
         if metrics_url:
             results[key]["stages"] = stage_figures(before, stage_buckets(metrics_url))
         print(f"  {key} done", flush=True)
@@ -168,7 +173,7 @@ def main():
     if not deployment:
         raise SystemExit("no model deployed: datalab deploy MODEL@VERSION first")
     docker = Docker(settings)
-    names = ("datalab-bench-ours", "datalab-bench-mlflow", "datalab-bench-raw", STORE)
+    names = ("datalab-bench-ours", "datalab-bench-mlflow", "datalab-bench-raw", STORE, "datalab-bench-graph")
     docker.run("rm", "-f", *names, check=False)
     docker.run("network", "rm", NETWORK, check=False)
     common = ["run", "-d", "--cpus", args.cpus, "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
@@ -183,6 +188,9 @@ def main():
             without_feature_set(model_dir)
         try:
             docker.run(*common, "--name", names[0], "-p", f"127.0.0.1:{OURS_PORT}:8080", *features_only, image)
+            # the same runtime on the model's compiled graph, not the numpy pass (datalab_scoring/forward.py)
+            docker.run(*common, "--name", names[4], "-p", f"127.0.0.1:{GRAPH_PORT}:8080", "-e", "SCORING_ENGINE=graph",
+                       *features_only, image)
             docker.run(*common, "--name", names[1], "-p", f"127.0.0.1:{MLFLOW_PORT}:8080", *features_only, image,
                        "mlflow", "models", "serve", "-m", "/model", "--env-manager", "local", "-h", "0.0.0.0",
                        "-p", "8080")
@@ -202,6 +210,9 @@ def main():
             example = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{OURS_PORT}/v1/schema").read())["example"]
             measure("ours", f"http://127.0.0.1:{OURS_PORT}/v1/score", json.dumps(example).encode(), rates,
                     args.seconds, results, f"http://127.0.0.1:{OURS_PORT}/metrics")
+            wait_ready(f"http://127.0.0.1:{GRAPH_PORT}/readyz")
+            measure("ours on tf.function", f"http://127.0.0.1:{GRAPH_PORT}/v1/score", json.dumps(example).encode(),
+                    rates, args.seconds, results, f"http://127.0.0.1:{GRAPH_PORT}/metrics")
             if feature_set:
                 wait_ready(f"http://127.0.0.1:{RAW_PORT}/readyz")
                 measure("ours raw", f"http://127.0.0.1:{RAW_PORT}/v1/score", raw_transactions(), rates,
@@ -214,9 +225,10 @@ def main():
     print(f"\nmodel {deployment['model']} v{deployment['version']}, one replica each, {args.cpus} CPUs each"
           + (f"; raw: feature set {feature_set}, store on this host" if feature_set else
              "; no raw mode: the model declares no feature set"))
-    print(f"{'server @ load':36} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'failed':>7}")
+    print(f"{'server @ load':36} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'failed':>7} {'load generator':>15}")
     for key, r in results.items():
-        print(f"{key:36} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['throughput']:9.1f} {r['failed']:7}")
+        print(f"{key:36} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['throughput']:9.1f} {r['failed']:7} "
+              f"{r['loadgen_cores']:9.2f} cores")
     print("\nwhere our runtime's time went, by stage inside the server (p50 / p99 ms, bucket upper bounds):")
     print(f"{'server @ load':36} " + " ".join(f"{stage:>15}" for stage in STAGES))
     for key, r in results.items():

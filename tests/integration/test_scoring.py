@@ -32,6 +32,10 @@ def test_deploy_serves_the_version_through_the_edge(lab, model_v1, serving):
     assert one["decision"] == ("block" if one["score"] >= 50 else "allow") and one["version"] == model_v1
     many = requests.post(f"{edge(lab)}/v1/score", json=[schema["example"]] * 3, timeout=10).json()
     assert [r["score"] for r in many["results"]] == [one["score"]] * 3
+    # the reference MLP is served by the numpy pass, which matched its compiled graph at load
+    for replica in lab.service_containers("scoring"):
+        ready = json.loads(lab.exec(replica, "curl", "-fsS", "http://127.0.0.1:8080/readyz").stdout)
+        assert ready["engine"] == "numpy", ready
 
 
 @pytest.mark.parametrize("body, status, message", [
