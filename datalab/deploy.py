@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from .docker import Docker, DockerError
 from .endpoints import CONTROLLER_UID, MLFLOW_URL, NOTEBOOK_UID
 
@@ -236,15 +238,15 @@ METRICS_LIMIT = 1 << 20  # bytes of a replica's /metrics read at most: the real 
 
 
 def _gauge(metrics, name):
-    """A gauge's value from Prometheus text, or 0.0 when it is missing or not a finite
-    non-negative number."""
-    for line in metrics.splitlines():
-        if line.startswith(name + " "):
-            try:
-                value = float(line.split()[1])
-            except (IndexError, ValueError):
-                return 0.0
-            return value if math.isfinite(value) and value >= 0 else 0.0
+    """A gauge's value from Prometheus text, or 0.0 when it is missing, the page
+    does not parse, or the value is not a finite non-negative number."""
+    try:
+        for family in text_string_to_metric_families(metrics):
+            for sample in family.samples:
+                if sample.name == name:
+                    return sample.value if math.isfinite(sample.value) and sample.value >= 0 else 0.0
+    except (ValueError, IndexError, TypeError):  # the parser's complaints about a malformed page
+        return 0.0
     return 0.0
 
 

@@ -125,7 +125,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
     sp.host_addresses = list(spawn["host_addresses"])
     sp.hub_ports = list(spawn["hub_ports"])
     # the server starts once its network rules are set (netpolicy.py)
-    sp.cmd = [netpolicy.SERVER_COMMAND]
+    sp.cmd = list(netpolicy.SERVER_COMMAND)
     sp.extra_create_kwargs = {"labels": {"org.datalab.lab": spawn["prefix"]}}
 
     jobs, registry = runtime["jobs"], runtime["registry"]

@@ -17,9 +17,9 @@ A short-lived helper container joins the target's network namespace with
 NET_ADMIN alone to set them (a `docker exec` cannot add capabilities to a
 container with no-new-privileges, by design), then the platform drops a marker
 file into the target: its command starts the server or papermill only then,
-so no user code runs before the rules (`datalab-await-network` for jobs,
-`datalab-singleuser` for servers, which imports the server's own modules while
-it waits: both in every notebook image).
+so no user code runs before the rules (`datalab-await-network CMD`, in every
+notebook image; for a server it imports the server's own modules while it
+waits).
 """
 
 import io
@@ -43,7 +43,7 @@ PRIVATE_NETWORKS = (
 )
 READY_MARKER = "/tmp/.datalab-network-ready"
 AWAIT_COMMAND = "datalab-await-network"  # images/python/datalab-await-network: `AWAIT_COMMAND cmd args`
-SERVER_COMMAND = "datalab-singleuser"  # images/python/datalab-singleuser: jupyterhub-singleuser, waiting as well
+SERVER_COMMAND = (AWAIT_COMMAND, "jupyterhub-singleuser")
 
 
 class PolicyError(RuntimeError):

@@ -14,7 +14,6 @@ The plan is a list of steps, each ("normalize", mean, scale) or
 import numpy as np
 
 
-
 def _sigmoid(x):
     return 1 / (1 + np.exp(-x))  # exp(-x) is inf for x < -88 in float32: the score is then 0
 

@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import threadpoolctl
 import yaml
 from fraudlab.features import FEATURE_SET, FEATURES
 
@@ -86,13 +85,11 @@ def _compiled_keras(path, width, example_rows, engine="auto"):
     import keras
     import tensorflow as tf
 
-    # Micro-batches of a small network gain nothing from TensorFlow's or the BLAS's thread
-    # pools; their threads take the core the server's loop needs, and spin under a CPU
-    # limit (numpy's 256-row pass: 1.56 ms with OpenBLAS's threads, 0.34 ms with one).
-    # TensorFlow's are set before its first op runs.
+    # Micro-batches of a small network gain nothing from TensorFlow's thread pools; their
+    # threads take the core the server's loop needs (the BLAS's: one thread, from the image's
+    # environment, for every model). Set before TensorFlow's first op runs.
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    threadpoolctl.threadpool_limits(1)
     model = keras.saving.load_model(path, compile=False)
     graph = tf.function(lambda x: model(x, training=False),
                         input_signature=[tf.TensorSpec([None, width], tf.float32)]).get_concrete_function()

@@ -144,7 +144,7 @@ def test_a_users_server_config_runs_only_behind_the_rules(lab):
     lab.docker.run("run", "-d", "--name", name, "--network", "none", *env, "--entrypoint", "sh",
                    images.current_ref(lab.docker, "python"), "-c",
                    "mkdir -p ~/.jupyter && echo \"open('/tmp/config-ran', 'w')\" > ~/.jupyter/jupyter_server_config.py"
-                   " && exec datalab-singleuser")
+                   " && exec datalab-await-network jupyterhub-singleuser")
     try:
         lab.wait_for(lambda: "waiting for this container's network rules" in lab.docker.run(
             "logs", name, check=False).stderr, "the server's own modules loaded", timeout=60)
