@@ -61,3 +61,34 @@ def test_managers_get_every_image_datalab_up_needs():
     defaults = yaml.safe_load((REPO / "ansible" / "roles" / "datalab" / "defaults" / "main.yml").read_text())
     needed = set(images.PLATFORM_IMAGES) | {name for name, image in manifest.load().items() if image.built_by_default}
     assert needed <= set(defaults["datalab_manager_images"]), needed - set(defaults["datalab_manager_images"])
+
+
+def test_the_managers_package_carries_every_library_the_datalab_command_imports():
+    """The `datalab` command on a manager runs on Debian's Python with two of
+    Debian's libraries and what package-datalab bundles: any other library the
+    command imports would fail it there, on the first import (as prometheus_client
+    did before it was bundled)."""
+    import ast
+    import re
+    import sys
+
+    script = (REPO / "ansible" / "roles" / "datalab" / "files" / "package-datalab").read_text()
+    bundled = set(re.search(r'--platform "\$platform" ([^>]+) >&2', script).group(1).split())
+    debian = {"yaml", "cryptography"}  # python3-yaml, python3-cryptography (roles/datalab/tasks/lab.yml)
+    ours = {"datalab", "datalab_client"}
+    sources = [*(REPO / "datalab").glob("*.py"), *(REPO / "client" / "datalab_client").glob("*.py")]
+    assert len(sources) > 20
+    missing = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ours | debian | bundled:
+                    missing.add(f"{top} ({path.relative_to(REPO)})")
+    assert not missing, sorted(missing)
