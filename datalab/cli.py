@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from datalab_client import cli as jobs_cli
+from datalab_client import http
 from datalab_client.http import HTTPError
 from datalab_client.jobs import JobsClient, JobsError
 
@@ -59,6 +60,8 @@ def cmd_up(settings, args):
     curl = run_demo(settings, steps) if settings["lab"]["demo"] and not args.no_demo else None
     print()
     print(f"DataLab is up: {settings.hub_url}")
+    if ca := credentials.hub_ca_file(settings):
+        print(f"Its certificate is from the lab's CA: have browsers and clients trust {ca}")
     print(f"Registry (MLflow, behind the hub's login): {settings.service_url('registry')}")
     print(f"Scoring edge: http://127.0.0.1:{settings['scoring']['port']}/v1/score")
     if curl:
@@ -368,6 +371,11 @@ def main(argv=None):
         # checking a file, or printing the reference, needs no settings of its own
         standalone = args.command == "settings" and args.settings_command in ("check", "docs")
         settings = None if standalone else settings_mod.load(args.settings)
+        if settings and settings["hub"]["https"]:
+            from . import credentials
+
+            if (ca := credentials.hub_ca_file(settings)) and ca.exists():
+                http.trust(ca)  # the hub's certificate is from the lab's own CA
         return args.func(settings, args)
     except (SettingsError, DockerError, JobsError, DeployError, HTTPError) as e:
         if args.debug:

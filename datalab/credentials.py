@@ -1,6 +1,7 @@
 """Secrets generated at first `up`: cookie secret, proxy token, directory admin
-password, the password of the hub's read-only directory account, the
-directory's CA and server certificate, the feature store's password, the
+password, the password of the hub's read-only directory account, the lab's
+CA and the directory's (and, with [hub] https, the hub's) server certificate,
+the feature store's password, the
 scoring feedback token, and the demo users' passwords. Written
 once into <data_dir>/secrets (0600), reused afterwards, never printed (except
 the demo logins, on purpose, by `demo-logins`, and the feedback token, by
@@ -20,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .settings import SettingsError
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_LDIF = REPO / "directory" / "seed.ldif"
@@ -102,8 +105,9 @@ def _certificate(subject_cn, public_key, issuer_name, signing_key, *, ca, sans=(
     return builder.sign(signing_key, hashes.SHA256())
 
 
-def ensure_directory_pki(sdir):
-    """A lab CA and the directory's server certificate signed by it."""
+def ensure_lab_ca(sdir):
+    """The lab's own CA (made once): it signs the directory's certificate and, unless
+    the site gives one, the hub's. Its certificate is what clients are told to trust."""
     ca_key_path, ca_crt_path = sdir / "ca.key", sdir / "ca.crt"
     if not ca_crt_path.exists():
         key = _new_key()
@@ -111,16 +115,60 @@ def ensure_directory_pki(sdir):
         cert = _certificate("DataLab lab CA", key.public_key(), name, key, ca=True)
         _write_private(ca_key_path, _pem_key(key))
         _write_private(ca_crt_path, cert.public_bytes(serialization.Encoding.PEM))
-    if not (sdir / "ldap-server.crt").exists():
-        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
-        ca_cert = x509.load_pem_x509_certificate(ca_crt_path.read_bytes())
-        key = _new_key()
-        cert = _certificate(
-            "directory", key.public_key(), ca_cert.subject, ca_key, ca=False,
-            sans=DIRECTORY_HOSTNAMES + ("127.0.0.1",),
-        )
-        _write_private(sdir / "ldap-server.key", _pem_key(key))
-        _write_private(sdir / "ldap-server.crt", cert.public_bytes(serialization.Encoding.PEM))
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+    return ca_key, x509.load_pem_x509_certificate(ca_crt_path.read_bytes())
+
+
+def _ensure_server_certificate(sdir, name, subject_cn, sans):
+    """<name>.crt and .key signed by the lab's CA for exactly `sans`: made again when
+    the names asked for change (a new public host)."""
+    crt_path, key_path = sdir / f"{name}.crt", sdir / f"{name}.key"
+    if crt_path.exists() and key_path.exists():
+        current = x509.load_pem_x509_certificate(crt_path.read_bytes())
+        try:
+            names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            have = {str(n.value) for n in names}
+        except x509.ExtensionNotFound:
+            have = set()
+        if have == set(sans):
+            return crt_path, key_path
+    ca_key, ca_cert = ensure_lab_ca(sdir)
+    key = _new_key()
+    cert = _certificate(subject_cn, key.public_key(), ca_cert.subject, ca_key, ca=False, sans=tuple(sans))
+    _write_private(key_path, _pem_key(key))
+    _write_private(crt_path, cert.public_bytes(serialization.Encoding.PEM))
+    return crt_path, key_path
+
+
+def ensure_directory_pki(sdir):
+    """A lab CA and the directory's server certificate signed by it."""
+    _ensure_server_certificate(sdir, "ldap-server", "directory", DIRECTORY_HOSTNAMES + ("127.0.0.1",))
+
+
+def hub_tls_names(settings):
+    """The names the hub's certificate covers: its public host, and every user's and
+    service's origin under it (alice.<host>, registry--service.<host>)."""
+    host = settings["hub"]["public_host"]
+    return (host, f"*.{host}") if settings["hub"]["per_user_origins"] else (host,)
+
+
+def hub_tls(settings):
+    """(certificate, key) of the hub's HTTPS: the site's files, or a certificate DataLab
+    makes from the lab's CA (whose file clients are then given: hub_ca_file)."""
+    hub = settings["hub"]
+    if hub["tls_cert_file"]:
+        for key in ("tls_cert_file", "tls_key_file"):
+            if not Path(hub[key]).is_file():
+                raise SettingsError(f"[hub] {key}: {hub[key]} is not a file on this host")
+        return Path(hub["tls_cert_file"]), Path(hub["tls_key_file"])
+    return _ensure_server_certificate(secrets_dir(settings), "hub-tls", hub["public_host"], hub_tls_names(settings))
+
+
+def hub_ca_file(settings):
+    """The CA file a client of the hub's public URL trusts: the lab's own when the hub
+    serves HTTPS with a certificate DataLab made; None otherwise (the system's store)."""
+    hub = settings["hub"]
+    return secrets_dir(settings) / "ca.crt" if hub["https"] and not hub["tls_cert_file"] else None
 
 
 def cli_token(settings):
@@ -186,6 +234,8 @@ def ensure(settings):
         # the password of [directory] search_bind_dn, a file on the host the operator keeps
         if settings["directory"]["search_password_file"]:
             files["ldap_search_password"] = Path(settings["directory"]["search_password_file"])
+    if settings["hub"]["https"]:
+        files["hub_tls_crt"], files["hub_tls_key"] = hub_tls(settings)
     if settings["mlflow"]["aws_credentials_file"]:
         files["aws_credentials"] = Path(settings["mlflow"]["aws_credentials_file"])
     return files

@@ -6,6 +6,7 @@ that sends its fraud label back) is printed."""
 
 import json
 import re
+import ssl
 import sys
 import urllib.parse
 import urllib.request
@@ -31,7 +32,9 @@ class DemoError(RuntimeError):
 def log_in(settings, user, password):
     """Log in through the hub's form once, so the hub knows the user and their groups.
     (The standard library's opener: a form login needs a cookie jar, which urllib3 has not.)"""
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    ca = credentials.hub_ca_file(settings)
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()), urllib.request.HTTPSHandler(
+        context=ssl.create_default_context(cafile=str(ca) if ca else None)))
     page = opener.open(f"{settings.hub_url}hub/login", timeout=30).read().decode()
     xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
     form = urllib.parse.urlencode({"username": user, "password": password, "_xsrf": xsrf}).encode()

@@ -22,6 +22,7 @@ REGISTRY_URL = "http://hub:8091/services/registry"
 # route: its REST API, the hub's (behind the proxy token).
 PROXY_API_URL = "http://proxy:8001"
 PROXY_PORT = 8000  # the hub's front door, published as [hub] port
+PROXY_REDIRECT_PORT = 8080  # with [hub] https: plain HTTP's redirect to it, published as [hub] http_redirect_port
 MLFLOW_URL = "http://mlflow:5000"  # on the backend and tracking networks only
 FEATURE_STORE_URL = "redis://featurestore:6379/0"  # on the features network only
 SCORING_EDGE_PORT = 8500  # published as [scoring] port

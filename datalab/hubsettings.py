@@ -38,6 +38,13 @@ def refuse_unsafe(settings):
     if not d["builtin"] and bool(d["search_bind_dn"]) != bool(d["search_password_file"]):
         raise SettingsError("[directory] search_bind_dn and search_password_file go together: the hub binds as "
                             "that account, with the password in that file, to read users' groups between logins")
+    hub = settings["hub"]
+    if bool(hub["tls_cert_file"]) != bool(hub["tls_key_file"]):
+        raise SettingsError("[hub] tls_cert_file and tls_key_file go together (both empty: a certificate from "
+                            "the lab's CA)")
+    if hub["https"] and hub["http_redirect_port"] == hub["port"]:
+        raise SettingsError(f"[hub] http_redirect_port must differ from port ({hub['port']}): one port cannot "
+                            "answer both HTTPS and plain HTTP")
     if d["tls_strategy"] == "insecure" and not d["allow_insecure_tls"]:
         raise SettingsError("[directory] tls_strategy = \"insecure\" sends passwords in clear text to an "
                             "unverified directory; use \"before_bind\" (StartTLS) or \"on_connect\" (ldaps), "
@@ -54,6 +61,9 @@ def insecure_choices(settings):
     if not settings["hub"]["per_user_origins"]:
         warnings.append("[hub] per_user_origins = false: every user's server shares the hub's origin, so a page "
                         "one user serves can act as any user who opens it (their servers, tokens, the registry)")
+    if not settings["hub"]["https"]:
+        warnings.append("[hub] https = false: passwords and session cookies reach the hub in clear text from "
+                        "anywhere but this machine")
     if settings["directory"]["tls_strategy"] == "insecure":
         warnings.append("[directory] tls_strategy = \"insecure\": passwords go to the directory in clear text, "
                         "unverified (allowed by [directory] allow_insecure_tls)")

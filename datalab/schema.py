@@ -59,6 +59,18 @@ class Hub(Table):
         "names a host with a wildcard DNS record and certificate (*.lab.bank.example).",
         pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
     port: int = setting(8000, "The hub's public port.", ge=1, le=65535)
+    https: bool = setting(
+        False, "Serve the hub over HTTPS at `port` (the hub, the registry UI, every user's server: the browser's "
+        "passwords and session cookies, which are then Secure, never cross the network in clear text), with "
+        "tls_cert_file and tls_key_file, or a certificate DataLab makes from the lab's CA for public_host and "
+        "*.public_host. `up` prints the CA's file for browsers and clients to trust.")
+    tls_cert_file: str = setting(
+        "", "With https: the certificate (PEM, its chain after it) for public_host and, with per_user_origins, "
+        "*.public_host, a file on the host. Empty, with tls_key_file empty too: one from the lab's CA.")
+    tls_key_file: str = setting("", "With https: the certificate's private key (PEM), a file on the host.")
+    http_redirect_port: int = setting(
+        80, "With https: a port answering plain HTTP with a redirect to the same page over HTTPS (0: none).",
+        ge=0, le=65535)
     per_user_origins: bool = setting(
         True, "false: every server and service on the hub's one origin (JupyterHub without subdomain_host), "
         "where any user's page can act as whoever opens it. Only for a site that cannot have a wildcard name; "

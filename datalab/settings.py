@@ -108,14 +108,19 @@ class Settings:
 
     @property
     def hub_url(self):
-        return f"http://{self['hub']['public_host']}:{self['hub']['port']}/"
+        return f"{self.hub_scheme}://{self['hub']['public_host']}:{self['hub']['port']}/"
+
+    @property
+    def hub_scheme(self):
+        return "https" if self["hub"]["https"] else "http"
 
     def service_url(self, name):
         """Where a hub service (jobs, registry) is reached from outside: its own origin
         under the public host (JupyterHub's "idna" subdomain scheme) with per-user origins."""
         if not self["hub"]["per_user_origins"]:
             return f"{self.hub_url}services/{name}/"
-        return f"http://{name}--service.{self['hub']['public_host']}:{self['hub']['port']}/services/{name}/"
+        return (f"{self.hub_scheme}://{name}--service.{self['hub']['public_host']}:{self['hub']['port']}"
+                f"/services/{name}/")
 
 
 def settings_file():

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET,
                         FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID,
-                        MLFLOW_URL, NOTEBOOK_UID, PROXY_API_URL, PROXY_PORT, SCORING_EDGE_PORT, port)
+                        MLFLOW_URL, NOTEBOOK_UID, PROXY_API_URL, PROXY_PORT, PROXY_REDIRECT_PORT, SCORING_EDGE_PORT,
+                        port)
 from .hubsettings import hub_runtime
 
 
@@ -90,6 +91,40 @@ def scoring_services(settings, refs, deployment, files, secret_files):
     return {"scoring-edge": edge, "scoring": scoring, "featurestore": featurestore}
 
 
+def proxy_service(settings, refs, files, secret_files):
+    """The front door: users' routes live here, so they outlive a hub restart. Same
+    image as the hub (Debian's configurable-http-proxy is in it). With [hub] https it
+    terminates TLS, and answers plain HTTP on http_redirect_port with a redirect."""
+    hub = settings["hub"]
+    command = ["datalab-proxy", "--port", str(PROXY_PORT), "--api-port", str(port(PROXY_API_URL)),
+               "--default-target", HUB_API_URL, "--error-target", f"{HUB_API_URL}/hub/error",
+               # per-user origins: JupyterHub's routes are host/path
+               *(["--host-routing"] if hub["per_user_origins"] else [])]
+    ports = [{"target": PROXY_PORT, "published": hub["port"], "protocol": "tcp", "mode": "host"}]
+    secrets = [files.secret("proxy_token", secret_files["proxy_token"], HUB_UID)]
+    health = ["curl", "-fsS", f"http://127.0.0.1:{PROXY_PORT}/_chp_healthz"]
+    if hub["https"]:
+        command += ["--ssl-cert", "/run/secrets/hub_tls_crt", "--ssl-key", "/run/secrets/hub_tls_key"]
+        secrets += [files.secret("hub_tls_crt", secret_files["hub_tls_crt"], HUB_UID, 0o444),
+                    files.secret("hub_tls_key", secret_files["hub_tls_key"], HUB_UID)]
+        if hub["http_redirect_port"]:
+            command += ["--redirect-port", str(PROXY_REDIRECT_PORT), "--redirect-to", str(hub["port"])]
+            ports.append({"target": PROXY_REDIRECT_PORT, "published": hub["http_redirect_port"], "protocol": "tcp",
+                          "mode": "host"})
+        # the certificate names the public host, not the loopback: the check asks whether the proxy answers
+        health = ["curl", "-fsSk", f"https://127.0.0.1:{PROXY_PORT}/_chp_healthz"]
+    return _service(
+        refs["hub"],
+        ["lab"],
+        command=command,
+        ports=ports,
+        secrets=secrets,
+        healthcheck={"test": ["CMD", *health],
+                     "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "10s"},
+        stop_grace_period="3s",
+    )
+
+
 def controller_service(settings, refs, files, secret_files, docker_gid):
     """The promotion controller: hears MLflow's alias webhook, gates and rolls out.
     It drives the engine (bakes images, updates the scoring service) like `datalab
@@ -143,22 +178,7 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             configs=[files.config("hub_settings", hub_json, HUB_SETTINGS_PATH)],
             secrets=hub_secrets,
         ),
-        # The front door: users' routes live here, so they outlive a hub restart.
-        # Same image as the hub (Debian's configurable-http-proxy is in it).
-        "proxy": _service(
-            refs["hub"],
-            ["lab"],
-            command=["datalab-proxy", "--port", str(PROXY_PORT), "--api-port", str(port(PROXY_API_URL)),
-                     "--default-target", HUB_API_URL,
-                     "--error-target", f"{HUB_API_URL}/hub/error",
-                     # per-user origins: JupyterHub's routes are host/path
-                     *(["--host-routing"] if settings["hub"]["per_user_origins"] else [])],
-            ports=[{"target": PROXY_PORT, "published": settings["hub"]["port"], "protocol": "tcp", "mode": "host"}],
-            secrets=[files.secret("proxy_token", secret_files["proxy_token"], HUB_UID)],
-            healthcheck={"test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{PROXY_PORT}/_chp_healthz"],
-                         "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "10s"},
-            stop_grace_period="3s",
-        ),
+        "proxy": proxy_service(settings, refs, files, secret_files),
         "mlflow": _service(
             refs["mlflow"],
             ["backend", "tracking"],

@@ -6,9 +6,11 @@ import json
 import shutil
 import time
 
+import urllib3
 import yaml
 from datalab_client import http
 
+from . import credentials
 from .docker import Docker, DockerError
 from .endpoints import FEATURE_STORE_URL, MLFLOW_URL
 
@@ -101,11 +103,20 @@ def status(docker: Docker, settings):
 
 def hub_answers(settings, timeout=3):
     """The hub answers through its proxy, asked on this machine's loopback under the
-    lab's public name (which this machine may not resolve yet)."""
+    lab's public name (which this machine may not resolve yet); over HTTPS, its
+    certificate checked for that name."""
+    host, port = settings["hub"]["public_host"], settings["hub"]["port"]
+    if settings["hub"]["https"]:
+        ca = credentials.hub_ca_file(settings)
+        pool = urllib3.HTTPSConnectionPool("127.0.0.1", port, server_hostname=host, assert_hostname=host,
+                                           ca_certs=str(ca) if ca else None, retries=False, timeout=timeout)
+        try:
+            return pool.request("GET", "/hub/health", headers={"Host": f"{host}:{port}"}).status == 200
+        except urllib3.exceptions.HTTPError:
+            return False
     try:
-        return http.request("GET", f"http://127.0.0.1:{settings['hub']['port']}/hub/health", timeout=timeout,
-                            headers={"Host": f"{settings['hub']['public_host']}:{settings['hub']['port']}"},
-                            retries=False).status == 200
+        return http.request("GET", f"http://127.0.0.1:{port}/hub/health", timeout=timeout,
+                            headers={"Host": f"{host}:{port}"}, retries=False).status == 200
     except http.HTTPError:
         return False
 

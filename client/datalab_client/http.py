@@ -18,6 +18,13 @@ TIMEOUT = urllib3.Timeout(connect=10, read=120)
 _pool = urllib3.PoolManager(retries=RETRY, timeout=TIMEOUT)
 
 
+def trust(ca_file):
+    """Verify HTTPS servers against this CA file (a lab's own CA, whose certificate
+    its hub serves) instead of the system's store."""
+    global _pool
+    _pool = urllib3.PoolManager(retries=RETRY, timeout=TIMEOUT, ca_certs=str(ca_file))
+
+
 class HTTPError(RuntimeError):
     def __init__(self, status, message, detail=""):
         super().__init__(message)

@@ -49,6 +49,9 @@ def configure(c, runtime, secrets_dir=SECRETS):
         c.JupyterHub.subdomain_host = hub["public_url"]
         # the callable: JupyterHub 5.5 does not resolve its own default name "idna"
         c.JupyterHub.subdomain_hook = subdomain_hook_idna
+        # Over HTTPS, the login cookies take the __Host- prefix: one user's origin (a subdomain)
+        # cannot set them for the hub's ("cookie tossing", docs/security.md)
+        c.JupyterHub.cookie_host_prefix_enabled = hub["public_url"].startswith("https:")
     c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{urlsplit(hub['api_url']).port}"
     # Notebook containers reach the hub by its service name on the lab network.
     c.JupyterHub.hub_connect_url = hub["api_url"]
@@ -70,7 +73,9 @@ def configure(c, runtime, secrets_dir=SECRETS):
     # (JupyterHub 5.5's spawn_throttle_retry_range is not a config option; its handlers
     # read it from the tornado settings, which these update)
     c.JupyterHub.tornado_settings = {
-        "spawn_throttle_retry_range": tuple(int(seconds) for seconds in hub["spawn_retry_seconds"])}
+        "spawn_throttle_retry_range": tuple(int(seconds) for seconds in hub["spawn_retry_seconds"]),
+        # over HTTPS the _xsrf cookie is Secure like the login cookies (JupyterHub sets those by itself)
+        **({"xsrf_cookie_kwargs": {"secure": True}} if hub["public_url"].startswith("https:") else {})}
     c.JupyterHub.active_server_limit = int(hub["active_server_limit"])
     c.JupyterHub.upgrade_db = True
     c.JupyterHub.template_vars = {"announcement_login": hub.get("login_banner", "")}

@@ -359,6 +359,8 @@ def main():
         (rf"{prefix}_datalab/(xsrf\.js)", web.StaticFileHandler, {"path": str(Path(__file__).parent)}),
         (rf"{prefix}(.*)", RegistryHandler),
     ], hub_auth=hub_auth, cookie_secret=os.urandom(32), prefix=prefix,
+        # the hub's OAuth cookie is Secure behind an HTTPS proxy by JupyterHub's own reading of it
+        xsrf_cookie_kwargs={"secure": True} if settings["hub"]["public_url"].startswith("https:") else {},
         users=HubUsers(hub_auth.api_url, hub_auth.api_token),
         owners=Owners(registry["mlflow_url"]), mlflow_url=registry["mlflow_url"],
         policy=tenancy.Policy.from_settings(registry, registry["teams"]))

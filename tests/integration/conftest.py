@@ -4,6 +4,7 @@ port 18000, scoring edge on 18500, data in a temporary directory) that
 removes at the end. Set DATALAB_KEEP_TEST_LAB=1 to leave it running after
 the tests, to look at it."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -267,8 +268,8 @@ def model_v1(lab):
     return min(registered_versions(lab, MODEL), key=int)
 
 
-@pytest.fixture
-def browser():
+@contextlib.contextmanager
+def chromium(*extra_flags):
     """Debian's chromium, headless, through chromedriver."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -281,12 +282,20 @@ def browser():
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--window-size=1400,900",
-                 f"--user-data-dir={profile}"):
+                 f"--user-data-dir={profile}", *extra_flags):
         options.add_argument(flag)
     b = webdriver.Chrome(service=Service(driver), options=options)
-    yield b
-    b.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    try:
+        yield b
+    finally:
+        b.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser():
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture(scope="session")

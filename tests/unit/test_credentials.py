@@ -2,6 +2,7 @@ import base64
 import hashlib
 import json
 
+import pytest
 from cryptography import x509
 
 from datalab import credentials, settings as settings_mod
@@ -50,6 +51,32 @@ def test_directory_certificate_is_signed_by_the_lab_ca_for_its_names(tmp_path):
     server.verify_directly_issued_by(ca)
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {"directory", "tasks.directory"} <= set(sans.get_values_for_type(x509.DNSName))
+
+
+def test_the_hubs_certificate_covers_its_host_and_every_origin_under_it_and_follows_the_host(tmp_path):
+    s = lab_settings(tmp_path).with_overrides({"hub": {"https": True, "public_host": "lab.bank.example"}})
+    files = credentials.ensure(s)
+    ca = x509.load_pem_x509_certificate(files["ldap_ca_crt"].read_bytes())
+    hub = x509.load_pem_x509_certificate(files["hub_tls_crt"].read_bytes())
+    hub.verify_directly_issued_by(ca)  # one lab CA for the directory and the front door
+    names = hub.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"lab.bank.example", "*.lab.bank.example"}
+    assert credentials.hub_ca_file(s) == tmp_path / "secrets" / "ca.crt"
+    assert credentials.ensure(s)["hub_tls_crt"].read_bytes() == files["hub_tls_crt"].read_bytes()  # made once
+    moved = s.with_overrides({"hub": {"public_host": "lab2.bank.example"}})
+    again = x509.load_pem_x509_certificate(credentials.ensure(moved)["hub_tls_crt"].read_bytes())
+    assert set(again.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+               .get_values_for_type(x509.DNSName)) == {"lab2.bank.example", "*.lab2.bank.example"}
+    # a site's own certificate is used as given, and clients trust the system's store for it
+    (tmp_path / "lab.crt").write_text("site's"), (tmp_path / "lab.key").write_text("site's")
+    site = s.with_overrides({"hub": {"tls_cert_file": str(tmp_path / "lab.crt"),
+                                     "tls_key_file": str(tmp_path / "lab.key")}})
+    assert credentials.hub_tls(site) == (tmp_path / "lab.crt", tmp_path / "lab.key")
+    assert credentials.hub_ca_file(site) is None
+    missing = site.with_overrides({"hub": {"tls_key_file": "/etc/ssl/nowhere.key"}})
+    with pytest.raises(settings_mod.SettingsError, match="tls_key_file: /etc/ssl/nowhere.key is not a file"):
+        credentials.hub_tls(missing)
+    assert "hub_tls_crt" not in credentials.ensure(lab_settings(tmp_path))  # plain HTTP: no certificate in the stack
 
 
 def test_the_demo_logins_say_who_is_in_no_lab_group(tmp_path, monkeypatch, capsys):

@@ -65,6 +65,21 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.DataLabSpawner.environment["DATALAB_JOBS_URL"].startswith(services["jobs"]["url"] + "/")
 
 
+def test_over_https_the_hubs_cookies_are_secure_and_host_prefixed(tmp_path):
+    (tmp_path / "proxy_token").write_text("tok\n")
+    (tmp_path / "cli_token").write_text("cli\n")
+    s = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}, "hub": {"https": True}})
+    c = Config()
+    configure(c, json.loads(json.dumps(hubsettings.hub_runtime(s, [], has_ca=True))), secrets_dir=tmp_path)
+    assert c.JupyterHub.subdomain_host == "https://lab.localhost:8000"
+    assert c.JupyterHub.cookie_host_prefix_enabled is True
+    assert c.JupyterHub.tornado_settings["xsrf_cookie_kwargs"] == {"secure": True}
+    plain = Config()
+    configure(plain, runtime(tmp_path), secrets_dir=tmp_path)
+    assert plain.JupyterHub.cookie_host_prefix_enabled is False  # a __Host- cookie needs HTTPS
+    assert "xsrf_cookie_kwargs" not in plain.JupyterHub.tornado_settings
+
+
 def authenticator(port):
     return DataLabLDAPAuthenticator(
         server_address="127.0.0.1", server_port=port, tls_strategy="insecure",
@@ -123,8 +138,19 @@ def test_plain_ldap_is_refused_unless_a_named_setting_accepts_it_and_then_warns(
     accepted = s.with_overrides({"directory": {"allow_insecure_tls": True}})
     hubsettings.refuse_unsafe(accepted)
     assert hubsettings.hub_runtime(accepted, [], has_ca=False)["ldap"]["tls_strategy"] == "insecure"
-    assert any("clear text" in w for w in hubsettings.insecure_choices(accepted))
-    assert hubsettings.insecure_choices(settings_mod.defaults()) == []
+    assert any("tls_strategy" in w and "clear text" in w for w in hubsettings.insecure_choices(accepted))
+    # the defaults: a lab to try on one machine, its front door plain HTTP, and said so
+    assert [w.split(":")[0] for w in hubsettings.insecure_choices(settings_mod.defaults())] == ["[hub] https = false"]
+    https = settings_mod.defaults().with_overrides({"hub": {"https": True}})
+    assert hubsettings.insecure_choices(https) == []
+
+
+def test_the_hubs_certificate_and_key_go_together_and_https_needs_two_ports(tmp_path):
+    s = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
+    with pytest.raises(settings_mod.SettingsError, match="tls_cert_file and tls_key_file go together"):
+        hubsettings.refuse_unsafe(s.with_overrides({"hub": {"https": True, "tls_cert_file": "/etc/hub.crt"}}))
+    with pytest.raises(settings_mod.SettingsError, match="http_redirect_port must differ from port"):
+        hubsettings.refuse_unsafe(s.with_overrides({"hub": {"https": True, "http_redirect_port": 8000}}))
 
 
 def test_one_origin_for_all_only_when_the_settings_say_so_and_then_it_warns(tmp_path):

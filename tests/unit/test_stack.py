@@ -233,3 +233,29 @@ def test_profiles_are_settings_naming_manifest_images():
     wrong = site.with_overrides({"profiles": [{"name": "fraud-analytics", "image": "pytorch"}]})
     with pytest.raises(settings_mod.SettingsError, match=r'\[\[profiles\]\] "fraud-analytics" image: must be one of'):
         hubsettings.profiles(wrong, manifest.load(), REFS)
+
+
+def test_with_https_the_proxy_terminates_tls_and_redirects_plain_http(tmp_path, monkeypatch):
+    s, spec = rendered(tmp_path, monkeypatch, hub={"https": True, "port": 8443, "http_redirect_port": 8081})
+    proxy = spec["services"]["proxy"]
+    command = proxy["command"]
+    assert command[command.index("--ssl-cert") + 1] == "/run/secrets/hub_tls_crt"
+    assert command[command.index("--ssl-key") + 1] == "/run/secrets/hub_tls_key"
+    # plain HTTP on its own port, sent on to the public HTTPS port
+    assert command[command.index("--redirect-to") + 1] == "8443"
+    assert proxy["ports"] == [
+        {"target": endpoints.PROXY_PORT, "published": 8443, "protocol": "tcp", "mode": "host"},
+        {"target": endpoints.PROXY_REDIRECT_PORT, "published": 8081, "protocol": "tcp", "mode": "host"}]
+    assert command[command.index("--redirect-port") + 1] == str(endpoints.PROXY_REDIRECT_PORT)
+    assert {x["target"] for x in proxy["secrets"]} == {"proxy_token", "hub_tls_crt", "hub_tls_key"}
+    key = next(x for x in proxy["secrets"] if x["target"] == "hub_tls_key")
+    assert key["mode"] == 0o400  # the key: the proxy's user alone
+    assert "https://" in proxy["healthcheck"]["test"][-1]
+    assert s.hub_url == "https://lab.localhost:8443/"
+    assert s.service_url("registry") == "https://registry--service.lab.localhost:8443/services/registry/"
+    hub_json = json.loads((tmp_path / "hub.json").read_text())
+    assert hub_json["hub"]["public_url"] == "https://lab.localhost:8443"  # JupyterHub's subdomain_host
+    # no redirect port: HTTPS alone
+    _, spec = rendered(tmp_path, monkeypatch, hub={"https": True, "http_redirect_port": 0})
+    assert "--redirect-port" not in spec["services"]["proxy"]["command"]
+    assert len(spec["services"]["proxy"]["ports"]) == 1

@@ -1,0 +1,85 @@
+"""The hub's front door over HTTPS ([hub] https): the proxy terminates TLS with
+a certificate from the lab's CA for the public host and every origin under it,
+plain HTTP on its own port is redirected, the session cookies are Secure, and
+a browser, the host's CLI and a user's server work over it.
+
+(Marked disruptive: the test lab is brought up with https on, then back to
+plain HTTP; the proxy and the hub restart twice.)"""
+
+import base64
+import hashlib
+import json
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from conftest import Lab, browser_login, chromium
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
+
+REDIRECT_PORT = 18080
+
+
+@pytest.fixture(scope="module")
+def tls_lab(lab, tmp_path_factory):
+    """The test lab's settings with https on (same port: it now speaks TLS)."""
+    text = lab.settings_path.read_text()
+    assert text.count("[hub]\n") == 1
+    variant = tmp_path_factory.mktemp("tls") / "settings.toml"
+    variant.write_text(text.replace("[hub]\n", f"[hub]\nhttps = true\nhttp_redirect_port = {REDIRECT_PORT}\n"))
+    tls = Lab(variant)
+    try:
+        up = tls.datalab("up", "--no-demo", timeout=900).stdout
+        assert f"DataLab is up: https://{tls.settings['hub']['public_host']}:" in up, up
+        assert "trust " + str(tls.settings.data_dir / "secrets" / "ca.crt") in up, up
+        yield tls
+    finally:  # the later suites' lab: plain HTTP again
+        lab.datalab("up", "--no-demo", timeout=900)
+        lab.wait_healthy()
+
+
+def ca_file(tls):
+    return str(tls.settings.data_dir / "secrets" / "ca.crt")
+
+
+def test_the_front_door_speaks_tls_from_the_labs_ca_and_redirects_plain_http(tls_lab):
+    assert tls_lab.url.startswith("https://")
+    assert requests.get(f"{tls_lab.url}/hub/login", verify=ca_file(tls_lab), timeout=10).status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):  # a certificate of the lab's CA, not one the system knows
+        requests.get(f"{tls_lab.url}/hub/login", timeout=10)
+    host = tls_lab.settings["hub"]["public_host"]
+    plain = requests.get(f"http://{host}:{REDIRECT_PORT}/hub/login?next=%2Fhub%2Fhome", allow_redirects=False,
+                         timeout=10)
+    assert plain.status_code in (301, 302, 307, 308), plain.status_code
+    assert plain.headers["Location"] == f"{tls_lab.url}/hub/login?next=%2Fhub%2Fhome"
+    # the host's CLI talks to the hub over it, trusting the lab's CA
+    status = json.loads(tls_lab.datalab("status", "--json").stdout)
+    assert status["url"] == f"{tls_lab.url}/"
+
+
+def test_cookies_are_secure_and_a_users_server_answers_over_tls(tls_lab):
+    alice = tls_lab.session()
+    alice.http.verify = ca_file(tls_lab)
+    assert alice.login("alice", tls_lab.logins["alice"]).status_code == 200
+    alice.start("alice", "python")
+    page = alice.open_server("alice")
+    assert page.status_code == 200 and urlsplit(page.url).scheme == "https", page.url
+    cookies = {c.name: c for c in alice.http.cookies}
+    # the login cookies with the __Host- prefix: no subdomain (another user's origin) can set them
+    assert "__Host-jupyterhub-hub-login" in cookies and "__Host-jupyterhub-user-alice" in cookies, sorted(cookies)
+    assert all(c.secure for c in cookies.values()), [c.name for c in cookies.values() if not c.secure]
+
+
+def test_a_browser_logs_in_over_tls(tls_lab):
+    # chromium trusts the hub's certificate by its key (headless chromium has no CA store to add to)
+    certificate = x509.load_pem_x509_certificate(
+        (tls_lab.settings.data_dir / "secrets" / "hub-tls.crt").read_bytes())
+    spki = certificate.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    with chromium(f"--ignore-certificate-errors-spki-list={pin}") as browser:
+        browser_login(browser, tls_lab, "alice")
+        assert browser.current_url.startswith(f"{tls_lab.url}/") or browser.current_url.startswith("https://alice.")
+        assert browser.get_cookies() and all(c["secure"] for c in browser.get_cookies())
