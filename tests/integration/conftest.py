@@ -66,7 +66,10 @@ class Lab:
         return proc
 
     def session(self):
-        return HubSession(self.url, self.settings["hub"]["per_user_origins"])
+        s = HubSession(self.url, self.settings["hub"]["per_user_origins"])
+        if self.settings["hub"]["https"]:  # the lab's own CA (REQUESTS_CA_BUNDLE would take its place)
+            s.http.verify, s.http.trust_env = str(self.settings.data_dir / "secrets" / "ca.crt"), False
+        return s
 
     def service_url(self, name):
         return self.settings.service_url(name).rstrip("/")
