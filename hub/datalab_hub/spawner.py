@@ -218,6 +218,32 @@ class DataLabSpawner(DockerSpawner):
             writer.close()
             return
 
+    # ---- a hub restarted behind another front door -------------------------
+    front_door_checked = False  # per spawner object: one check each hub process
+
+    async def poll(self):
+        """DockerSpawner's poll; on a hub's first poll of a running server, the server
+        counts as stopped if it was started behind another front door (https turned on
+        or off, a new public host or port, per-user origins changed). Such a server keeps
+        the public URLs it was given at its start: its login's redirects would go to a
+        door that is no longer there. JupyterHub then stops it (container removed, its
+        volume kept), and the user's next visit starts it again behind this door."""
+        status = await super().poll()
+        if status is None and not self.front_door_checked:
+            self.front_door_checked = True
+            then, now = await self.public_urls()
+            if then and now and then != now:
+                self.log.warning("%s was started behind %s; the hub's public URL for it is now %s: stopping it",
+                                 self._log_name, then, now)
+                return f"started behind another front door ({then})"
+        return status
+
+    async def public_urls(self):
+        """(the server's public URL given at its start, the one the hub would give it now)."""
+        container = await self.get_object()
+        env = dict(item.partition("=")[::2] for item in ((container or {}).get("Config") or {}).get("Env") or [])
+        return env.get("JUPYTERHUB_PUBLIC_URL"), self.user.public_url(self.name)
+
     profile = None  # the profile of the start under way
 
     def get_env(self):

@@ -30,6 +30,9 @@ def tls_lab(lab, tmp_path_factory):
     variant = tmp_path_factory.mktemp("tls") / "settings.toml"
     variant.write_text(text.replace("[hub]\n", f"[hub]\nhttps = true\nhttp_redirect_port = {REDIRECT_PORT}\n"))
     tls = Lab(variant)
+    lab.fresh_server("alice", "python")  # a server started behind the plain-HTTP door
+    tls.server_before = lab.notebook_container("alice")["Id"]
+    lab.exec(tls.server_before, "sh", "-c", "echo kept > /home/jovyan/.door-switch")
     try:
         up = tls.datalab("up", "--no-demo", timeout=900).stdout
         assert f"DataLab is up: https://{tls.settings['hub']['public_host']}:" in up, up
@@ -42,6 +45,16 @@ def tls_lab(lab, tmp_path_factory):
 
 def ca_file(tls):
     return str(tls.settings.data_dir / "secrets" / "ca.crt")
+
+
+def test_a_server_started_behind_the_old_door_is_stopped_when_the_hub_restarts(tls_lab):
+    # it was given http:// public URLs at its start: its login would redirect off the new door
+    tls_lab.wait_for(lambda: (tls_lab.notebook_container("alice") or {}).get("Id") != tls_lab.server_before,
+                     "alice's server of before stopped by the restarted hub", timeout=120)
+    alice = tls_lab.login("alice")
+    assert not alice.hub_api("/users/alice").json()["servers"]
+    alice.start("alice", "python")  # behind the new door, on the same volume
+    assert tls_lab.exec(tls_lab.notebook_container("alice"), "cat", "/home/jovyan/.door-switch").stdout == "kept\n"
 
 
 def test_the_front_door_speaks_tls_from_the_labs_ca_and_redirects_plain_http(tls_lab):

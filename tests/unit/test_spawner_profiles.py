@@ -104,3 +104,34 @@ def test_a_profiles_environment_is_its_starts_only_and_under_the_platforms(monke
     sp.profile = {**PROFILES[1], "environment": {}}  # the next start, another profile
     env = sp.get_env()
     assert "FRAUD_DESK" not in env and env["DATALAB_PROFILE"] == "datascience"
+
+
+def test_a_server_started_behind_another_front_door_counts_as_stopped_once_the_hub_restarts():
+    class User:
+        name = "alice"
+
+        def __init__(self, url):
+            self.url = url
+
+        def public_url(self, server_name=""):
+            return self.url
+
+    def restarted_hub_polls(started_behind, now, running=True):
+        sp = DataLabSpawner(profiles=PROFILES, user=User(now))
+
+        async def get_object():
+            return {"State": {"Running": running, "ExitCode": 0, "Error": "", "FinishedAt": "t"},
+                    "Config": {"Env": ["PATH=/bin", f"JUPYTERHUB_PUBLIC_URL={started_behind}"]}}
+
+        sp.get_object = get_object
+        return asyncio.run(sp.poll()), asyncio.run(sp.poll())
+
+    https = "https://alice.lab.example:8000/user/alice/"
+    http = "http://alice.lab.example:8000/user/alice/"
+    first, second = restarted_hub_polls(started_behind=http, now=https)
+    assert first == f"started behind another front door ({http})"  # JupyterHub stops it
+    assert second is None  # checked on a hub process's first poll only: later polls cost no more than before
+    assert restarted_hub_polls(started_behind=https, now=https) == (None, None)
+    # an older server whose start left no public URL is not stopped for it
+    assert restarted_hub_polls(started_behind="", now=https) == (None, None)
+    assert restarted_hub_polls(started_behind=http, now=https, running=False)[0].startswith("ExitCode=0")
