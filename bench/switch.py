@@ -19,7 +19,7 @@ def load_arguments(parser):
 
 
 def edge_url(settings):
-    return f"http://127.0.0.1:{settings['scoring']['port']}"
+    return settings.scoring_url
 
 
 def under_load(settings, rate, seconds, action, warmup=3.0):

@@ -46,6 +46,7 @@ def cmd_up(settings, args):
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with steps.step("secrets and directory CA"):
         credentials.ensure(settings)
+    trust_lab_ca(settings)  # made just now on a first `up`
     if settings["build"]["source"] == "build":
         images.build_all(docker, settings, steps)
     else:
@@ -60,14 +61,23 @@ def cmd_up(settings, args):
     curl = run_demo(settings, steps) if settings["lab"]["demo"] and not args.no_demo else None
     print()
     print(f"DataLab is up: {settings.hub_url}")
-    if ca := credentials.hub_ca_file(settings):
-        print(f"Its certificate is from the lab's CA: have browsers and clients trust {ca}")
+    if ca := credentials.lab_ca_file(settings):
+        print(f"Its HTTPS certificate is from the lab's CA: have browsers and clients trust {ca}")
     print(f"Registry (MLflow, behind the hub's login): {settings.service_url('registry')}")
-    print(f"Scoring edge: http://127.0.0.1:{settings['scoring']['port']}/v1/score")
+    print(f"Scoring edge: {settings.scoring_url}/v1/score")
     if curl:
         print(f"Score a transaction:\n  {curl}")
     print_logins(settings)
     return 0
+
+
+def trust_lab_ca(settings):
+    """This process's HTTP client verifies the hub and the scoring edge against the
+    lab's own CA when their certificate is the one DataLab made."""
+    from . import credentials
+
+    if (ca := credentials.lab_ca_file(settings)) and ca.exists():
+        http.trust(ca)
 
 
 def run_demo(settings, steps):
@@ -371,11 +381,8 @@ def main(argv=None):
         # checking a file, or printing the reference, needs no settings of its own
         standalone = args.command == "settings" and args.settings_command in ("check", "docs")
         settings = None if standalone else settings_mod.load(args.settings)
-        if settings and settings["hub"]["https"]:
-            from . import credentials
-
-            if (ca := credentials.hub_ca_file(settings)) and ca.exists():
-                http.trust(ca)  # the hub's certificate is from the lab's own CA
+        if settings:
+            trust_lab_ca(settings)
         return args.func(settings, args)
     except (SettingsError, DockerError, JobsError, DeployError, HTTPError) as e:
         if args.debug:

@@ -49,7 +49,7 @@ def cmd_deploy(settings, args):
         print(f"datalab: {name} v{target['version']} was rolled back ({why or 'it never became ready'}); "
               f"{describe(previous)} serving", file=sys.stderr)
         return 1
-    print(f"{name} v{target['version']} serves all traffic on http://127.0.0.1:{settings['scoring']['port']}/v1/score "
+    print(f"{name} v{target['version']} serves all traffic on {settings.scoring_url}/v1/score "
           f"(threshold {threshold}, {replicas} replica(s))")
     return 0
 
@@ -129,7 +129,7 @@ def cmd_scoring_status(settings, args):
     docker = Docker(settings)
     deployment = deploy.current(settings)
     rows = {r["service"]: r for r in swarm.status(docker, settings)} if docker.engine_running() else {}
-    out = {"deployment": deployment, "url": f"http://127.0.0.1:{settings['scoring']['port']}/v1/score",
+    out = {"deployment": deployment, "url": f"{settings.scoring_url}/v1/score",
            "scoring": rows.get("scoring"), "edge": rows.get("scoring-edge"),
            "replicas": deploy.replica_figures(docker, settings) if deployment else []}
     if args.json:

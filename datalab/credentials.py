@@ -1,8 +1,8 @@
 """Secrets generated at first `up`: cookie secret, proxy token, directory admin
 password, the password of the hub's read-only directory account, the lab's
-CA and the directory's (and, with [hub] https, the hub's) server certificate,
-the feature store's password, the
-scoring feedback token, and the demo users' passwords. Written
+CA and the directory's (and, with [hub] or [scoring] https, the hub's) server
+certificate, the feature store's password, the scoring feedback token, and the
+demo users' passwords. Written
 once into <data_dir>/secrets (0600), reused afterwards, never printed (except
 the demo logins, on purpose, by `demo-logins`, and the feedback token, by
 `scoring feedback-token`)."""
@@ -146,15 +146,16 @@ def ensure_directory_pki(sdir):
 
 
 def hub_tls_names(settings):
-    """The names the hub's certificate covers: its public host, and every user's and
-    service's origin under it (alice.<host>, registry--service.<host>)."""
+    """The names the certificate DataLab makes covers: the hub's public host, every
+    user's and service's origin under it (alice.<host>, registry--service.<host>), and
+    this machine's loopback, where the scoring edge is called from ([scoring] https)."""
     host = settings["hub"]["public_host"]
-    return (host, f"*.{host}") if settings["hub"]["per_user_origins"] else (host,)
+    return (host, *([f"*.{host}"] if settings["hub"]["per_user_origins"] else []), "localhost", "127.0.0.1")
 
 
 def hub_tls(settings):
     """(certificate, key) of the hub's HTTPS: the site's files, or a certificate DataLab
-    makes from the lab's CA (whose file clients are then given: hub_ca_file)."""
+    makes from the lab's CA (whose file clients are then given: lab_ca_file)."""
     hub = settings["hub"]
     if hub["tls_cert_file"]:
         for key in ("tls_cert_file", "tls_key_file"):
@@ -164,11 +165,23 @@ def hub_tls(settings):
     return _ensure_server_certificate(secrets_dir(settings), "hub-tls", hub["public_host"], hub_tls_names(settings))
 
 
-def hub_ca_file(settings):
-    """The CA file a client of the hub's public URL trusts: the lab's own when the hub
-    serves HTTPS with a certificate DataLab made; None otherwise (the system's store)."""
-    hub = settings["hub"]
-    return secrets_dir(settings) / "ca.crt" if hub["https"] and not hub["tls_cert_file"] else None
+def lab_ca_file(settings):
+    """The CA file a client of the hub or the scoring edge trusts: the lab's own when
+    either serves HTTPS with the certificate DataLab made; None otherwise (the
+    system's store)."""
+    tls = settings["hub"]["https"] or settings["scoring"]["https"]
+    return secrets_dir(settings) / "ca.crt" if tls and not settings["hub"]["tls_cert_file"] else None
+
+
+def scoring_edge_pem(settings):
+    """The hub's certificate and key in one file, as HAProxy loads them (the
+    scoring edge's `bind ... ssl crt`): written again when either changes."""
+    crt, key = hub_tls(settings)
+    pem = crt.read_bytes().rstrip(b"\n") + b"\n" + key.read_bytes()
+    path = secrets_dir(settings) / "scoring-edge.pem"
+    if not path.exists() or path.read_bytes() != pem:
+        _write_private(path, pem)
+    return path
 
 
 def cli_token(settings):
@@ -236,6 +249,8 @@ def ensure(settings):
             files["ldap_search_password"] = Path(settings["directory"]["search_password_file"])
     if settings["hub"]["https"]:
         files["hub_tls_crt"], files["hub_tls_key"] = hub_tls(settings)
+    if settings["scoring"]["https"]:
+        files["scoring_edge_pem"] = scoring_edge_pem(settings)
     if settings["mlflow"]["aws_credentials_file"]:
         files["aws_credentials"] = Path(settings["mlflow"]["aws_credentials_file"])
     return files

@@ -32,7 +32,7 @@ class DemoError(RuntimeError):
 def log_in(settings, user, password):
     """Log in through the hub's form once, so the hub knows the user and their groups.
     (The standard library's opener: a form login needs a cookie jar, which urllib3 has not.)"""
-    ca = credentials.hub_ca_file(settings)
+    ca = credentials.lab_ca_file(settings)
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()), urllib.request.HTTPSHandler(
         context=ssl.create_default_context(cafile=str(ca) if ca else None)))
     page = opener.open(f"{settings.hub_url}hub/login", timeout=30).read().decode()
@@ -77,7 +77,7 @@ def curl_example(settings):
     """A curl that scores the serving model's example transaction and, for a
     model on raw transactions, one that reports it as fraud (the token read
     when it runs, never printed)."""
-    edge = f"http://127.0.0.1:{settings['scoring']['port']}"
+    edge = settings.scoring_url
     schema = http.call("GET", f"{edge}/v1/schema")
     body = json.dumps(schema["example"])
     score = f"curl -s '{edge}/v1/score?explain=1' -H 'Content-Type: application/json' -d '{body}'"

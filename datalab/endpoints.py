@@ -36,6 +36,7 @@ HUB_UID = "1000"  # images/hub/Dockerfile
 CONTROLLER_UID = "1000"  # images/controller/Dockerfile; it writes the deployments folder too
 LDAP_UID = "1001"  # images/directory/Dockerfile
 FEATURESTORE_UID = "1002"  # images/featurestore/Dockerfile
+EDGE_UID = "100"  # images/edge/Dockerfile: Debian's haproxy package's system user (the build checks it)
 # The notebook images' user (jovyan; datalab_hub.containers.NOTEBOOK_UID in the hub's
 # image): the scoring image and the gate's sandboxes run as it too.
 NOTEBOOK_UID = "1000"

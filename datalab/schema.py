@@ -178,6 +178,11 @@ class Jobs(Table):
 class Scoring(Table):
     port: int = setting(8500, "Host port of the scoring edge: POST http://127.0.0.1:<port>/v1/score.",
                         ge=1, le=65535)
+    https: bool = setting(
+        False, "Serve the scoring edge over HTTPS only (plain HTTP is refused: transactions, scores and the "
+        "feedback token never cross the network in clear text), with the hub's certificate: [hub] tls_cert_file "
+        "and tls_key_file, or the one DataLab makes from the lab's CA (for public_host, *.public_host, localhost "
+        "and 127.0.0.1), whose file `up` prints.")
     replicas: int = setting(2, "Scoring replicas of `datalab deploy` by default (each deployment keeps its own).",
                             ge=1)
     threshold: float = setting(50.0, "Scores (0-100) at or above the threshold are decided \"block\"; the default "

@@ -114,6 +114,15 @@ class Settings:
     def hub_scheme(self):
         return "https" if self["hub"]["https"] else "http"
 
+    @property
+    def scoring_url(self):
+        """The scoring edge, as this machine calls it: its loopback, or over HTTPS
+        with a site's certificate, the public host (the name that certificate has)."""
+        if not self["scoring"]["https"]:
+            return f"http://127.0.0.1:{self['scoring']['port']}"
+        host = self["hub"]["public_host"] if self["hub"]["tls_cert_file"] else "127.0.0.1"
+        return f"https://{host}:{self['scoring']['port']}"
+
     def service_url(self, name):
         """Where a hub service (jobs, registry) is reached from outside: its own origin
         under the public host (JupyterHub's "idna" subdomain scheme) with per-user origins."""

@@ -12,7 +12,7 @@ import os
 import socket
 from pathlib import Path
 
-from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET,
+from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET, EDGE_UID,
                         FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID,
                         MLFLOW_URL, NOTEBOOK_UID, PROXY_API_URL, PROXY_PORT, PROXY_REDIRECT_PORT, SCORING_EDGE_PORT,
                         port)
@@ -62,6 +62,9 @@ def scoring_services(settings, refs, deployment, files, secret_files):
     and the feature store it keeps transactions' state in."""
     edge = _service(refs["edge"], ["scoring"], ports=[
         {"target": SCORING_EDGE_PORT, "published": settings["scoring"]["port"], "protocol": "tcp", "mode": "host"}])
+    if settings["scoring"]["https"]:  # HTTPS only (images/edge/haproxy.cfg)
+        edge["secrets"] = [files.secret("scoring_edge_pem", secret_files["scoring_edge_pem"], EDGE_UID)]
+        edge["environment"] = {"EDGE_TLS_PEM": "/run/secrets/scoring_edge_pem"}
     edge["deploy"]["update_config"] = {"order": "stop-first"}  # host-mode port (docs/architecture.md)
     deployment = deployment or {"image": refs["scoring"], "replicas": 0, "threshold": settings["scoring"]["threshold"],
                                 "model": "", "version": ""}

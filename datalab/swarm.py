@@ -71,7 +71,7 @@ def service_url(settings, short_name):
     if short_name == "hub":
         return settings.hub_url + "hub/"
     if short_name == "scoring-edge":
-        return f"http://127.0.0.1:{settings['scoring']['port']}/v1/score"
+        return f"{settings.scoring_url}/v1/score"
     return {
         "mlflow": f"{MLFLOW_URL}/ (lab network only)",
         "directory": f"{settings['directory']['url']} (lab network only)",
@@ -107,7 +107,7 @@ def hub_answers(settings, timeout=3):
     certificate checked for that name."""
     host, port = settings["hub"]["public_host"], settings["hub"]["port"]
     if settings["hub"]["https"]:
-        ca = credentials.hub_ca_file(settings)
+        ca = credentials.lab_ca_file(settings)
         pool = urllib3.HTTPSConnectionPool("127.0.0.1", port, server_hostname=host, assert_hostname=host,
                                            ca_certs=str(ca) if ca else None, retries=False, timeout=timeout)
         try:

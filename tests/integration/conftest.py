@@ -54,7 +54,7 @@ class Lab:
         self.docker = Docker(self.settings)
         self.logins = json.loads((self.settings.data_dir / "secrets" / "demo-logins.json").read_text())
         self._registry_tokens = {}
-        self.edge = f"http://127.0.0.1:{self.settings['scoring']['port']}"
+        self.edge = self.settings.scoring_url
 
     def datalab(self, *args, check=True, timeout=900):
         proc = subprocess.run(

@@ -1,7 +1,10 @@
 """The hub's front door over HTTPS ([hub] https): the proxy terminates TLS with
 a certificate from the lab's CA for the public host and every origin under it,
 plain HTTP on its own port is redirected, the session cookies are Secure, and
-a browser, the host's CLI and a user's server work over it.
+a browser, the host's CLI and a user's server work over it; a server started
+behind the plain-HTTP door is stopped when the hub restarts behind the new
+one. And the scoring edge over HTTPS only ([scoring] https), with the same
+certificate.
 
 (Marked disruptive: the test lab is brought up with https on, then back to
 plain HTTP; the proxy and the hub restart twice.)"""
@@ -17,6 +20,8 @@ from conftest import Lab, browser_login, chromium
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from datalab import deploy
+
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
 REDIRECT_PORT = 18080
@@ -24,11 +29,13 @@ REDIRECT_PORT = 18080
 
 @pytest.fixture(scope="module")
 def tls_lab(lab, tmp_path_factory):
-    """The test lab's settings with https on (same port: it now speaks TLS)."""
+    """The test lab's settings with https on for the hub and the scoring edge (same
+    ports: they now speak TLS)."""
     text = lab.settings_path.read_text()
-    assert text.count("[hub]\n") == 1
+    assert text.count("[hub]\n") == 1 and text.count("[scoring]\n") == 1
     variant = tmp_path_factory.mktemp("tls") / "settings.toml"
-    variant.write_text(text.replace("[hub]\n", f"[hub]\nhttps = true\nhttp_redirect_port = {REDIRECT_PORT}\n"))
+    variant.write_text(text.replace("[hub]\n", f"[hub]\nhttps = true\nhttp_redirect_port = {REDIRECT_PORT}\n")
+                       .replace("[scoring]\n", "[scoring]\nhttps = true\n"))
     tls = Lab(variant)
     lab.fresh_server("alice", "python")  # a server started behind the plain-HTTP door
     tls.server_before = lab.notebook_container("alice")["Id"]
@@ -70,6 +77,20 @@ def test_the_front_door_speaks_tls_from_the_labs_ca_and_redirects_plain_http(tls
     # the host's CLI talks to the hub over it, trusting the lab's CA
     status = json.loads(tls_lab.datalab("status", "--json").stdout)
     assert status["url"] == f"{tls_lab.url}/"
+
+
+def test_the_scoring_edge_answers_over_tls_only(tls_lab):
+    assert tls_lab.edge == f"https://127.0.0.1:{tls_lab.settings['scoring']['port']}"
+    serving = deploy.current(tls_lab.settings)
+    schema = requests.get(f"{tls_lab.edge}/v1/schema", verify=ca_file(tls_lab), timeout=10)
+    assert schema.status_code == (200 if serving else 503), schema.text[:300]
+    assert schema.headers["Content-Type"].startswith("application/json")
+    # plain HTTP is not answered at all: its bytes fail the TLS handshake
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://127.0.0.1:{tls_lab.settings['scoring']['port']}/v1/schema", timeout=10)
+    # the host's CLI names the HTTPS edge and trusts it
+    status = json.loads(tls_lab.datalab("scoring", "status", "--json").stdout)
+    assert status["url"] == f"{tls_lab.edge}/v1/score"
 
 
 def test_cookies_are_secure_and_a_users_server_answers_over_tls(tls_lab):

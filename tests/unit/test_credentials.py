@@ -60,23 +60,40 @@ def test_the_hubs_certificate_covers_its_host_and_every_origin_under_it_and_foll
     hub = x509.load_pem_x509_certificate(files["hub_tls_crt"].read_bytes())
     hub.verify_directly_issued_by(ca)  # one lab CA for the directory and the front door
     names = hub.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(names.get_values_for_type(x509.DNSName)) == {"lab.bank.example", "*.lab.bank.example"}
-    assert credentials.hub_ca_file(s) == tmp_path / "secrets" / "ca.crt"
+    assert set(names.get_values_for_type(x509.DNSName)) == {"lab.bank.example", "*.lab.bank.example", "localhost"}
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]  # the scoring edge's
+    assert credentials.lab_ca_file(s) == tmp_path / "secrets" / "ca.crt"
     assert credentials.ensure(s)["hub_tls_crt"].read_bytes() == files["hub_tls_crt"].read_bytes()  # made once
     moved = s.with_overrides({"hub": {"public_host": "lab2.bank.example"}})
     again = x509.load_pem_x509_certificate(credentials.ensure(moved)["hub_tls_crt"].read_bytes())
     assert set(again.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-               .get_values_for_type(x509.DNSName)) == {"lab2.bank.example", "*.lab2.bank.example"}
+               .get_values_for_type(x509.DNSName)) == {"lab2.bank.example", "*.lab2.bank.example", "localhost"}
     # a site's own certificate is used as given, and clients trust the system's store for it
     (tmp_path / "lab.crt").write_text("site's"), (tmp_path / "lab.key").write_text("site's")
     site = s.with_overrides({"hub": {"tls_cert_file": str(tmp_path / "lab.crt"),
                                      "tls_key_file": str(tmp_path / "lab.key")}})
     assert credentials.hub_tls(site) == (tmp_path / "lab.crt", tmp_path / "lab.key")
-    assert credentials.hub_ca_file(site) is None
+    assert credentials.lab_ca_file(site) is None
     missing = site.with_overrides({"hub": {"tls_key_file": "/etc/ssl/nowhere.key"}})
     with pytest.raises(settings_mod.SettingsError, match="tls_key_file: /etc/ssl/nowhere.key is not a file"):
         credentials.hub_tls(missing)
     assert "hub_tls_crt" not in credentials.ensure(lab_settings(tmp_path))  # plain HTTP: no certificate in the stack
+
+
+def test_the_scoring_edge_gets_the_hubs_certificate_and_key_in_one_file_made_again_when_they_change(tmp_path):
+    s = lab_settings(tmp_path).with_overrides({"scoring": {"https": True}})
+    files = credentials.ensure(s)
+    pem = files["scoring_edge_pem"]
+    crt, key = credentials.hub_tls(s)
+    assert pem.read_bytes() == crt.read_bytes().rstrip(b"\n") + b"\n" + key.read_bytes()  # HAProxy's crt file
+    assert pem.stat().st_mode & 0o777 == 0o600 and "hub_tls_crt" not in files  # the hub itself plain HTTP
+    assert credentials.lab_ca_file(s) == tmp_path / "secrets" / "ca.crt"
+    before = pem.read_bytes()
+    assert credentials.ensure(s)["scoring_edge_pem"].read_bytes() == before  # unchanged: the same file
+    moved = s.with_overrides({"hub": {"public_host": "lab2.bank.example"}})
+    crt, key = credentials.hub_tls(moved)  # a certificate for the new host, and so a new file for the edge
+    assert credentials.ensure(moved)["scoring_edge_pem"].read_bytes() == crt.read_bytes() + key.read_bytes() != before
+    assert credentials.lab_ca_file(lab_settings(tmp_path)) is None  # no HTTPS: nothing to trust
 
 
 def test_the_demo_logins_say_who_is_in_no_lab_group(tmp_path, monkeypatch, capsys):

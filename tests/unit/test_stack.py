@@ -259,3 +259,16 @@ def test_with_https_the_proxy_terminates_tls_and_redirects_plain_http(tmp_path, 
     _, spec = rendered(tmp_path, monkeypatch, hub={"https": True, "http_redirect_port": 0})
     assert "--redirect-port" not in spec["services"]["proxy"]["command"]
     assert len(spec["services"]["proxy"]["ports"]) == 1
+
+
+def test_with_scoring_https_the_edge_serves_tls_only_with_the_certificate_as_its_own_secret(tmp_path, monkeypatch):
+    s, spec = rendered(tmp_path, monkeypatch, scoring={"https": True})
+    edge = spec["services"]["scoring-edge"]
+    (secret,) = edge["secrets"]
+    assert secret["target"] == "scoring_edge_pem" and secret["uid"] == endpoints.EDGE_UID and secret["mode"] == 0o400
+    assert edge["environment"] == {"EDGE_TLS_PEM": "/run/secrets/scoring_edge_pem"}  # haproxy.cfg's TLS bind
+    assert s.scoring_url == f"https://127.0.0.1:{s['scoring']['port']}"  # a name the lab CA's certificate has
+    _, plain = rendered(tmp_path, monkeypatch)
+    assert "secrets" not in plain["services"]["scoring-edge"] and "environment" not in plain["services"]["scoring-edge"]
+    config = (credentials.REPO / "images" / "edge" / "haproxy.cfg").read_text()
+    assert '.if defined(EDGE_TLS_PEM)\n    bind :8500 ssl crt "${EDGE_TLS_PEM}"' in config
