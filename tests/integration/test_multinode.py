@@ -148,7 +148,13 @@ def test_a_second_run_changes_nothing(lab, cluster):
     again = playbook(inventory)
     assert again.returncode == 0, again.stdout[-6000:]
     hosts = recap(again.stdout)
-    assert set(hosts) == set(NODES) and all(h["changed"] == 0 and h["failed"] == 0 for h in hosts.values()), hosts
+    task, changes = None, []  # what changed, task by task, and what `datalab up` said of the stack
+    for line in again.stdout.splitlines():
+        task = line if line.startswith("TASK [") else task
+        if line.startswith("changed:") or '"stack: ' in line:
+            changes.append((task, line))
+    assert set(hosts) == set(NODES) and all(h["changed"] == 0 and h["failed"] == 0 for h in hosts.values()), (
+        hosts, changes)
 
 
 def test_scoring_keeps_answering_when_a_worker_stops(lab, cluster):
