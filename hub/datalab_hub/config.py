@@ -37,6 +37,14 @@ def read_secret(name, secrets_dir=SECRETS):
     return (Path(secrets_dir) / name).read_text().strip()
 
 
+# The hub's tornado settings behind an HTTPS front door: the _xsrf cookie Secure like the
+# login cookies (JupyterHub sets those by itself), and HSTS: a browser that has seen the hub
+# over HTTPS uses nothing else for it and every user's origin under it for a year (no
+# plain-HTTP first request a network attacker could answer, or set cookies through).
+HTTPS_ONLY = {"xsrf_cookie_kwargs": {"secure": True},
+              "headers": {"Strict-Transport-Security": "max-age=31536000; includeSubDomains"}}
+
+
 def configure(c, runtime, secrets_dir=SECRETS):
     hub, ldap, spawn = runtime["hub"], runtime["ldap"], runtime["spawner"]
 
@@ -74,8 +82,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
     # read it from the tornado settings, which these update)
     c.JupyterHub.tornado_settings = {
         "spawn_throttle_retry_range": tuple(int(seconds) for seconds in hub["spawn_retry_seconds"]),
-        # over HTTPS the _xsrf cookie is Secure like the login cookies (JupyterHub sets those by itself)
-        **({"xsrf_cookie_kwargs": {"secure": True}} if hub["public_url"].startswith("https:") else {})}
+        **(HTTPS_ONLY if hub["public_url"].startswith("https:") else {})}
     c.JupyterHub.active_server_limit = int(hub["active_server_limit"])
     c.JupyterHub.upgrade_db = True
     c.JupyterHub.template_vars = {"announcement_login": hub.get("login_banner", "")}

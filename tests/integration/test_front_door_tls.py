@@ -66,7 +66,10 @@ def test_a_server_started_behind_the_old_door_is_stopped_when_the_hub_restarts(t
 
 def test_the_front_door_speaks_tls_from_the_labs_ca_and_redirects_plain_http(tls_lab):
     assert tls_lab.url.startswith("https://")
-    assert requests.get(f"{tls_lab.url}/hub/login", verify=ca_file(tls_lab), timeout=10).status_code == 200
+    login = requests.get(f"{tls_lab.url}/hub/login", verify=ca_file(tls_lab), timeout=10)
+    assert login.status_code == 200
+    # browsers that saw it keep to HTTPS, for the hub and every user's origin under it
+    assert login.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
     with pytest.raises(requests.exceptions.SSLError):  # a certificate of the lab's CA, not one the system knows
         requests.get(f"{tls_lab.url}/hub/login", timeout=10)
     host = tls_lab.settings["hub"]["public_host"]

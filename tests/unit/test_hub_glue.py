@@ -74,10 +74,13 @@ def test_over_https_the_hubs_cookies_are_secure_and_host_prefixed(tmp_path):
     assert c.JupyterHub.subdomain_host == "https://lab.localhost:8000"
     assert c.JupyterHub.cookie_host_prefix_enabled is True
     assert c.JupyterHub.tornado_settings["xsrf_cookie_kwargs"] == {"secure": True}
+    hsts = c.JupyterHub.tornado_settings["headers"]["Strict-Transport-Security"]
+    assert hsts == "max-age=31536000; includeSubDomains"  # users' origins are subdomains of the hub's
     plain = Config()
     configure(plain, runtime(tmp_path), secrets_dir=tmp_path)
     assert plain.JupyterHub.cookie_host_prefix_enabled is False  # a __Host- cookie needs HTTPS
     assert "xsrf_cookie_kwargs" not in plain.JupyterHub.tornado_settings
+    assert "headers" not in plain.JupyterHub.tornado_settings  # HSTS on plain HTTP would lock browsers out
 
 
 def authenticator(port):
