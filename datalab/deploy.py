@@ -144,12 +144,18 @@ def scoring_service(settings):
 
 def start_rollout(docker: Docker, settings, target):
     """Point the scoring service at target (returns at once; wait_rollout follows it)."""
-    if not docker.inspect("service", scoring_service(settings)):
+    found = docker.inspect("service", scoring_service(settings))
+    if not found:
         raise DeployError(f"no scoring service in lab {settings.lab}: run `datalab up` first")
+    threshold = f"SCORING_THRESHOLD={target['threshold']}"
+    # `--env-add` writes the whole list back in Go's map order (random): only when the threshold
+    # changes, so that the list otherwise stays in the order `datalab up` gives it, and a later
+    # `up` finds the service unchanged instead of restarting its tasks for the order alone
+    current_env = found[0]["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env") or []
     # --no-resolve-image: the image is local; asking a registry for its digest hangs air-gapped
     docker.run("service", "update", "--detach", "--no-resolve-image", "--image", target["image"],
                "--replicas", str(int(target["replicas"])),
-               "--env-add", f"SCORING_THRESHOLD={target['threshold']}",
+               *([] if threshold in current_env else ["--env-add", threshold]),
                "--label-add", f"org.datalab.model={target['model']}@{target['version']}",
                "--label-add", f"com.docker.stack.image={target['image']}",
                scoring_service(settings), timeout=120)

@@ -22,11 +22,12 @@ class Engine:
         self.script = list(script)  # (spec image, update state, [(task image, task state), ...]) per look
         self.now = self.script[0]
         self.updates = []
+        self.env = ["DATALAB_LOG_LEVEL=INFO", "SCORING_THRESHOLD=50"]  # as `datalab up` renders it
 
     def inspect(self, kind, name):
         self.now = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         spec_image, state, _ = self.now
-        return [{"Spec": {"TaskTemplate": {"ContainerSpec": {"Image": spec_image}}},
+        return [{"Spec": {"TaskTemplate": {"ContainerSpec": {"Image": spec_image, "Env": self.env}}},
                  "UpdateStatus": {"State": state} if state else None}]
 
     def tasks(self, service, running=False):
@@ -52,6 +53,17 @@ def test_a_rollout_is_saved_as_serving_once_every_replica_runs_the_new_image(lab
     assert deploy.rollout(engine, lab, TARGET, timeout=30) == ("completed", "")
     assert deploy.current(lab)["image"] == NEW
     assert any(a[:2] == ("service", "update") and NEW in a for a in engine.updates)
+
+
+def test_a_rollout_sets_the_threshold_only_when_it_changes(lab):
+    # `--env-add` writes the environment back in random order: the next `datalab up` would then
+    # see a changed service (and restart its tasks) for the order alone
+    engine = Engine([(NEW, "completed", [(NEW, "running"), (NEW, "running")])])
+    deploy.start_rollout(engine, lab, TARGET)
+    assert "--env-add" not in engine.updates[-1]
+    deploy.start_rollout(engine, lab, {**TARGET, "threshold": 70})
+    update = engine.updates[-1]
+    assert update[update.index("--env-add") + 1] == "SCORING_THRESHOLD=70"
 
 
 def test_a_rollback_by_swarm_keeps_the_previous_version_on_record(lab):
