@@ -151,7 +151,7 @@ def test_a_second_run_changes_nothing(lab, cluster):
     task, changes = None, []  # what changed, task by task, and what `datalab up` said of the stack
     for line in again.stdout.splitlines():
         task = line if line.startswith("TASK [") else task
-        if line.startswith("changed:") or '"stack: ' in line:
+        if line.startswith("changed:") or "'stack: " in line:  # the YAML callback's quoting of the debug line
             changes.append((task, line))
     assert set(hosts) == set(NODES) and all(h["changed"] == 0 and h["failed"] == 0 for h in hosts.values()), (
         hosts, changes)
