@@ -5,6 +5,7 @@ it was sent, so a stalled server shows up in the latencies (no coordinated
 omission). Saturation runs keep `connections` requests in flight. A body is
 bytes, or a function making each request's (raw transactions: a new
 transaction id every time, or the server answers a retry from its record).
+An https URL is called over TLS with the given ssl context (the lab's CA).
 """
 
 import asyncio
@@ -13,9 +14,11 @@ from urllib.parse import urlparse
 
 
 class Connection:
-    def __init__(self, url):
+    def __init__(self, url, tls=None):
         u = urlparse(url)
-        self.host, self.port, self.path = u.hostname, u.port or 80, u.path or "/"
+        https = u.scheme == "https"
+        self.host, self.port, self.path = u.hostname, u.port or (443 if https else 80), u.path or "/"
+        self.tls = (tls or True) if https else None
         self.reader = self.writer = None
 
     async def request(self, body, content_type="application/json"):
@@ -23,7 +26,7 @@ class Connection:
         for attempt in (1, 2):
             try:
                 if self.writer is None:
-                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port, ssl=self.tls)
                 self.writer.write(
                     f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -62,11 +65,13 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def fixed_rate(url, body, rate, seconds, connections=64, on_response=None):
-    """Send `rate` requests/s for `seconds`; returns latencies (s) and failures."""
+async def fixed_rate(url, body, rate, seconds, connections=64, on_response=None, tls=None, grace=10.0):
+    """Send `rate` requests/s for `seconds`; returns latencies (s) and failures. Requests
+    still unanswered `grace` s after the last one was due count as failed: a server that
+    cannot keep up would otherwise hold the run for its whole backlog."""
     pool = asyncio.Queue()
     for _ in range(connections):
-        pool.put_nowait(Connection(url))
+        pool.put_nowait(Connection(url, tls))
     latencies, failures = [], 0
     start = time.perf_counter()
 
@@ -91,17 +96,21 @@ async def fixed_rate(url, body, rate, seconds, connections=64, on_response=None)
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(due)))
-    await asyncio.gather(*tasks)
-    return latencies, failures
+    _, unanswered = (await asyncio.wait(tasks, timeout=max(0.0, start + seconds + grace - time.perf_counter()))
+                     if tasks else (set(), set()))
+    for task in unanswered:
+        task.cancel()
+    await asyncio.gather(*unanswered, return_exceptions=True)
+    return latencies, failures + len(unanswered)
 
 
-async def saturate(url, body, seconds, connections=16):
+async def saturate(url, body, seconds, connections=16, tls=None):
     """As many requests as `connections` clients can send in `seconds`: (throughput, latencies, failures)."""
     latencies, failures, end = [], 0, time.perf_counter() + seconds
 
     async def client():
         nonlocal failures
-        conn = Connection(url)
+        conn = Connection(url, tls)
         while time.perf_counter() < end:
             sent = body() if callable(body) else body
             t0 = time.perf_counter()

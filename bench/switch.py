@@ -5,10 +5,13 @@ and promotion.py."""
 
 import asyncio
 import json
+import ssl
 import time
 import urllib.request
 
 from loadgen import fixed_rate
+
+from datalab import credentials
 
 
 def load_arguments(parser):
@@ -22,11 +25,17 @@ def edge_url(settings):
     return settings.scoring_url
 
 
+def edge_tls(settings):
+    """What the edge is checked against over HTTPS: the lab's CA where DataLab made its certificate."""
+    ca = credentials.lab_ca_file(settings)
+    return ssl.create_default_context(cafile=str(ca) if ca else None)
+
+
 def under_load(settings, rate, seconds, action, warmup=3.0):
     """Run `action` (an async callable) `warmup` s into a fixed-rate load; returns
     {"started", "result" (the action's), "failed", "requests", "seen": [(time, version)]}."""
-    edge = edge_url(settings)
-    example = json.loads(urllib.request.urlopen(f"{edge}/v1/schema").read())["example"]
+    edge, tls = edge_url(settings), edge_tls(settings)
+    example = json.loads(urllib.request.urlopen(f"{edge}/v1/schema", context=tls).read())["example"]
     seen = []  # (time, version)
 
     def on_response(status, payload):
@@ -35,7 +44,7 @@ def under_load(settings, rate, seconds, action, warmup=3.0):
 
     async def run():
         load = asyncio.create_task(fixed_rate(f"{edge}/v1/score", json.dumps(example).encode(), rate, seconds,
-                                              on_response=on_response))
+                                              on_response=on_response, tls=tls))
         await asyncio.sleep(warmup)
         started = time.perf_counter()
         result = await action()
