@@ -52,8 +52,10 @@ def cmd_up(settings, args):
     else:
         steps.info("images: using those in the engine ([build] source = \"present\")")
     before = swarm.fingerprint(docker, settings)
-    apply_stack(docker, settings, steps)
+    lost = apply_stack(docker, settings, steps)
     wait_healthy(docker, settings, steps, args.timeout)
+    if lost:
+        restore_serving(docker, settings, steps, lost)
     after = swarm.fingerprint(docker, settings)
     changed = sorted(name for name in after if before.get(name) != after[name])
     # a line for scripts (Ansible's changed_when): did this run change any service?
@@ -100,7 +102,9 @@ def cmd_demo(settings, args):
 
 def apply_stack(docker, settings, steps):
     """Render the stack from the settings, the built images and the current
-    model deployment, and deploy it (Swarm changes only what changed)."""
+    model deployment, and deploy it (Swarm changes only what changed). Returns
+    the deployment on record when its image is gone from the engine (else None):
+    scoring then starts with no model, for restore_serving to bake it again."""
     from . import credentials, deploy, hubsettings, images, manifest, stack, swarm
 
     notebook_images = manifest.load()
@@ -110,9 +114,36 @@ def apply_stack(docker, settings, steps):
         raise DockerError(f"images not built: {', '.join(missing)} (datalab up builds them)")
     deploy.ensure_deployments_dir(settings)
     deploy.wait_for_promotion(settings, steps)
+    serving, lost = deploy.current(settings), None
+    if serving and not docker.inspect("image", serving["image"]):
+        # removed while the lab was down (`docker image prune -a` frees a stopped lab's images):
+        # the stack waits for no image that cannot come, and the version is baked again once
+        # the registry is up
+        steps.warning(f"the serving image {serving['image']} is no longer in the engine: scoring starts "
+                      f"with no model until {serving['model']} v{serving['version']} is baked again")
+        serving, lost = None, serving
     spec = stack.render(settings, refs, hubsettings.profiles(settings, notebook_images, refs),
-                        credentials.ensure(settings), deploy.current(settings))
+                        credentials.ensure(settings), serving)
     swarm.deploy(docker, settings, spec, steps)
+    return lost
+
+
+def restore_serving(docker, settings, steps, lost):
+    """Bake the version on record again from the registry and roll it out, as it served."""
+    from . import deploy, images
+
+    try:
+        with steps.step(f"baking {lost['model']} v{lost['version']} again from the registry"):
+            _, baked = deploy.prepare(docker, settings, images.current_ref(docker, "scoring"),
+                                      lost["model"], str(lost["version"]))
+        target = {**baked, "replicas": lost["replicas"], "threshold": lost["threshold"]}
+        with steps.step(f"rolling out {lost['model']} v{lost['version']} to {lost['replicas']} replica(s)"):
+            outcome, why = deploy.rollout(docker, settings, target)
+    except (deploy.DeployError, DockerError) as e:
+        outcome, why = "failed", str(e)
+    if outcome != "completed":
+        steps.warning(f"scoring serves no model: {lost['model']} v{lost['version']} could not be restored "
+                      f"({why or outcome}); `datalab deploy MODEL@VERSION` puts one back")
 
 
 def wait_healthy(docker, settings, steps, timeout):

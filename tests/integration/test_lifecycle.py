@@ -1,9 +1,12 @@
-"""`datalab down` keeps every piece of data; `up` brings it all back.
+"""`datalab down` keeps every piece of data; `up` brings it all back, the
+served model version included when its image was removed meanwhile.
 (Marked stops_lab: it stops the whole test lab, so it runs last.)"""
 
 import json
+import uuid
 
 import pytest
+import requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.stops_lab]
 
@@ -21,6 +24,7 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     assert put.status_code in (200, 201), put.text
 
     serving = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]
+    assert serving, "the suite's scoring tests deploy a model before this test runs"
     audit = lab.datalab("audit", "--json").stdout
 
     refused = lab.datalab("down", "--purge", check=False)  # no tty, no --yes
@@ -33,13 +37,25 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     assert {f"{lab.name}-user-alice", f"{lab.name}_hub-data", f"{lab.name}-team-fraud-team",
             f"{lab.name}-datasets"} <= set(volumes)
     assert (lab.settings.data_dir / "secrets" / "cookie_secret").exists()
+    # what an operator short of disk does to a stopped lab: every unused image goes, the served one too
+    serving_id = lab.docker.out("image", "inspect", "-f", "{{.Id}}", serving["image"])
+    lab.docker.run("rmi", "-f", serving_id)
 
-    lab.datalab("up")
+    up = lab.datalab("up")
+    assert f"{serving['image']} is no longer in the engine" in up.stdout + up.stderr
     alice = lab.login("alice")  # same password: the directory's data survived
     alice.start("alice")
     alice.open_server("alice")
     file = alice.http.get(f"{alice.server_url('alice')}api/contents/keep-me.txt", timeout=30)
     assert file.status_code == 200 and file.json()["content"] == "model notes"
-    # what served serves again, and the promotions' audit trail is intact
-    assert json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"] == serving
+    # what served serves again, baked anew from the registry, and the promotions' audit trail is intact
+    restored = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]
+    kept = ("model", "version", "run_id", "replicas", "threshold")
+    assert {k: restored[k] for k in kept} == {k: serving[k] for k in kept}, (restored, serving)
+    assert lab.docker.inspect("image", restored["image"])
+    example = requests.get(f"{lab.edge}/v1/schema", timeout=10).json()["example"]
+    if "transaction_id" in example:  # a raw model answers a known transaction from its record
+        example["transaction_id"] = f"lifecycle-{uuid.uuid4().hex}"
+    answer = requests.post(f"{lab.edge}/v1/score", json=example, timeout=10)
+    assert answer.status_code == 200 and str(answer.json()["version"]) == str(serving["version"]), answer.text
     assert lab.datalab("audit", "--json").stdout == audit

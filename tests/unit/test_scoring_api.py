@@ -42,6 +42,17 @@ class ScoringAPI(ServedModel):
         assert code == 200 and out["threshold"] == 50
         assert [(r["score"], r["decision"]) for r in out["results"]] == [(10.0, "allow"), (70.0, "block"), (49.9, "allow")]
 
+    def test_only_refusals_and_failures_get_a_log_line_unless_debugging(self):
+        with self.assertLogs("tornado.access", level="DEBUG") as logged:
+            self.post({"TX_AMOUNT": 600, "TERMINAL_ID_RISK_7DAY_WINDOW": 0.1})
+            self.post({"TX_AMOUNT": "lots"})
+        assert [(r.levelname, r.getMessage().split()[0]) for r in logged.records] == [("DEBUG", "200"),
+                                                                                      ("WARNING", "422")]
+        with self.assertLogs("tornado.access", level="INFO") as logged:
+            self.post({"TX_AMOUNT": 600, "TERMINAL_ID_RISK_7DAY_WINDOW": 0.1})
+            self.post({"TX_AMOUNT": "lots"})
+        assert [r.levelname for r in logged.records] == ["WARNING"]
+
     def test_bad_requests_are_4xx_naming_the_problem(self):
         cases = [
             ("{not json", "application/json", 400, "not valid JSON"),
