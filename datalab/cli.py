@@ -259,6 +259,27 @@ def cmd_images_list(settings, args):
     return 0
 
 
+def cmd_images_prune(settings, args):
+    from . import deploy, images
+
+    docker = Docker(settings)
+    serving = deploy.current(settings)
+    remove, kept = images.prune_plan(docker, serving["image"] if serving else None)
+    before = images.images_disk_usage(docker)
+    if not args.dry_run and remove:
+        images.prune(docker, remove)
+    after = images.images_disk_usage(docker)
+    if args.json:
+        print(json.dumps({"removed" if not args.dry_run else "would_remove": remove, "kept": kept,
+                          "disk_before": before, "disk_after": after}, indent=2))
+        return 0
+    for ref in remove:
+        print(f"{'would remove' if args.dry_run else 'removed'} {ref}")
+    print(f"{len(remove)} tag(s) {'to remove' if args.dry_run else 'removed'}, {len(kept)} kept (in use, "
+          f"latest or build); the engine's images: {before}" + ("" if args.dry_run else f" before, {after} after"))
+    return 0
+
+
 def cmd_install(settings, args):
     from . import system
 
@@ -351,7 +372,7 @@ def parser():
     dl = sub.add_parser("demo-logins", help="the seeded demo users' passwords")
     dl.add_argument("--json", action="store_true")
     dl.set_defaults(func=cmd_demo_logins)
-    img = sub.add_parser("images", help="build or list the images")
+    img = sub.add_parser("images", help="build, list or prune the images")
     img_sub = img.add_subparsers(dest="images_command", required=True)
     ib = img_sub.add_parser("build", help="build images (default: platform + default notebook images)")
     ib.add_argument("names", nargs="*", help="images to build, e.g. tensorflow-gpu")
@@ -359,6 +380,11 @@ def parser():
     il = img_sub.add_parser("list", help="every image with its tag, size and description")
     il.add_argument("--json", action="store_true")
     il.set_defaults(func=cmd_images_list)
+    ip = img_sub.add_parser("prune", help="remove DataLab's image tags nothing uses (old builds, model versions "
+                                          "no longer served) and the layers only they held")
+    ip.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    ip.add_argument("--json", action="store_true")
+    ip.set_defaults(func=cmd_images_prune)
     jobs_cli.add_parser(sub).set_defaults(func=cmd_jobs)
     dep = sub.add_parser("deploy", help="roll a registered model version out to the scoring service")
     dep.add_argument("model", nargs="?", help="MODEL@ALIAS or MODEL@VERSION, e.g. fraud-detector@production")

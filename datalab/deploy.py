@@ -22,6 +22,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from . import images
 from .docker import Docker, DockerError
 from .endpoints import CONTROLLER_UID, MLFLOW_URL, NOTEBOOK_UID
 
@@ -111,7 +112,7 @@ def bake(docker: Docker, scoring_ref, answer, work):
     Path(work, "Dockerfile").write_text(
         f"FROM {scoring_ref}\nCOPY --chown={NOTEBOOK_UID}:{NOTEBOOK_UID} model /model\n"
         f"ENV SCORING_MODEL_NAME={name} SCORING_MODEL_VERSION={version}\n")
-    tag = f"datalab/scoring-model:{name}-v{version}"
+    tag = f"{images.MODEL_REPOSITORY}:{name}-v{version}"
     docker.run("build", "-q", "--label", f"org.datalab.model={name}",
                "--label", f"org.datalab.model-version={version}",
                "--label", f"org.datalab.run-id={answer['run_id']}", "-t", tag, str(work), timeout=600)

@@ -23,6 +23,8 @@ REPOSITORY = "datalab"
 # in SERVING, built after the notebook image they build FROM.
 PLATFORM_IMAGES = ("directory", "mlflow", "hub", "controller", "edge", "featurestore", "scoring")
 SERVING = {"scoring": "tensorflow"}
+MODEL_REPOSITORY = f"{REPOSITORY}/scoring-model"  # model versions baked for scoring (datalab/deploy.py)
+KEPT_TAGS = ("latest", "build")  # what builds, the stack and the hub start from
 
 
 def image_ref(name, image_id):
@@ -196,3 +198,50 @@ def listing(docker: Docker):
             "description": img.description if img else f"DataLab {name} service",
         })
     return rows
+
+
+def prune_plan(docker: Docker, serving_image=None):
+    """(tags to remove, tags kept) among DataLab's own images (the base, the
+    platform's, the notebook images and the baked model versions): a tag goes
+    when no `latest` or `build` tag, no container (running or stopped), no
+    service of this engine (its spec, or the one a rollback returns to) and not
+    `serving_image` (the lab's served version on record, which must survive a
+    lab that is down) points at its image. Other images are not touched."""
+    repositories = {f"{REPOSITORY}/{name}" for name in ["base", *PLATFORM_IMAGES, *manifest.load()]}
+    repositories.add(MODEL_REPOSITORY)
+    tags = {}  # "repo:tag" -> image ID
+    for line in docker.out("image", "ls", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").splitlines():
+        ref, _, image_id = line.partition(" ")
+        if ref.rsplit(":", 1)[0] in repositories:
+            tags[ref] = image_id
+    kept_ids = {image_id for ref, image_id in tags.items() if ref.rsplit(":", 1)[1] in KEPT_TAGS}
+    containers = docker.out("ps", "-aq", "--no-trunc").split()
+    if containers:
+        kept_ids.update(c["Image"] for c in docker.inspect("container", *containers))
+    in_use = [serving_image] if serving_image else []
+    services = docker.run("service", "ls", "-q", check=False).stdout.split()  # none when no Swarm
+    for service in docker.inspect("service", *services) if services else []:
+        for spec in (service.get("Spec"), service.get("PreviousSpec")):
+            if spec:
+                in_use.append(spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0])
+    for ref in in_use:
+        if found := docker.inspect("image", ref):
+            kept_ids.add(found[0]["Id"])
+    remove = sorted(ref for ref, image_id in tags.items() if image_id not in kept_ids)
+    return remove, sorted(set(tags) - set(remove))
+
+
+def prune(docker: Docker, remove):
+    """Untag `remove`, then let the engine delete the layers no image holds any more."""
+    for chunk in range(0, len(remove), 50):
+        docker.run("rmi", *remove[chunk:chunk + 50], timeout=600)
+    docker.run("image", "prune", "--force", timeout=600)  # dangling layers only: the build cache stays
+
+
+def images_disk_usage(docker: Docker):
+    """The engine's own figure for its images' disk use, as it prints it (e.g. "29.3GB")."""
+    for line in docker.out("system", "df", "--format", "{{.Type}} {{.Size}}").splitlines():
+        kind, _, size = line.partition(" ")
+        if kind == "Images":
+            return size
+    return "?"

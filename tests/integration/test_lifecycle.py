@@ -37,6 +37,19 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     assert {f"{lab.name}-user-alice", f"{lab.name}_hub-data", f"{lab.name}-team-fraud-team",
             f"{lab.name}-datasets"} <= set(volumes)
     assert (lab.settings.data_dir / "secrets" / "cookie_secret").exists()
+
+    # `datalab images prune` on the stopped lab: a model image nothing uses goes; the version on
+    # record stays although no service or container holds it now, and so do the latest builds
+    stale = f"datalab/scoring-model:lifecycle-stale-v{uuid.uuid4().hex[:6]}"
+    lab.docker.run("build", "-q", "-t", stale, "-", input=f"FROM datalab/base:build\nLABEL org.datalab.test={stale}\n")
+    planned = json.loads(lab.datalab("images", "prune", "--dry-run", "--json").stdout)
+    assert stale in planned["would_remove"] and serving["image"] in planned["kept"], planned
+    assert lab.docker.inspect("image", stale), "a dry run removes nothing"
+    pruned = json.loads(lab.datalab("images", "prune", "--json").stdout)
+    assert stale in pruned["removed"] and not lab.docker.inspect("image", stale)
+    assert {serving["image"], "datalab/hub:latest", "datalab/python:latest"} <= set(pruned["kept"])
+    assert all(lab.docker.inspect("image", ref) for ref in pruned["kept"])
+
     # what an operator short of disk does to a stopped lab: every unused image goes, the served one too
     serving_id = lab.docker.out("image", "inspect", "-f", "{{.Id}}", serving["image"])
     lab.docker.run("rmi", "-f", serving_id)

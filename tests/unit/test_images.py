@@ -1,0 +1,75 @@
+"""What `datalab images prune` removes and keeps, on an engine as the docker CLI
+shows it (the real engine: tests/integration/test_lifecycle.py)."""
+
+from types import SimpleNamespace
+
+from datalab import images
+
+
+class Engine:
+    """Image tags, containers and services as `docker image ls`, `ps`, `service ls`
+    and `inspect` answer."""
+
+    def __init__(self, tags, container_images=(), services=()):
+        self.tags = tags  # "repo:tag" -> image ID
+        self.container_images = list(container_images)
+        self.services = list(services)  # (spec image, previous spec image or None)
+
+    def run(self, *args, check=True, **kwargs):
+        if args[:2] == ("image", "ls"):
+            text = "\n".join(f"{ref} {image_id}" for ref, image_id in self.tags.items())
+        elif args[0] == "ps":
+            text = "\n".join(f"c{n}" for n in range(len(self.container_images)))
+        elif args[:2] == ("service", "ls"):
+            text = "\n".join(f"s{n}" for n in range(len(self.services)))
+        else:
+            raise AssertionError(f"unexpected docker {args}")
+        return SimpleNamespace(stdout=text, returncode=0)
+
+    def out(self, *args, **kwargs):
+        return self.run(*args, **kwargs).stdout.strip()
+
+    def inspect(self, kind, *names):
+        if kind == "container":
+            return [{"Image": self.container_images[int(n[1:])]} for n in names]
+        if kind == "service":
+            found = []
+            for n in names:
+                spec, previous = self.services[int(n[1:])]
+                found.append({"Spec": {"TaskTemplate": {"ContainerSpec": {"Image": spec}}},
+                              **({"PreviousSpec": {"TaskTemplate": {"ContainerSpec": {"Image": previous}}}}
+                                 if previous else {})})
+            return found
+        (ref,) = names
+        return [{"Id": self.tags[ref]}] if ref in self.tags else []
+
+
+def test_prune_removes_only_datalabs_tags_that_nothing_uses():
+    engine = Engine(
+        tags={
+            "datalab/base:build": "sha256:base",
+            "datalab/hub:latest": "sha256:hub2", "datalab/hub:hub2": "sha256:hub2",
+            "datalab/hub:hub1": "sha256:hub1",  # an older build: nothing uses it
+            "datalab/hub:hub0": "sha256:hub0",  # a stopped container's
+            "datalab/python:build": "sha256:py1", "datalab/python:latest": "sha256:py2",
+            "datalab/scoring-model:fraud-v1": "sha256:m1",  # the version on record, lab down
+            "datalab/scoring-model:fraud-v2": "sha256:m2",  # a service runs it
+            "datalab/scoring-model:fraud-v0": "sha256:m0",  # what the service's rollback returns to
+            "datalab/scoring-model:fraud-old": "sha256:mx",  # served once, no more
+            "datalab/swarm-node:test": "sha256:node",  # not one of DataLab's lab images
+            "redis:7": "sha256:redis",
+        },
+        container_images=["sha256:hub0", "sha256:redis"],
+        services=[("datalab/scoring-model:fraud-v2@sha256:d1g3st", "datalab/scoring-model:fraud-v0")],
+    )
+    remove, kept = images.prune_plan(engine, serving_image="datalab/scoring-model:fraud-v1")
+    assert remove == ["datalab/hub:hub1", "datalab/scoring-model:fraud-old"]
+    assert "datalab/scoring-model:fraud-v1" in kept and "datalab/hub:hub0" in kept
+    assert "datalab/swarm-node:test" not in kept + remove and "redis:7" not in kept + remove
+
+
+def test_without_a_swarm_or_a_served_version_the_builds_still_stay():
+    engine = Engine(tags={"datalab/hub:latest": "sha256:hub2", "datalab/hub:hub1": "sha256:hub1",
+                          "datalab/scoring-model:fraud-v1": "sha256:m1"})
+    remove, kept = images.prune_plan(engine)
+    assert remove == ["datalab/hub:hub1", "datalab/scoring-model:fraud-v1"] and kept == ["datalab/hub:latest"]
