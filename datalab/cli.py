@@ -129,13 +129,13 @@ def apply_stack(docker, settings, steps):
 
 
 def restore_serving(docker, settings, steps, lost):
-    """Bake the version on record again from the registry and roll it out, as it served."""
+    """Bake the version on record again from the registry (the same model files, or
+    none) and roll it out, as it served."""
     from . import deploy, images
 
     try:
         with steps.step(f"baking {lost['model']} v{lost['version']} again from the registry"):
-            _, baked = deploy.prepare(docker, settings, images.current_ref(docker, "scoring"),
-                                      lost["model"], str(lost["version"]))
+            baked = deploy.rebake(docker, settings, images.current_ref(docker, "scoring"), lost)
         target = {**baked, "replicas": lost["replicas"], "threshold": lost["threshold"]}
         with steps.step(f"rolling out {lost['model']} v{lost['version']} to {lost['replicas']} replica(s)"):
             outcome, why = deploy.rollout(docker, settings, target)

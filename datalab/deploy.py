@@ -12,6 +12,7 @@ controller both go through rollout() here.
 """
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -106,20 +107,51 @@ def fetched(docker: Docker, settings, scoring_ref, name, ref):
         docker.run("rm", "-f", container, check=False)
 
 
+def model_digest(model_dir):
+    """sha256 over the model folder's files (relative paths and bytes): what a
+    version served, so that baking it again can prove it is the same model."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"sha256:{digest.hexdigest()}"
+
+
 def bake(docker: Docker, scoring_ref, answer, work):
     """Build the image that serves the fetched version (work/model)."""
     name, version = answer["name"], answer["version"]
+    digest = model_digest(Path(work) / "model")
     Path(work, "Dockerfile").write_text(
         f"FROM {scoring_ref}\nCOPY --chown={NOTEBOOK_UID}:{NOTEBOOK_UID} model /model\n"
         f"ENV SCORING_MODEL_NAME={name} SCORING_MODEL_VERSION={version}\n")
     tag = f"{images.MODEL_REPOSITORY}:{name}-v{version}"
     docker.run("build", "-q", "--label", f"org.datalab.model={name}",
                "--label", f"org.datalab.model-version={version}",
-               "--label", f"org.datalab.run-id={answer['run_id']}", "-t", tag, str(work), timeout=600)
+               "--label", f"org.datalab.run-id={answer['run_id']}", "--label", f"org.datalab.model-digest={digest}",
+               "-t", tag, str(work), timeout=600)
     image_id = docker.out("image", "inspect", "-f", "{{.Id}}", tag)
     image = f"{tag}-{image_id.split(':')[-1][:12]}"  # a rebuilt version is a new image: a rollout
     docker.run("tag", image_id, image)
-    return {"model": name, "version": version, "run_id": answer["run_id"], "image": image}
+    return {"model": name, "version": version, "run_id": answer["run_id"], "model_digest": digest, "image": image}
+
+
+def rebake(docker: Docker, settings, scoring_ref, deployment):
+    """Bake the version `deployment` records again from the registry, only if the
+    registry still holds the very model it served (its digest): a registered
+    model deleted and registered again restarts at version 1, so a name and a
+    number alone could bring back a model no gate ever judged."""
+    name, version = deployment["model"], str(deployment["version"])
+    with fetched(docker, settings, scoring_ref, name, version) as (answer, work):
+        digest = model_digest(work / "model")
+        if not deployment.get("model_digest"):
+            raise DeployError(f"{name} v{version} has no model digest on record (served from an image baked "
+                              "elsewhere, or by an older DataLab): it cannot be proved the same, so it is not "
+                              "baked again")
+        if digest != deployment["model_digest"]:
+            raise DeployError(f"the registry's {name} v{version} is not the model that served (its files "
+                              f"changed: {digest[:19]}, {deployment['model_digest'][:19]} on record); promote "
+                              "or deploy a version again")
+        return bake(docker, scoring_ref, answer, work)
 
 
 def prepare(docker: Docker, settings, scoring_ref, name, ref):
@@ -136,7 +168,8 @@ def baked_image(docker: Docker, image):
         raise DeployError(f"{image} is not a model image baked by DataLab (no such image here, or no "
                           "org.datalab.model label)")
     return {"model": labels["org.datalab.model"], "version": labels["org.datalab.model-version"],
-            "run_id": labels.get("org.datalab.run-id", ""), "image": image}
+            "run_id": labels.get("org.datalab.run-id", ""), "model_digest": labels.get("org.datalab.model-digest", ""),
+            "image": image}
 
 
 def scoring_service(settings):

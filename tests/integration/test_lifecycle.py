@@ -63,7 +63,7 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     assert file.status_code == 200 and file.json()["content"] == "model notes"
     # what served serves again, baked anew from the registry, and the promotions' audit trail is intact
     restored = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]
-    kept = ("model", "version", "run_id", "replicas", "threshold")
+    kept = ("model", "version", "run_id", "model_digest", "replicas", "threshold")
     assert {k: restored[k] for k in kept} == {k: serving[k] for k in kept}, (restored, serving)
     assert lab.docker.inspect("image", restored["image"])
     example = requests.get(f"{lab.edge}/v1/schema", timeout=10).json()["example"]

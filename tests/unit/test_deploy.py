@@ -2,6 +2,8 @@
 serving, when, and what a failure says. The real rollouts: tests/integration
 (test_scoring.py, test_registry.py)."""
 
+import contextlib
+import shutil
 import time
 
 import pytest
@@ -116,3 +118,28 @@ def test_a_bounded_read_stops_at_its_limit_and_at_its_time(tmp_path):
     started = time.monotonic()
     assert endless.read_bounded("exec", "c1", limit=1000, timeout=0.5) == ""
     assert time.monotonic() - started < 5
+
+
+def test_a_version_is_baked_again_only_if_the_registry_holds_the_very_model_that_served(lab, tmp_path, monkeypatch):
+    """A registered model deleted and registered again restarts at version 1: the name and
+    number on record would then fetch a model no gate judged."""
+    served = tmp_path / "served" / "model"
+    (served / "artifacts").mkdir(parents=True)
+    (served / "MLmodel").write_text("flavors: {}\n")
+    (served / "artifacts" / "weights.bin").write_bytes(b"\x01\x02")
+    record = {**TARGET, "version": "1", "image": OLD, "model_digest": deploy.model_digest(served)}
+    in_registry = tmp_path / "registry"
+
+    @contextlib.contextmanager
+    def fetched(docker, settings, scoring_ref, name, ref):
+        yield {"name": name, "version": ref, "run_id": "r1"}, in_registry
+
+    monkeypatch.setattr(deploy, "fetched", fetched)
+    monkeypatch.setattr(deploy, "bake", lambda docker, ref, answer, work: {"baked": answer["version"]})
+    shutil.copytree(served, in_registry / "model")
+    assert deploy.rebake(None, lab, "datalab/scoring:x", record) == {"baked": "1"}
+    (in_registry / "model" / "artifacts" / "weights.bin").write_bytes(b"\x01\x03")  # another model, same number
+    with pytest.raises(deploy.DeployError, match="not the model that served"):
+        deploy.rebake(None, lab, "datalab/scoring:x", record)
+    with pytest.raises(deploy.DeployError, match="no model digest on record"):
+        deploy.rebake(None, lab, "datalab/scoring:x", {**record, "model_digest": ""})
