@@ -260,11 +260,10 @@ def cmd_images_list(settings, args):
 
 
 def cmd_images_prune(settings, args):
-    from . import deploy, images
+    from . import images
 
     docker = Docker(settings)
-    serving = deploy.current(settings)
-    remove, kept = images.prune_plan(docker, serving["image"] if serving else None)
+    remove, kept = images.prune_plan(docker, images.named_by_lab(settings))
     before = images.images_disk_usage(docker)
     if not args.dry_run and remove:
         images.prune(docker, remove)
@@ -275,8 +274,8 @@ def cmd_images_prune(settings, args):
         return 0
     for ref in remove:
         print(f"{'would remove' if args.dry_run else 'removed'} {ref}")
-    print(f"{len(remove)} tag(s) {'to remove' if args.dry_run else 'removed'}, {len(kept)} kept (in use, "
-          f"latest or build); the engine's images: {before}" + ("" if args.dry_run else f" before, {after} after"))
+    print(f"{len(remove)} tag(s) {'to remove' if args.dry_run else 'removed'}, {len(kept)} kept (latest or build, "
+          f"in use, or named by the lab); the engine's images: {before}" + ("" if args.dry_run else f" before, {after} after"))
     return 0
 
 

@@ -6,12 +6,15 @@ stack and the hub refer to the ID tag, so a service is updated exactly when
 its image changed. Notebook images come from images/manifest.toml.
 """
 
+import json
 import re
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from . import __version__, manifest
 from .docker import Docker, DockerError
@@ -200,13 +203,39 @@ def listing(docker: Docker):
     return rows
 
 
-def prune_plan(docker: Docker, serving_image=None):
+def named_by_lab(settings):
+    """Every string of the lab's own files that may name an image: its stack file, the
+    hub's runtime settings (the profiles' images, the helpers'), and the served version
+    on record. They stay while the lab is down, and name what its next `up` and its next
+    spawns start from."""
+    from . import deploy, stack
+
+    found = set()
+
+    def strings(value):
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                strings(item)
+
+    for path, parse in ((stack.stack_file(settings), yaml.safe_load), (stack.hub_settings_file(settings), json.loads)):
+        if path.exists():
+            strings(parse(path.read_text()))
+    strings(deploy.current(settings))
+    return found
+
+
+def prune_plan(docker: Docker, named=()):
     """(tags to remove, tags kept) among DataLab's own images (the base, the
     platform's, the notebook images and the baked model versions): a tag goes
     when no `latest` or `build` tag, no container (running or stopped), no
-    service of this engine (its spec, or the one a rollback returns to) and not
-    `serving_image` (the lab's served version on record, which must survive a
-    lab that is down) points at its image. Other images are not touched."""
+    service of this engine (its spec, or the one a rollback returns to) and no
+    reference in `named` (named_by_lab) points at its image. Other images are
+    not touched."""
     repositories = {f"{REPOSITORY}/{name}" for name in ["base", *PLATFORM_IMAGES, *manifest.load()]}
     repositories.add(MODEL_REPOSITORY)
     tags = {}  # "repo:tag" -> image ID
@@ -215,20 +244,23 @@ def prune_plan(docker: Docker, serving_image=None):
         if ref.rsplit(":", 1)[0] in repositories:
             tags[ref] = image_id
     kept_ids = {image_id for ref, image_id in tags.items() if ref.rsplit(":", 1)[1] in KEPT_TAGS}
-    containers = docker.out("ps", "-aq", "--no-trunc").split()
-    if containers:
-        kept_ids.update(c["Image"] for c in docker.inspect("container", *containers))
-    in_use = [serving_image] if serving_image else []
-    services = docker.run("service", "ls", "-q", check=False).stdout.split()  # none when no Swarm
-    for service in docker.inspect("service", *services) if services else []:
+    kept_ids.update(tags[ref] for ref in named if ref in tags)
+    kept_ids.update(c["Image"] for c in _each(docker, "container", docker.out("ps", "-aq", "--no-trunc").split()))
+    services = docker.run("service", "ls", "-q", check=False).stdout.split()  # none without a Swarm
+    for service in _each(docker, "service", services):
         for spec in (service.get("Spec"), service.get("PreviousSpec")):
-            if spec:
-                in_use.append(spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0])
-    for ref in in_use:
-        if found := docker.inspect("image", ref):
-            kept_ids.add(found[0]["Id"])
+            if spec and (found := docker.inspect("image", spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0])):
+                kept_ids.add(found[0]["Id"])
     remove = sorted(ref for ref, image_id in tags.items() if image_id not in kept_ids)
     return remove, sorted(set(tags) - set(remove))
+
+
+def _each(docker: Docker, kind, names):
+    """`docker inspect` of each of names: all at once, or one by one when one of them
+    went meanwhile (an inspect of several fails whole)."""
+    if not names:
+        return []
+    return docker.inspect(kind, *names) or [found for name in names for found in docker.inspect(kind, name)]
 
 
 def prune(docker: Docker, remove):

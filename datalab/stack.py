@@ -151,12 +151,21 @@ def controller_service(settings, refs, files, secret_files, docker_gid):
     return service
 
 
+def stack_file(settings):
+    """Where the stack file `docker stack deploy` reads is written (datalab/swarm.py)."""
+    return settings.data_dir / "stack.yml"
+
+
+def hub_settings_file(settings):
+    """Where the hub's runtime settings (hub.json) are written, for the stack's config."""
+    return settings.data_dir / "hub.json"
+
+
 def render(settings, refs, profile_list, secret_files, deployment=None):
     """The stack file (compose v3 for `docker stack deploy`) as a dict."""
-    data_dir = settings.data_dir
     files = _Files()
     has_ca = "ldap_ca_crt" in secret_files
-    hub_json = data_dir / "hub.json"
+    hub_json = hub_settings_file(settings)
     hub_json.write_text(json.dumps(hub_runtime(settings, profile_list, has_ca, refs["hub"]), indent=2))
     docker_gid = str(os.stat(DOCKER_SOCKET).st_gid)
 

@@ -10,13 +10,13 @@ import urllib3
 import yaml
 from datalab_client import http
 
-from . import credentials
+from . import credentials, stack
 from .docker import Docker, DockerError
 from .endpoints import FEATURE_STORE_URL, MLFLOW_URL
 
 
 def deploy(docker: Docker, settings, spec, steps):
-    path = settings.data_dir / "stack.yml"
+    path = stack.stack_file(settings)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     with steps.step(f"deploying stack {settings.lab}"):
         docker.run("stack", "deploy", "--resolve-image", "never", "--prune", "-c", str(path), settings.lab)

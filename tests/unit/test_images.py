@@ -1,9 +1,12 @@
 """What `datalab images prune` removes and keeps, on an engine as the docker CLI
 shows it (the real engine: tests/integration/test_lifecycle.py)."""
 
+import json
 from types import SimpleNamespace
 
-from datalab import images
+import yaml
+
+from datalab import deploy, images, settings as settings_mod, stack
 
 
 class Engine:
@@ -52,7 +55,7 @@ def test_prune_removes_only_datalabs_tags_that_nothing_uses():
             "datalab/hub:hub1": "sha256:hub1",  # an older build: nothing uses it
             "datalab/hub:hub0": "sha256:hub0",  # a stopped container's
             "datalab/python:build": "sha256:py1", "datalab/python:latest": "sha256:py2",
-            "datalab/scoring-model:fraud-v1": "sha256:m1",  # the version on record, lab down
+            "datalab/scoring-model:fraud-v1": "sha256:m1",  # named by the lab's files (its record), lab down
             "datalab/scoring-model:fraud-v2": "sha256:m2",  # a service runs it
             "datalab/scoring-model:fraud-v0": "sha256:m0",  # what the service's rollback returns to
             "datalab/scoring-model:fraud-old": "sha256:mx",  # served once, no more
@@ -62,7 +65,7 @@ def test_prune_removes_only_datalabs_tags_that_nothing_uses():
         container_images=["sha256:hub0", "sha256:redis"],
         services=[("datalab/scoring-model:fraud-v2@sha256:d1g3st", "datalab/scoring-model:fraud-v0")],
     )
-    remove, kept = images.prune_plan(engine, serving_image="datalab/scoring-model:fraud-v1")
+    remove, kept = images.prune_plan(engine, named={"datalab/scoring-model:fraud-v1", "python", "no/such:image"})
     assert remove == ["datalab/hub:hub1", "datalab/scoring-model:fraud-old"]
     assert "datalab/scoring-model:fraud-v1" in kept and "datalab/hub:hub0" in kept
     assert "datalab/swarm-node:test" not in kept + remove and "redis:7" not in kept + remove
@@ -73,3 +76,13 @@ def test_without_a_swarm_or_a_served_version_the_builds_still_stay():
                           "datalab/scoring-model:fraud-v1": "sha256:m1"})
     remove, kept = images.prune_plan(engine)
     assert remove == ["datalab/hub:hub1", "datalab/scoring-model:fraud-v1"] and kept == ["datalab/hub:latest"]
+
+
+def test_the_lab_names_its_stack_its_profiles_and_its_served_version_even_while_down(tmp_path):
+    settings = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
+    stack.stack_file(settings).write_text(yaml.safe_dump({"services": {"hub": {"image": "datalab/hub:h2"}}}))
+    stack.hub_settings_file(settings).write_text(json.dumps(
+        {"spawner": {"profiles": [{"name": "python", "image": "datalab/python:p1"}, {"image": None}]}}))
+    deploy.deployments_dir(settings).mkdir(parents=True)
+    deploy.save(settings, {"model": "fraud", "version": "1", "image": "datalab/scoring-model:fraud-v1-m1"})
+    assert {"datalab/hub:h2", "datalab/python:p1", "datalab/scoring-model:fraud-v1-m1"} <= images.named_by_lab(settings)
