@@ -7,6 +7,7 @@ import time
 import pytest
 import requests
 from conftest import MODEL, ScoringLoad, registered_versions, run_job
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,34 @@ def test_bad_requests_through_the_edge_are_4xx_and_it_keeps_serving(lab, serving
     assert r.status_code == status and message in r.json()["error"]
     example = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()["example"]
     assert requests.post(f"{edge(lab)}/v1/score", json=example, timeout=10).status_code == 200
+
+
+def stage_counts(lab):
+    """{stage: requests timed}, summed over the replicas' /metrics."""
+    counts = {}
+    for replica in lab.service_containers("scoring"):
+        page = lab.exec(replica, "curl", "-fsS", "http://127.0.0.1:8080/metrics").stdout
+        for family in text_string_to_metric_families(page):
+            for sample in family.samples:
+                if sample.name == "scoring_stage_seconds_count":
+                    counts[sample.labels["stage"]] = counts.get(sample.labels["stage"], 0) + sample.value
+    return counts
+
+
+def test_replicas_time_every_answer_by_stage_and_log_refusals_not_answers(lab, serving):
+    """A replica answers hundreds of requests a second: each is counted and timed on /metrics,
+    and its log has a line for a refusal, none for an answer (scoring/README.md)."""
+    example = requests.get(f"{edge(lab)}/v1/schema", timeout=10).json()["example"]
+    before = stage_counts(lab)
+    for _ in range(20):
+        assert requests.post(f"{edge(lab)}/v1/score", json=example, timeout=10).status_code == 200
+    refused = requests.post(f"{edge(lab)}/v1/score", json={"TX_AMOUNT": 1}, timeout=10)
+    assert refused.status_code == 422
+    after = stage_counts(lab)
+    assert {stage: after[stage] - before.get(stage, 0) for stage in ("parse", "queue", "model", "respond")} == \
+        {"parse": 20, "queue": 20, "model": 20, "respond": 20}, (before, after)
+    logs = "".join(lab.docker.run("logs", replica).stderr for replica in lab.service_containers("scoring"))
+    assert "422 POST /v1/score" in logs and "200 POST /v1/score" not in logs
 
 
 @pytest.mark.parametrize("round_", [1, 2])
