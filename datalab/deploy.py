@@ -4,14 +4,16 @@ The version is baked into an image (FROM datalab/scoring) at rollout: once
 built, serving depends on nothing but the image, MLflow may be down, and
 rolling back is pointing the service at the previous image. The scoring
 service always exists in the stack (0 replicas until a first deployment); a
-rollout is a `docker service update` of its image, replicas and threshold,
-start-first and gated on /startedz (the model loaded), which Swarm rolls back on failure. What
+rollout is an update of its image, replicas and threshold (the engine's API,
+through the Docker SDK), start-first and gated on /startedz (the model
+loaded), which Swarm rolls back on failure. What
 serves is kept in <data_dir>/deployments/scoring.json, so that `datalab up`
 renders the same service again. `datalab deploy` and the promotion
 controller both go through rollout() here.
 """
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -21,6 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
+import docker as docker_sdk
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import images
@@ -176,23 +179,39 @@ def scoring_service(settings):
     return f"{settings.lab}_scoring"
 
 
+THRESHOLD_VARIABLE = "SCORING_THRESHOLD"  # the decision threshold, in the scoring tasks' environment
+
+
+def engine_api():
+    """The engine's API (docker SDK) for what the docker CLI cannot say: a service's whole
+    environment in a given order. DOCKER_HOST as the CLI reads it, or the local socket."""
+    return docker_sdk.from_env(version="auto").api
+
+
 def start_rollout(docker: Docker, settings, target):
     """Point the scoring service at target (returns at once; wait_rollout follows it)."""
     found = docker.inspect("service", scoring_service(settings))
     if not found:
         raise DeployError(f"no scoring service in lab {settings.lab}: run `datalab up` first")
-    threshold = f"SCORING_THRESHOLD={target['threshold']}"
-    # `--env-add` writes the whole list back in Go's map order (random): only when the threshold
-    # changes, so that the list otherwise stays in the order `datalab up` gives it, and a later
-    # `up` finds the service unchanged instead of restarting its tasks for the order alone
-    current_env = found[0]["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env") or []
-    # --no-resolve-image: the image is local; asking a registry for its digest hangs air-gapped
-    docker.run("service", "update", "--detach", "--no-resolve-image", "--image", target["image"],
-               "--replicas", str(int(target["replicas"])),
-               *([] if threshold in current_env else ["--env-add", threshold]),
-               "--label-add", f"org.datalab.model={target['model']}@{target['version']}",
-               "--label-add", f"com.docker.stack.image={target['image']}",
-               scoring_service(settings), timeout=120)
+    service, spec = found[0], found[0]["Spec"]
+    task_template = copy.deepcopy(spec["TaskTemplate"])
+    container = task_template["ContainerSpec"]
+    container["Image"] = target["image"]
+    # The environment sorted, as `datalab up` renders it: `docker service update --env-add`
+    # wrote it back in Go's map order (random), and the next `up` found the service changed
+    # (and restarted its tasks) for the order alone. Through the engine's API the list goes
+    # as given; the image is local, so nothing asks a registry for its digest.
+    container["Env"] = sorted([entry for entry in container.get("Env") or []
+                               if not entry.startswith(f"{THRESHOLD_VARIABLE}=")]
+                              + [f"{THRESHOLD_VARIABLE}={target['threshold']}"])
+    labels = {**(spec.get("Labels") or {}), "org.datalab.model": f"{target['model']}@{target['version']}",
+              "com.docker.stack.image": target["image"]}
+    try:
+        engine_api().update_service(service["ID"], service["Version"]["Index"], task_template=task_template,
+                                    labels=labels, mode={"Replicated": {"Replicas": int(target["replicas"])}},
+                                    fetch_current_spec=True)
+    except docker_sdk.errors.DockerException as e:
+        raise DockerError(f"the scoring service's update was refused: {e}") from None
 
 
 def service_image(docker: Docker, settings):

@@ -12,6 +12,7 @@ import os
 import socket
 from pathlib import Path
 
+from .deploy import THRESHOLD_VARIABLE
 from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET, EDGE_UID,
                         FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID,
                         MLFLOW_URL, NOTEBOOK_UID, PROXY_API_URL, PROXY_PORT, PROXY_REDIRECT_PORT, SCORING_EDGE_PORT,
@@ -70,7 +71,7 @@ def scoring_services(settings, refs, deployment, files, secret_files):
                                 "model": "", "version": ""}
     scoring = _service(deployment["image"], ["scoring", "features"], environment={
         "DATALAB_LOG_LEVEL": settings["lab"]["log_level"],
-        "SCORING_THRESHOLD": str(deployment["threshold"]),
+        THRESHOLD_VARIABLE: str(deployment["threshold"]),
         "SCORING_FEATURE_STORE_URL": FEATURE_STORE_URL,
     }, secrets=[files.secret("featurestore_password", secret_files["featurestore_password"], NOTEBOOK_UID),
                 files.secret("feedback_token", secret_files["feedback_token"], NOTEBOOK_UID)],

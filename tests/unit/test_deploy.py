@@ -20,7 +20,10 @@ class Engine:
     """The scoring service as `docker service inspect` and `docker service ps` show it,
     moving on one step at each look."""
 
+    current = None  # the engine deploy.engine_api() answers with, in these tests
+
     def __init__(self, script):
+        Engine.current = self
         self.script = list(script)  # (spec image, update state, [(task image, task state), ...]) per look
         self.now = self.script[0]
         self.updates = []
@@ -29,8 +32,16 @@ class Engine:
     def inspect(self, kind, name):
         self.now = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         spec_image, state, _ = self.now
-        return [{"Spec": {"TaskTemplate": {"ContainerSpec": {"Image": spec_image, "Env": self.env}}},
+        return [{"ID": "svc1", "Version": {"Index": 7},
+                 "Spec": {"Name": "dltest_scoring", "Labels": {"com.docker.stack.namespace": "dltest"},
+                          "TaskTemplate": {"ContainerSpec": {"Image": spec_image, "Env": list(self.env)}}},
                  "UpdateStatus": {"State": state} if state else None}]
+
+    def update_service(self, service, version, task_template=None, labels=None, mode=None, **kwargs):
+        """The engine API's update (deploy.engine_api): the spec as the engine stores it."""
+        assert (service, version, kwargs) == ("svc1", 7, {"fetch_current_spec": True})
+        self.updates.append({"image": task_template["ContainerSpec"]["Image"], "labels": labels, "mode": mode})
+        self.env = task_template["ContainerSpec"]["Env"]
 
     def tasks(self, service, running=False):
         return [{"Spec": {"ContainerSpec": {"Image": f"{image}@sha256:0f0f"}}, "Status": {"State": state, "Err": ""}}
@@ -43,6 +54,7 @@ class Engine:
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
     monkeypatch.setattr(deploy.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(deploy, "engine_api", lambda: Engine.current)
     settings = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
     deploy.deployments_dir(settings).mkdir(parents=True)
     deploy.save(settings, {**TARGET, "version": "1", "image": OLD})
@@ -54,18 +66,22 @@ def test_a_rollout_is_saved_as_serving_once_every_replica_runs_the_new_image(lab
                      (NEW, "completed", [(NEW, "running"), (NEW, "running")])])
     assert deploy.rollout(engine, lab, TARGET, timeout=30) == ("completed", "")
     assert deploy.current(lab)["image"] == NEW
-    assert any(a[:2] == ("service", "update") and NEW in a for a in engine.updates)
+    assert engine.updates == [{"image": NEW, "mode": {"Replicated": {"Replicas": 2}},
+                               "labels": {"com.docker.stack.namespace": "dltest", "org.datalab.model": "fraud@2",
+                                          "com.docker.stack.image": NEW}}]
 
 
-def test_a_rollout_sets_the_threshold_only_when_it_changes(lab):
-    # `--env-add` writes the environment back in random order: the next `datalab up` would then
-    # see a changed service (and restart its tasks) for the order alone
+def test_a_rollout_keeps_the_environment_sorted_as_datalab_up_renders_it(lab):
+    # `docker service update --env-add` wrote it back in random order: the next `datalab up`
+    # then saw a changed service (and restarted its tasks) for the order alone
     engine = Engine([(NEW, "completed", [(NEW, "running"), (NEW, "running")])])
-    deploy.start_rollout(engine, lab, TARGET)
-    assert "--env-add" not in engine.updates[-1]
+    engine.env = ["DATALAB_LOG_LEVEL=INFO", "SCORING_FEATURE_STORE_URL=redis://featurestore:6379/0",
+                  "SCORING_THRESHOLD=50"]
     deploy.start_rollout(engine, lab, {**TARGET, "threshold": 70})
-    update = engine.updates[-1]
-    assert update[update.index("--env-add") + 1] == "SCORING_THRESHOLD=70"
+    assert engine.env == ["DATALAB_LOG_LEVEL=INFO", "SCORING_FEATURE_STORE_URL=redis://featurestore:6379/0",
+                          "SCORING_THRESHOLD=70"]
+    deploy.start_rollout(engine, lab, {**TARGET, "threshold": 5})
+    assert engine.env == sorted(engine.env) and engine.env[-1] == "SCORING_THRESHOLD=5"
 
 
 def test_a_rollback_by_swarm_keeps_the_previous_version_on_record(lab):
