@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from . import images
 from .docker import Docker, DockerError
-from .endpoints import CONTROLLER_UID, MLFLOW_URL, NOTEBOOK_UID
+from .endpoints import CONTROLLER_UID, MLFLOW_URL, NOTEBOOK_UID, THRESHOLD_VARIABLE
 
 
 class DeployError(RuntimeError):
@@ -112,11 +112,14 @@ def fetched(docker: Docker, settings, scoring_ref, name, ref):
 
 def model_digest(model_dir):
     """sha256 over the model folder's files (relative paths and bytes): what a
-    version served, so that baking it again can prove it is the same model."""
+    version served, so that baking it again can prove it is the same model. A
+    symbolic link counts as its target's name, never read through: the files are
+    the team's, and this runs as the host's root."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_symlink() or p.is_file()):
         digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        content = b"link:" + os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+        digest.update(hashlib.sha256(content).digest())
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -144,12 +147,12 @@ def rebake(docker: Docker, settings, scoring_ref, deployment):
     model deleted and registered again restarts at version 1, so a name and a
     number alone could bring back a model no gate ever judged."""
     name, version = deployment["model"], str(deployment["version"])
+    if not deployment.get("model_digest"):
+        raise DeployError(f"{name} v{version} has no model digest on record (served from an image baked "
+                          "elsewhere, or by an older DataLab): it cannot be proved the same, so it is not "
+                          "baked again")
     with fetched(docker, settings, scoring_ref, name, version) as (answer, work):
         digest = model_digest(work / "model")
-        if not deployment.get("model_digest"):
-            raise DeployError(f"{name} v{version} has no model digest on record (served from an image baked "
-                              "elsewhere, or by an older DataLab): it cannot be proved the same, so it is not "
-                              "baked again")
         if digest != deployment["model_digest"]:
             raise DeployError(f"the registry's {name} v{version} is not the model that served (its files "
                               f"changed: {digest[:19]}, {deployment['model_digest'][:19]} on record); promote "
@@ -177,9 +180,6 @@ def baked_image(docker: Docker, image):
 
 def scoring_service(settings):
     return f"{settings.lab}_scoring"
-
-
-THRESHOLD_VARIABLE = "SCORING_THRESHOLD"  # the decision threshold, in the scoring tasks' environment
 
 
 def engine_api():

@@ -26,6 +26,9 @@ PROXY_REDIRECT_PORT = 8080  # with [hub] https: plain HTTP's redirect to it, pub
 MLFLOW_URL = "http://mlflow:5000"  # on the backend and tracking networks only
 FEATURE_STORE_URL = "redis://featurestore:6379/0"  # on the features network only
 SCORING_EDGE_PORT = 8500  # published as [scoring] port
+# The scoring tasks' decision threshold, in their environment (read by scoring/datalab_scoring/server.py):
+# rendered by the stack, changed by a rollout
+THRESHOLD_VARIABLE = "SCORING_THRESHOLD"
 # Where the hub's container finds the runtime settings `datalab up` renders (its
 # environment names the file to the hub and its services: DATALAB_HUB_SETTINGS).
 HUB_SETTINGS_PATH = "/etc/datalab/hub.json"

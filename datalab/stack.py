@@ -12,11 +12,10 @@ import os
 import socket
 from pathlib import Path
 
-from .deploy import THRESHOLD_VARIABLE
 from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET, EDGE_UID,
                         FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID,
                         MLFLOW_URL, NOTEBOOK_UID, PROXY_API_URL, PROXY_PORT, PROXY_REDIRECT_PORT, SCORING_EDGE_PORT,
-                        port)
+                        THRESHOLD_VARIABLE, port)
 from .hubsettings import hub_runtime
 
 

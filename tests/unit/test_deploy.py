@@ -159,3 +159,18 @@ def test_a_version_is_baked_again_only_if_the_registry_holds_the_very_model_that
         deploy.rebake(None, lab, "datalab/scoring:x", record)
     with pytest.raises(deploy.DeployError, match="no model digest on record"):
         deploy.rebake(None, lab, "datalab/scoring:x", {**record, "model_digest": ""})
+
+
+def test_a_models_links_are_digested_as_links_never_read_through(tmp_path):
+    """The model's files are the team's; the digest runs as the host's root."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("one")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights").symlink_to(secret)
+    before = deploy.model_digest(model)
+    secret.write_text("two")
+    assert deploy.model_digest(model) == before
+    (model / "weights").unlink()
+    (model / "weights").write_text("one")  # a file with the link target's content is another model
+    assert deploy.model_digest(model) != before
