@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cmd_up(settings, args):
-    from . import credentials, images, system
+    from . import credentials, image_registry, images, system
 
     steps = Steps()
     steps.info(f"DataLab lab '{settings.lab}', data in {settings.data_dir}"
@@ -47,6 +47,8 @@ def cmd_up(settings, args):
     with steps.step("secrets and directory CA"):
         credentials.ensure(settings)
     trust_lab_ca(settings)  # made just now on a first `up`
+    if image_registry.trust(settings):
+        steps.info(f"this engine trusts the lab's CA for the image registry ({image_registry.trust_file(settings)})")
     if settings["build"]["source"] == "build":
         images.build_all(docker, settings, steps)
     else:
@@ -117,10 +119,10 @@ def apply_stack(docker, settings, steps):
     serving, lost = deploy.current(settings), None
     if serving and not docker.inspect("image", serving["image"]):
         # removed while the lab was down (`docker image prune -a` frees a stopped lab's images):
-        # the stack waits for no image that cannot come, and the version is baked again once
-        # the registry is up
+        # the stack waits for no image that may not come, and the version is pulled from the
+        # image registry, or baked again, once the registries are up
         steps.warning(f"the serving image {serving['image']} is no longer in the engine: scoring starts "
-                      f"with no model until {serving['model']} v{serving['version']} is baked again")
+                      f"with no model until {serving['model']} v{serving['version']} is restored")
         serving, lost = None, serving
     spec = stack.render(settings, refs, hubsettings.profiles(settings, notebook_images, refs),
                         credentials.ensure(settings), serving)
@@ -129,14 +131,22 @@ def apply_stack(docker, settings, steps):
 
 
 def restore_serving(docker, settings, steps, lost):
-    """Bake the version on record again from the registry (the same model files, or
-    none) and roll it out, as it served."""
-    from . import deploy, images
+    """Bring back the version on record, as it served: pulled from the image registry by
+    its digest, or else baked again from the model registry (the same model files, or
+    none), then rolled out."""
+    from . import deploy, image_registry, images
 
     try:
-        with steps.step(f"baking {lost['model']} v{lost['version']} again from the registry"):
-            baked = deploy.rebake(docker, settings, images.current_ref(docker, "scoring"), lost)
-        target = {**baked, "replicas": lost["replicas"], "threshold": lost["threshold"]}
+        with steps.step(f"pulling {lost['model']} v{lost['version']} from the image registry"):
+            pulled = image_registry.is_published(settings, lost["image"]) and image_registry.pull(
+                settings, lost["image"])
+        if pulled:
+            deploy.tag_model_image(docker, lost)
+            target = dict(lost)
+        else:
+            with steps.step(f"not there: baking {lost['model']} v{lost['version']} again from the registry"):
+                baked = deploy.rebake(docker, settings, images.current_ref(docker, "scoring"), lost)
+            target = {**baked, "replicas": lost["replicas"], "threshold": lost["threshold"]}
         with steps.step(f"rolling out {lost['model']} v{lost['version']} to {lost['replicas']} replica(s)"):
             outcome, why = deploy.rollout(docker, settings, target)
     except (deploy.DeployError, DockerError) as e:
@@ -279,6 +289,22 @@ def cmd_images_prune(settings, args):
     return 0
 
 
+def cmd_images_registry(settings, args):
+    from . import credentials, image_registry
+
+    credentials.ensure(settings)  # the lab's CA, made here before a first `up` (Ansible trusts it on every node)
+    ca = credentials.secrets_dir(settings) / "ca.crt"
+    answer = {"address": image_registry.address(settings), "ca_file": str(ca), "trust_file": str(
+        image_registry.trust_file(settings)), "ca": ca.read_text()}
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(f"image registry: https://{answer['address']}/ (account {image_registry.ACCOUNT}, password in "
+              f"{credentials.secrets_dir(settings) / 'image_registry_password'})\n"
+              f"an engine trusts it with the lab's CA ({ca}) as {answer['trust_file']}")
+    return 0
+
+
 def cmd_install(settings, args):
     from . import system
 
@@ -384,6 +410,10 @@ def parser():
     ip.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     ip.add_argument("--json", action="store_true")
     ip.set_defaults(func=cmd_images_prune)
+    ir = img_sub.add_parser("registry", help="the lab's image registry: its address, and the CA an engine trusts "
+                                             "it with (--json holds the certificate, for Ansible)")
+    ir.add_argument("--json", action="store_true")
+    ir.set_defaults(func=cmd_images_registry)
     jobs_cli.add_parser(sub).set_defaults(func=cmd_jobs)
     dep = sub.add_parser("deploy", help="roll a registered model version out to the scoring service")
     dep.add_argument("model", nargs="?", help="MODEL@ALIAS or MODEL@VERSION, e.g. fraud-detector@production")

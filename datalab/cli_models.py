@@ -26,12 +26,14 @@ def cmd_deploy(settings, args):
     if not 0 <= threshold <= 100 or replicas < 1:
         print("threshold must be within 0-100 and replicas at least 1", file=sys.stderr)
         return 2
-    from . import images
+    from . import image_registry, images
 
     scoring_ref = images.current_ref(docker, "scoring")
     try:
         if args.image:  # baked elsewhere (another lab, CI): its labels say what it serves
             baked = deploy.baked_image(docker, args.image)
+            with steps.step(f"publishing {args.image} to the lab's image registry"):
+                baked["image"] = image_registry.publish(settings, args.image)
         else:
             with steps.step(f"fetching {name}@{ref} from the registry and baking it into an image"):
                 _, baked = deploy.prepare(docker, settings, scoring_ref, name, ref)

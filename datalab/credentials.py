@@ -165,6 +165,14 @@ def hub_tls(settings):
     return _ensure_server_certificate(secrets_dir(settings), "hub-tls", hub["public_host"], hub_tls_names(settings))
 
 
+def image_registry_tls(settings):
+    """(certificate, key) of the image registry's HTTPS, from the lab's CA, for the
+    address the nodes pull from and this machine's loopback."""
+    host = settings["lab"]["advertise_addr"]
+    return _ensure_server_certificate(secrets_dir(settings), "image-registry-tls", host,
+                                      tuple(dict.fromkeys((host, "localhost", "127.0.0.1"))))
+
+
 def lab_ca_file(settings):
     """The CA file a client of the hub or the scoring edge trusts: the lab's own when
     either serves HTTPS with the certificate DataLab made; None otherwise (the
@@ -215,9 +223,11 @@ def ensure(settings):
         "featurestore_password": sdir / "featurestore_password",
         # what a bank's systems send fraud labels to POST /v1/feedback with (`datalab scoring feedback-token`)
         "feedback_token": sdir / "feedback_token",
+        # the image registry's one account (`datalab`): who pushes model images and pulls them on every node
+        "image_registry_password": sdir / "image_registry_password",
     }
     for name in ("cookie_secret", "proxy_token", "cli_token", "webhook_secret", "featurestore_password",
-                 "feedback_token"):
+                 "feedback_token", "image_registry_password"):
         _ensure(files[name], lambda: secrets.token_hex(32))
     _ensure(files["mlflow_webhook_key"], lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)))
     if settings["directory"]["builtin"]:
@@ -247,6 +257,7 @@ def ensure(settings):
         # the password of [directory] search_bind_dn, a file on the host the operator keeps
         if settings["directory"]["search_password_file"]:
             files["ldap_search_password"] = Path(settings["directory"]["search_password_file"])
+    files["image_registry_tls_crt"], files["image_registry_tls_key"] = image_registry_tls(settings)
     if settings["hub"]["https"]:
         files["hub_tls_crt"], files["hub_tls_key"] = hub_tls(settings)
     if settings["scoring"]["https"]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import docker as docker_sdk
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import images
+from . import image_registry, images
 from .docker import Docker, DockerError
 from .endpoints import CONTROLLER_UID, MLFLOW_URL, NOTEBOOK_UID, THRESHOLD_VARIABLE
 
@@ -123,8 +123,9 @@ def model_digest(model_dir):
     return f"sha256:{digest.hexdigest()}"
 
 
-def bake(docker: Docker, scoring_ref, answer, work):
-    """Build the image that serves the fetched version (work/model)."""
+def bake(docker: Docker, settings, scoring_ref, answer, work):
+    """Build the image that serves the fetched version (work/model) and publish it to the
+    lab's image registry: the record and the service name it there, by digest."""
     name, version = answer["name"], answer["version"]
     digest = model_digest(Path(work) / "model")
     Path(work, "Dockerfile").write_text(
@@ -135,10 +136,17 @@ def bake(docker: Docker, scoring_ref, answer, work):
                "--label", f"org.datalab.model-version={version}",
                "--label", f"org.datalab.run-id={answer['run_id']}", "--label", f"org.datalab.model-digest={digest}",
                "-t", tag, str(work), timeout=600)
-    image_id = docker.out("image", "inspect", "-f", "{{.Id}}", tag)
-    image = f"{tag}-{image_id.split(':')[-1][:12]}"  # a rebuilt version is a new image: a rollout
+    baked = {"model": name, "version": version, "run_id": answer["run_id"], "model_digest": digest, "image": tag}
+    return {**baked, "image": image_registry.publish(settings, tag_model_image(docker, baked))}
+
+
+def tag_model_image(docker: Docker, baked):
+    """Tag the image of a version as <model>-v<version>-<image ID>: a rebuilt version is a new
+    image (and so a rollout), and an image pulled back by digest gets a name again."""
+    image_id = docker.out("image", "inspect", "-f", "{{.Id}}", baked["image"])
+    image = f"{images.MODEL_REPOSITORY}:{baked['model']}-v{baked['version']}-{image_id.split(':')[-1][:12]}"
     docker.run("tag", image_id, image)
-    return {"model": name, "version": version, "run_id": answer["run_id"], "model_digest": digest, "image": image}
+    return image
 
 
 def rebake(docker: Docker, settings, scoring_ref, deployment):
@@ -157,13 +165,13 @@ def rebake(docker: Docker, settings, scoring_ref, deployment):
             raise DeployError(f"the registry's {name} v{version} is not the model that served (its files "
                               f"changed: {digest[:19]}, {deployment['model_digest'][:19]} on record); promote "
                               "or deploy a version again")
-        return bake(docker, scoring_ref, answer, work)
+        return bake(docker, settings, scoring_ref, answer, work)
 
 
 def prepare(docker: Docker, settings, scoring_ref, name, ref):
     """Fetch name@ref, then bake it: (the fetcher's answer, baked image dict)."""
     with fetched(docker, settings, scoring_ref, name, ref) as (answer, work):
-        return answer, bake(docker, scoring_ref, answer, work)
+        return answer, bake(docker, settings, scoring_ref, answer, work)
 
 
 def baked_image(docker: Docker, image):

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -18,7 +19,8 @@ class Docker:
         configured = settings["build"]["docker"]
         self.cli = configured if shutil.which(configured) else "docker"
 
-    def run(self, *args, check=True, capture=True, input=None, timeout=None):
+    def run(self, *args, check=True, capture=True, input=None, timeout=None, env=None):
+        """`env`: variables set for this command only (DOCKER_CONFIG)."""
         log.debug("%s %s", self.cli, " ".join(args))
         proc = subprocess.run(
             [self.cli, *args],
@@ -26,6 +28,7 @@ class Docker:
             text=True,
             input=input,
             timeout=timeout,
+            env={**os.environ, **env} if env else None,
         )
         if check and proc.returncode != 0:
             detail = (proc.stderr or proc.stdout or "").strip() if capture else ""

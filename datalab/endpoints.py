@@ -26,6 +26,9 @@ PROXY_REDIRECT_PORT = 8080  # with [hub] https: plain HTTP's redirect to it, pub
 MLFLOW_URL = "http://mlflow:5000"  # on the backend and tracking networks only
 FEATURE_STORE_URL = "redis://featurestore:6379/0"  # on the features network only
 SCORING_EDGE_PORT = 8500  # published as [scoring] port
+IMAGE_REGISTRY_PORT = 5000  # images/image-registry/config.yml; published as [image_registry] port
+# the file of the image registry's password, where it is a Swarm secret (the controller's): datalab/image_registry.py
+IMAGE_REGISTRY_PASSWORD_VARIABLE = "DATALAB_IMAGE_REGISTRY_PASSWORD_FILE"
 # The scoring tasks' decision threshold, in their environment (read by scoring/datalab_scoring/server.py):
 # rendered by the stack, changed by a rollout
 THRESHOLD_VARIABLE = "SCORING_THRESHOLD"
@@ -39,6 +42,7 @@ HUB_UID = "1000"  # images/hub/Dockerfile
 CONTROLLER_UID = "1000"  # images/controller/Dockerfile; it writes the deployments folder too
 LDAP_UID = "1001"  # images/directory/Dockerfile
 FEATURESTORE_UID = "1002"  # images/featurestore/Dockerfile
+IMAGE_REGISTRY_UID = "100"  # images/image-registry/Dockerfile: Debian's docker-registry user (checked at build)
 EDGE_UID = "100"  # images/edge/Dockerfile: Debian's haproxy package's system user (the build checks it)
 # The notebook images' user (jovyan; datalab_hub.containers.NOTEBOOK_UID in the hub's
 # image): the scoring image and the gate's sandboxes run as it too.

@@ -24,7 +24,7 @@ IMAGES_DIR = REPO / "images"
 REPOSITORY = "datalab"
 # Platform images in build order; each builds FROM datalab/base, except those
 # in SERVING, built after the notebook image they build FROM.
-PLATFORM_IMAGES = ("directory", "mlflow", "hub", "controller", "edge", "featurestore", "scoring")
+PLATFORM_IMAGES = ("directory", "mlflow", "hub", "controller", "edge", "featurestore", "image-registry", "scoring")
 SERVING = {"scoring": "tensorflow"}
 MODEL_REPOSITORY = f"{REPOSITORY}/scoring-model"  # model versions baked for scoring (datalab/deploy.py)
 KEPT_TAGS = ("latest", "build")  # what builds, the stack and the hub start from
@@ -231,26 +231,37 @@ def named_by_lab(settings):
 
 def prune_plan(docker: Docker, named=()):
     """(tags to remove, tags kept) among DataLab's own images (the base, the
-    platform's, the notebook images and the baked model versions): a tag goes
-    when no `latest` or `build` tag, no container (running or stopped), no
-    service of this engine (its spec, or the one a rollback returns to) and no
-    reference in `named` (named_by_lab) points at its image. Other images are
-    not touched."""
+    platform's, the notebook images and the baked model versions, with the tags of
+    their pushes to an image registry): a tag goes when no `latest` or `build` tag,
+    no container (running or stopped), no service of this engine (its spec, or the
+    one a rollback returns to) and no reference in `named` (named_by_lab) points at
+    its image. Other images are not touched."""
     repositories = {f"{REPOSITORY}/{name}" for name in ["base", *PLATFORM_IMAGES, *manifest.load()]}
     repositories.add(MODEL_REPOSITORY)
     tags = {}  # "repo:tag" -> image ID
     for line in docker.out("image", "ls", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").splitlines():
         ref, _, image_id = line.partition(" ")
-        if ref.rsplit(":", 1)[0] in repositories:
+        repository = ref.rsplit(":", 1)[0]
+        if repository in repositories or repository.endswith(f"/{MODEL_REPOSITORY}"):
             tags[ref] = image_id
+
+    def image_id(ref):  # a tag listed above, or any reference the engine resolves (by digest)
+        if ref in tags:
+            return tags[ref]
+        found = docker.inspect("image", ref) if "@sha256:" in ref else []
+        return found[0]["Id"] if found else None
+
     kept_ids = {image_id for ref, image_id in tags.items() if ref.rsplit(":", 1)[1] in KEPT_TAGS}
-    kept_ids.update(tags[ref] for ref in named if ref in tags)
+    kept_ids.update(image_id(ref) for ref in named)
     kept_ids.update(c["Image"] for c in _each(docker, "container", docker.out("ps", "-aq", "--no-trunc").split()))
     services = docker.run("service", "ls", "-q", check=False).stdout.split()  # none without a Swarm
     for service in _each(docker, "service", services):
         for spec in (service.get("Spec"), service.get("PreviousSpec")):
-            if spec and (found := docker.inspect("image", spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0])):
-                kept_ids.add(found[0]["Id"])
+            if spec:
+                image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+                # as deployed (by digest), or as `docker service create` resolved a tag (tag@digest)
+                kept_ids.add(image_id(image) or image_id(image.split("@")[0]))
+    kept_ids.discard(None)
     remove = sorted(ref for ref, image_id in tags.items() if image_id not in kept_ids)
     return remove, sorted(set(tags) - set(remove))
 

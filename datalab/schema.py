@@ -193,6 +193,17 @@ class Scoring(Table):
         "multi-node lab loads with Ansible - see ansible/README.md).")
 
 
+class ImageRegistry(Table):
+    """The lab's own image registry (the `image-registry` service, Debian's Distribution
+    registry): model images go there when a version is rolled out, and every node
+    pulls them by digest, so each node runs byte-identical images. It serves HTTPS
+    with a certificate from the lab's CA, which `datalab up` (and Ansible, on every
+    node) puts where the engine looks for that registry, and one account whose
+    password is a generated secret."""
+    port: int = setting(5000, "Host port of the image registry on the node `datalab up` runs on; nodes pull "
+                        "from <[lab] advertise_addr>:<port>.", ge=1, le=65535)
+
+
 class Limits(Table):
     memory: str = setting("1G", "Memory limit, in Docker's units (\"512M\", \"2G\").", pattern=MEMORY)
     reserve: str = setting("128M", "Memory reservation: Swarm places no more than a node holds.", pattern=MEMORY)
@@ -219,6 +230,8 @@ class Resources(Table):
                                  description="256M limit, 32M reserved.", alias="scoring-edge")
     scoring: Limits = limits("2G", "256M")
     featurestore: Limits = limits("1G", "256M")
+    image_registry: Limits = Field(default_factory=lambda: Limits(memory="512M", reserve="32M"),
+                                   description="512M limit, 32M reserved.", alias="image-registry")
 
 
 class Features(Table):
@@ -398,6 +411,7 @@ class Schema(Table):
     culler: Culler = Field(default_factory=Culler)
     jobs: Jobs = Field(default_factory=Jobs)
     scoring: Scoring = Field(default_factory=Scoring)
+    image_registry: ImageRegistry = Field(default_factory=ImageRegistry)
     resources: Resources = Field(default_factory=Resources)
     features: Features = Field(default_factory=Features)
     directory: Directory = Field(default_factory=Directory)

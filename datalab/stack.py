@@ -13,7 +13,8 @@ import socket
 from pathlib import Path
 
 from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET, EDGE_UID,
-                        FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID, LDAP_UID,
+                        FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID,
+                        IMAGE_REGISTRY_PASSWORD_VARIABLE, IMAGE_REGISTRY_PORT, IMAGE_REGISTRY_UID, LDAP_UID,
                         MLFLOW_URL, NOTEBOOK_UID, PROXY_API_URL, PROXY_PORT, PROXY_REDIRECT_PORT, SCORING_EDGE_PORT,
                         THRESHOLD_VARIABLE, port)
 from .hubsettings import hub_runtime
@@ -140,14 +141,34 @@ def controller_service(settings, refs, files, secret_files, docker_gid):
         refs["controller"], ["backend"],
         user=f"{CONTROLLER_UID}:{docker_gid}",
         environment={"MLFLOW_TRACKING_URI": MLFLOW_URL, "DATALAB_CONTROLLER_SETTINGS": CONTROLLER_SETTINGS_PATH,
-                     "DATALAB_LOG_LEVEL": settings["lab"]["log_level"]},
+                     "DATALAB_LOG_LEVEL": settings["lab"]["log_level"],
+                     IMAGE_REGISTRY_PASSWORD_VARIABLE: "/run/secrets/image_registry_password"},
         volumes=[f"{DOCKER_SOCKET}:{DOCKER_SOCKET}", f"{deployments}:{CONTROLLER_DATA_DIR}/deployments"],
         configs=[files.config("controller_settings", settings_json, CONTROLLER_SETTINGS_PATH)],
         secrets=[files.secret("webhook_secret", secret_files["webhook_secret"], CONTROLLER_UID),
                  # handed to the one-shot export of production's labelled window (sandbox.production_window)
-                 files.secret("featurestore_password", secret_files["featurestore_password"], CONTROLLER_UID)],
+                 files.secret("featurestore_password", secret_files["featurestore_password"], CONTROLLER_UID),
+                 # it publishes the model images it bakes (datalab/image_registry.py)
+                 files.secret("image_registry_password", secret_files["image_registry_password"], CONTROLLER_UID)],
         stop_grace_period="3s",
     )
+    return service
+
+
+def image_registry_service(settings, refs, files, secret_files):
+    """The image registry nodes pull model images from (datalab/image_registry.py): HTTPS
+    with the lab CA's certificate, one account, its blobs on a volume of this node."""
+    service = _service(
+        refs["image-registry"], ["image-registry"],
+        ports=[{"target": IMAGE_REGISTRY_PORT, "published": settings["image_registry"]["port"], "protocol": "tcp",
+                "mode": "host"}],
+        volumes=["image-registry-data:/var/lib/docker-registry"],
+        secrets=[files.secret("registry_password", secret_files["image_registry_password"], IMAGE_REGISTRY_UID),
+                 files.secret("registry_tls_crt", secret_files["image_registry_tls_crt"], IMAGE_REGISTRY_UID, 0o444),
+                 files.secret("registry_tls_key", secret_files["image_registry_tls_key"], IMAGE_REGISTRY_UID)],
+        stop_grace_period="5s",
+    )
+    service["deploy"]["update_config"] = {"order": "stop-first"}  # a host-mode port, and one writer of its blobs
     return service
 
 
@@ -220,6 +241,7 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             ],
         )
     services["controller"] = controller_service(settings, refs, files, secret_files, docker_gid)
+    services["image-registry"] = image_registry_service(settings, refs, files, secret_files)
     for service in services.values():
         # their volumes, the deployments folder and the host-mode ports are on this node
         service["deploy"]["placement"] = {"constraints": [f"node.hostname == {socket.gethostname()}"]}
@@ -247,8 +269,11 @@ def render(settings, refs, profile_list, secret_files, deployment=None):
             # The feature store and the scoring tasks (and `datalab features backfill`'s
             # one-shot loader): never a notebook or job container.
             "features": {"driver": "overlay", "attachable": True},
+            # The image registry's own: nothing reaches it but through its published port.
+            "image-registry": {"driver": "overlay"},
         },
-        "volumes": {"hub-data": {}, "mlflow-data": {}, "directory-data": {}, "featurestore-data": {}},
+        "volumes": {"hub-data": {}, "mlflow-data": {}, "directory-data": {}, "featurestore-data": {},
+                    "image-registry-data": {}},
         "secrets": files.secrets,
         "configs": files.configs,
     }

@@ -10,7 +10,7 @@ import urllib3
 import yaml
 from datalab_client import http
 
-from . import credentials, stack
+from . import credentials, image_registry, stack
 from .docker import Docker, DockerError
 from .endpoints import FEATURE_STORE_URL, MLFLOW_URL
 
@@ -19,7 +19,9 @@ def deploy(docker: Docker, settings, spec, steps):
     path = stack.stack_file(settings)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     with steps.step(f"deploying stack {settings.lab}"):
-        docker.run("stack", "deploy", "--resolve-image", "never", "--prune", "-c", str(path), settings.lab)
+        # with the image registry's account, which Swarm hands to the nodes that pull a model image
+        docker.run("stack", "deploy", "--resolve-image", "never", "--prune", "--with-registry-auth", "-c", str(path),
+                   settings.lab, env={"DOCKER_CONFIG": str(image_registry.client_config(settings))})
     prune_unused(docker, settings)
 
 
@@ -78,6 +80,7 @@ def service_url(settings, short_name):
         "scoring": "tasks.scoring:8080 (behind the edge)",
         "controller": "http://controller:8080/webhook (MLflow's alias webhook)",
         "featurestore": f"{FEATURE_STORE_URL} (scoring tasks only)",
+        "image-registry": f"https://{image_registry.address(settings)}/v2/ (model images; the lab's account)",
     }.get(short_name, "")
 
 

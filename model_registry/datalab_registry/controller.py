@@ -184,8 +184,9 @@ class Controller:
                 if not self.still_wanted(name, version):  # the alias moved on while the gate ran
                     return self.finish(state, record, "superseded", ["the alias was moved during the gate"])
                 # the very files judged: the image serves nothing else
-                baked = deploy.bake(self.docker, scoring_ref, {"name": name, "version": version,
-                                                               "run_id": candidate.run_id}, candidate.model.parent)
+                baked = deploy.bake(self.docker, self.settings, scoring_ref,
+                                    {"name": name, "version": version, "run_id": candidate.run_id},
+                                    candidate.model.parent)
             replicas = serving["replicas"] if serving else self.settings["scoring"]["replicas"]
             record.update(step="rolling out", issued=False, rollout_t0=time.time(),
                           target={**baked, "replicas": int(replicas), "threshold": threshold})

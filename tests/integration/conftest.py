@@ -317,6 +317,8 @@ def lab():
         "group_sync_every = 5\n"
         "[scoring]\n"
         "port = 18500\n"
+        "[image_registry]\n"
+        "port = 15000\n"
         # servers report their activity (busy kernels included) every 4 s: the culler test waits seconds, not minutes
         "[culler]\n"
         "activity_interval = 4\n"

@@ -11,7 +11,7 @@ def test_status_json_lists_every_service_healthy(lab):
     out = json.loads(lab.datalab("status", "--json").stdout)
     rows = {r["service"]: r for r in out["services"]}
     assert set(rows) == {"hub", "proxy", "mlflow", "directory", "controller", "scoring-edge", "scoring",
-                         "featurestore"}
+                         "featurestore", "image-registry"}
     # scoring: 0 replicas of the bare runtime until a first deployment (then running and healthy)
     assert rows["scoring"]["health"] in ("idle", "healthy")
     assert all(r["state"] == "running" and r["health"] == "healthy" for n, r in rows.items() if n != "scoring")

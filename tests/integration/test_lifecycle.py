@@ -1,5 +1,6 @@
 """`datalab down` keeps every piece of data; `up` brings it all back, the
-served model version included when its image was removed meanwhile.
+served model version included when its image was removed meanwhile (pulled
+back from the lab's image registry by its digest).
 (Marked stops_lab: it stops the whole test lab, so it runs last.)"""
 
 import json
@@ -43,11 +44,12 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     stale = f"datalab/scoring-model:lifecycle-stale-v{uuid.uuid4().hex[:6]}"
     lab.docker.run("build", "-q", "-t", stale, "-", input=f"FROM datalab/base:build\nLABEL org.datalab.test={stale}\n")
     planned = json.loads(lab.datalab("images", "prune", "--dry-run", "--json").stdout)
-    assert stale in planned["would_remove"] and serving["image"] in planned["kept"], planned
+    served_tags = lab.docker.inspect("image", serving["image"])[0]["RepoTags"]
+    assert stale in planned["would_remove"] and set(served_tags) <= set(planned["kept"]), planned
     assert lab.docker.inspect("image", stale), "a dry run removes nothing"
     pruned = json.loads(lab.datalab("images", "prune", "--json").stdout)
     assert stale in pruned["removed"] and not lab.docker.inspect("image", stale)
-    assert {serving["image"], "datalab/hub:latest", "datalab/python:latest"} <= set(pruned["kept"])
+    assert {*served_tags, "datalab/hub:latest", "datalab/python:latest"} <= set(pruned["kept"])
     assert all(lab.docker.inspect("image", ref) for ref in pruned["kept"])
 
     # what an operator short of disk does to a stopped lab: every unused image goes, the served one too
@@ -56,14 +58,16 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
 
     up = lab.datalab("up")
     assert f"{serving['image']} is no longer in the engine" in up.stdout + up.stderr
+    assert f"pulling {serving['model']} v{serving['version']} from the image registry" in up.stdout
+    assert "baking" not in up.stdout, up.stdout
     alice = lab.login("alice")  # same password: the directory's data survived
     alice.start("alice")
     alice.open_server("alice")
     file = alice.http.get(f"{alice.server_url('alice')}api/contents/keep-me.txt", timeout=30)
     assert file.status_code == 200 and file.json()["content"] == "model notes"
-    # what served serves again, baked anew from the registry, and the promotions' audit trail is intact
+    # what served serves again, the very image (by digest), and the promotions' audit trail is intact
     restored = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]
-    kept = ("model", "version", "run_id", "model_digest", "replicas", "threshold")
+    kept = ("image", "model", "version", "run_id", "model_digest", "replicas", "threshold")
     assert {k: restored[k] for k in kept} == {k: serving[k] for k in kept}, (restored, serving)
     assert lab.docker.inspect("image", restored["image"])
     example = requests.get(f"{lab.edge}/v1/schema", timeout=10).json()["example"]

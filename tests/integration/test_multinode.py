@@ -4,6 +4,12 @@ The machines are three containers on a private network, each running its
 own dockerd (ansible/test/node, built FROM the local Debian base); Ansible
 reaches them with the docker connection plugin. Runs after the single-node
 suite, whose images and model image it loads onto the nodes.
+
+Each node's engine store (/var/lib/docker) is a volume kept between runs, as a
+machine's disk is: a run starts each node with its Swarm left, its containers,
+volumes and networks removed and the images this run does not use deleted, so
+site.yml sends a node only the images that changed since (about 10 GB on the
+host for the three; `docker volume rm dltest-node1-docker ...` reclaims it).
 """
 
 import json
@@ -16,7 +22,7 @@ import requests
 import yaml
 from conftest import REPO, ScoringLoad
 
-from datalab.images import PLATFORM_IMAGES
+from datalab.images import MODEL_REPOSITORY, PLATFORM_IMAGES
 
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
 
@@ -36,11 +42,35 @@ def container(node):
     return f"dltest-{node}"
 
 
+def engine_store(node):
+    return f"dltest-{node}-docker"
+
+
 def remove_nodes(docker):
+    """The node containers and their network; their engine stores stay (module docstring)."""
     for node in NODES:
-        docker.run("rm", "-f", "-v", container(node), check=False)
-        docker.run("volume", "rm", f"dltest-{node}-docker", check=False)
+        docker.run("rm", "-f", container(node), check=False)
     docker.run("network", "rm", NETWORK, check=False)
+
+
+def reset_engine(lab, node, kept_ids):
+    """A node started on a kept engine store, as a machine fresh for site.yml that
+    holds some images already: no Swarm, containers, volumes (but the image
+    registry's) or networks of the last run, and no image but those in kept_ids
+    (the ones this run sends it or it pulls)."""
+    on_node(lab, node, "docker", "swarm", "leave", "--force", check=False)
+    containers = on_node(lab, node, "docker", "ps", "-aq").stdout.split()
+    if containers:
+        on_node(lab, node, "docker", "rm", "-f", *containers)
+    # the image registry's blobs stay, as on a machine: what was pushed before is not pushed again
+    volumes = [v for v in on_node(lab, node, "docker", "volume", "ls", "-q").stdout.split()
+               if v != "dlmulti_image-registry-data"]
+    if volumes:
+        on_node(lab, node, "docker", "volume", "rm", "-f", *volumes)
+    on_node(lab, node, "docker", "network", "prune", "-f")
+    stale = set(on_node(lab, node, "docker", "images", "-q", "--no-trunc").stdout.split()) - kept_ids
+    if stale:
+        on_node(lab, node, "docker", "rmi", "-f", *stale)
 
 
 def on_node(lab, node, *cmd, check=True):
@@ -72,13 +102,16 @@ def cluster(lab, tmp_path_factory):
     serving = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]
     assert serving, "the single-node suite deploys a model before this module runs"
     docker = lab.docker
+    # the test lab's model image, by the tag it was baked under: what a site hands Ansible
+    model = docker.inspect("image", serving["image"])[0]
+    model_tag = next(tag for tag in model["RepoTags"] if tag.startswith(f"{MODEL_REPOSITORY}:"))
     remove_nodes(docker)
     docker.run("build", "-q", "-t", NODE_IMAGE, "--build-arg", "BASE_IMAGE=datalab/base:build",
                str(REPO / "ansible" / "test" / "node"), timeout=900)
     docker.run("network", "create", NETWORK)
     for node in NODES:
         docker.run("run", "-d", "--name", container(node), "--hostname", node, "--network", NETWORK,
-                   "-v", f"dltest-{node}-docker:/var/lib/docker", *NODE_FLAGS, NODE_IMAGE)
+                   "-v", f"{engine_store(node)}:/var/lib/docker", *NODE_FLAGS, NODE_IMAGE)
     work = tmp_path_factory.mktemp("ansible")
     node = {"ansible_connection": "community.docker.docker", "ansible_become": False,
             "ansible_python_interpreter": "/usr/bin/python3"}
@@ -92,22 +125,26 @@ def cluster(lab, tmp_path_factory):
         # most of a manager's bundle, and every byte of it is saved, copied and loaded)
         "datalab_manager_images": [*PLATFORM_IMAGES],
         "datalab_image_dir": "/var/tmp/datalab-test-images",
-        "datalab_extra_images": [serving["image"]],
-        "datalab_scoring_image": serving["image"],
+        "datalab_extra_images": [model_tag],
+        "datalab_scoring_image": model_tag,
         "datalab_scoring_replicas": 2,
         "datalab_settings": {"lab": {"name": "dlmulti", "data_dir": "/var/lib/datalab", "demo": False},
                              # replicas on every node: the model image is loaded on each
                              "directory": {"builtin": True}, "scoring": {"replicas": 2, "nodes": "all"}},
     }}}
     (work / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    image_ids = {name: docker.inspect("image", f"datalab/{name}:latest")[0]["Id"] for name in PLATFORM_IMAGES}
+    # workers pull the model image from the cluster's registry: it is theirs to keep too
+    kept = {"node1": {*image_ids.values(), model["Id"]}, "node2": {model["Id"]}, "node3": {model["Id"]}}
     for node_name in NODES:  # the engines answer before Ansible starts
         lab.wait_for(lambda: on_node(lab, node_name, "docker", "info", check=False).returncode == 0,
                      f"dockerd in {node_name}", timeout=60)
+        reset_engine(lab, node_name, kept[node_name])
     try:
         first = playbook(work / "hosts.yml")
         (work / "site-first.log").write_text(first.stdout + first.stderr)
         assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
-        yield work / "hosts.yml", first.stdout, serving["image"]
+        yield work / "hosts.yml", first.stdout, model_tag
     finally:  # a failed run too: the nodes' volumes would keep the test lab's purge from finishing
         if not os.environ.get("DATALAB_KEEP_TEST_LAB"):
             remove_nodes(docker)
@@ -126,7 +163,7 @@ def test_site_forms_a_three_node_swarm_and_the_stack_converges(lab, cluster):
     assert all(" Ready" in line for line in nodes if line), nodes
     status = json.loads(on_node(lab, "node1", "datalab", "status", "--json").stdout)["services"]
     assert {r["service"] for r in status} == {"hub", "proxy", "mlflow", "directory", "controller", "scoring-edge",
-                                              "scoring", "featurestore"}
+                                              "scoring", "featurestore", "image-registry"}
     assert all(r["state"] == "running" and r["health"] == "healthy" for r in status), status
     labels = json.loads(on_node(lab, "node1", "docker", "node", "inspect", "-f", "{{json .Spec.Labels}}",
                                 "node1").stdout)

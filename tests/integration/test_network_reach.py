@@ -37,14 +37,14 @@ RESOLVE = "import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('pyp
 
 
 def host_doors(lab):
-    """The host's published ports (hub, scoring edge) at each of its own global addresses
+    """The host's published ports (hub, scoring edge, image registry) at each of its own global addresses
     (on this test host a public-range one among them, which no private range covers) and
     at the containers' gateway."""
     shown = json.loads(subprocess.run(["ip", "-json", "-4", "address", "show", "scope", "global"],
                                       capture_output=True, text=True, check=True).stdout)
     addresses = {a["local"] for link in shown for a in link.get("addr_info", [])}
     addresses.add(lab.docker.inspect("network", "docker_gwbridge")[0]["IPAM"]["Config"][0]["Gateway"])
-    ports = (lab.settings["hub"]["port"], lab.settings["scoring"]["port"])
+    ports = (lab.settings["hub"]["port"], lab.settings["scoring"]["port"], lab.settings["image_registry"]["port"])
     return [(address, port) for address in sorted(addresses) for port in ports]
 
 

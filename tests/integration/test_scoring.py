@@ -39,6 +39,31 @@ def test_deploy_serves_the_version_through_the_edge(lab, model_v1, serving):
         assert ready["engine"] == "numpy", ready
 
 
+def test_replicas_run_the_image_by_digest_from_the_labs_registry_which_admits_its_account_only(lab, serving):
+    """Finding (design review): model images existed only in the engine of the node that baked
+    them, so replicas could run nowhere else. Now a rollout publishes the image to the lab's
+    image registry and the service names it by digest; the registry answers over TLS (the lab's
+    CA) and to its one account: anyone else on the network neither lists, pulls nor pushes."""
+    registry = json.loads(lab.datalab("images", "registry", "--json").stdout)
+    image = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]["image"]
+    assert image.startswith(f"{registry['address']}/datalab/scoring-model@sha256:"), image
+    replicas = lab.docker.inspect("container", *lab.service_containers("scoring"))
+    assert replicas and {replica["Config"]["Image"] for replica in replicas} == {image}
+    base, ca = f"https://{registry['address']}/v2/datalab/scoring-model", registry["ca_file"]
+    password = (lab.settings.data_dir / "secrets" / "image_registry_password").read_text()
+    for auth in (None, ("datalab", "not-the-password"), ("admin", password)):
+        assert requests.get(f"{base}/tags/list", verify=ca, auth=auth, timeout=10).status_code == 401, auth
+        put = requests.put(f"{base}/manifests/planted", verify=ca, auth=auth, data=b"{}", timeout=10,
+                           headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+        assert put.status_code == 401, auth
+    digest = image.rpartition("@")[2]
+    manifest = requests.get(f"{base}/manifests/{digest}", verify=ca, auth=("datalab", password), timeout=10,
+                            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert manifest.status_code == 200 and manifest.headers["Docker-Content-Digest"] == digest
+    plain = requests.get(base.replace("https://", "http://") + "/tags/list", timeout=10)
+    assert plain.status_code == 400  # Go's TLS server to a plain-HTTP client: nothing served
+
+
 @pytest.mark.parametrize("body, status, message", [
     ('{"TX_AMOUNT": 1', 400, "not valid JSON"),
     ({"TX_AMOUNT": 1}, 422, "missing field(s): TX_DURING_WEEKEND"),

@@ -151,7 +151,7 @@ def test_a_version_is_baked_again_only_if_the_registry_holds_the_very_model_that
         yield {"name": name, "version": ref, "run_id": "r1"}, in_registry
 
     monkeypatch.setattr(deploy, "fetched", fetched)
-    monkeypatch.setattr(deploy, "bake", lambda docker, ref, answer, work: {"baked": answer["version"]})
+    monkeypatch.setattr(deploy, "bake", lambda docker, settings, ref, answer, work: {"baked": answer["version"]})
     shutil.copytree(served, in_registry / "model")
     assert deploy.rebake(None, lab, "datalab/scoring:x", record) == {"baked": "1"}
     (in_registry / "model" / "artifacts" / "weights.bin").write_bytes(b"\x01\x03")  # another model, same number

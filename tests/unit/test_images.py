@@ -13,8 +13,9 @@ class Engine:
     """Image tags, containers and services as `docker image ls`, `ps`, `service ls`
     and `inspect` answer."""
 
-    def __init__(self, tags, container_images=(), services=()):
+    def __init__(self, tags, container_images=(), services=(), digests=None):
         self.tags = tags  # "repo:tag" -> image ID
+        self.digests = digests or {}  # "repo@sha256:..." -> image ID (pushed to an image registry)
         self.container_images = list(container_images)
         self.services = list(services)  # (spec image, previous spec image or None)
 
@@ -44,6 +45,8 @@ class Engine:
                                  if previous else {})})
             return found
         (ref,) = names
+        if ref in self.digests:
+            return [{"Id": self.digests[ref]}]
         return [{"Id": self.tags[ref]}] if ref in self.tags else []
 
 
@@ -69,6 +72,22 @@ def test_prune_removes_only_datalabs_tags_that_nothing_uses():
     assert remove == ["datalab/hub:hub1", "datalab/scoring-model:fraud-old"]
     assert "datalab/scoring-model:fraud-v1" in kept and "datalab/hub:hub0" in kept
     assert "datalab/swarm-node:test" not in kept + remove and "redis:7" not in kept + remove
+
+
+def test_model_images_in_the_image_registry_are_kept_by_digest_and_go_with_both_tags():
+    registry = "10.0.0.11:5000/datalab/scoring-model"
+    engine = Engine(
+        tags={"datalab/scoring-model:fraud-v2": "sha256:m2", f"{registry}:fraud-v2": "sha256:m2",
+              "datalab/scoring-model:fraud-v3": "sha256:m3", f"{registry}:fraud-v3": "sha256:m3",
+              "datalab/scoring-model:fraud-v1": "sha256:m1", f"{registry}:fraud-v1": "sha256:m1",
+              "10.0.0.11:5000/other/image:x": "sha256:other"},
+        digests={f"{registry}@sha256:d2": "sha256:m2", f"{registry}@sha256:d3": "sha256:m3"},
+        services=[(f"{registry}@sha256:d3", None)],
+    )
+    # v2 is on record (the lab is down, or between rollouts), v3 a service runs, v1 nothing
+    remove, kept = images.prune_plan(engine, named={f"{registry}@sha256:d2"})
+    assert remove == [f"{registry}:fraud-v1", "datalab/scoring-model:fraud-v1"]
+    assert "10.0.0.11:5000/other/image:x" not in kept + remove
 
 
 def test_without_a_swarm_or_a_served_version_the_builds_still_stay():

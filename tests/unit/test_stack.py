@@ -6,9 +6,8 @@ from datalab import credentials, endpoints, hubsettings, settings as settings_mo
 
 from datalab import manifest
 
-REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "controller", "edge", "featurestore", "scoring",
-                                        "python",
-                                        "datascience", "tensorflow")}
+REFS = {n: f"datalab/{n}:abc" for n in ("directory", "mlflow", "hub", "controller", "edge", "featurestore",
+                                        "image-registry", "scoring", "python", "datascience", "tensorflow")}
 PROFILES = hubsettings.profiles(settings_mod.defaults(), manifest.load(), REFS)
 
 
@@ -27,7 +26,7 @@ def test_services_are_dnsrr_and_only_the_edges_publish_in_host_mode(tmp_path, mo
     for name, svc in spec["services"].items():
         assert svc["deploy"]["endpoint_mode"] == "dnsrr", name
         assert svc["cap_drop"] == ["ALL"], name
-        if name not in ("proxy", "scoring-edge"):
+        if name not in ("proxy", "scoring-edge", "image-registry"):
             assert "ports" not in svc, name
     # the hub's proxy is the front door, a service of its own: a hub restart keeps every route
     assert spec["services"]["proxy"]["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
@@ -35,6 +34,8 @@ def test_services_are_dnsrr_and_only_the_edges_publish_in_host_mode(tmp_path, mo
     command = spec["services"]["proxy"]["command"]
     assert command[command.index("--port") + 1] == "8000" and command[command.index("--api-port") + 1] == "8001"
     assert spec["services"]["scoring-edge"]["ports"] == [{"target": 8500, "published": 8500, "protocol": "tcp", "mode": "host"}]
+    assert spec["services"]["image-registry"]["ports"] == [
+        {"target": 5000, "published": 5000, "protocol": "tcp", "mode": "host"}]
     # nothing deployed yet: the bare runtime at 0 replicas, so that a rollout is a service update
     assert spec["services"]["scoring"]["deploy"]["replicas"] == 0
     assert spec["services"]["scoring"]["image"] == REFS["scoring"]
@@ -112,9 +113,37 @@ def test_the_controller_shares_the_deployments_folder_and_drives_the_engine(tmp_
     assert svc["user"].startswith("1000:") and svc["cap_drop"] == ["ALL"] and svc["networks"] == ["backend"]
     # the store's password, for the one-shot export of production's labelled window; the controller
     # itself stays off the features network
-    assert [x["target"] for x in svc["secrets"]] == ["webhook_secret", "featurestore_password"]
+    # and the image registry's, to publish the model images it bakes
+    assert [x["target"] for x in svc["secrets"]] == ["webhook_secret", "featurestore_password",
+                                                     "image_registry_password"]
+    assert svc["environment"][endpoints.IMAGE_REGISTRY_PASSWORD_VARIABLE] == "/run/secrets/image_registry_password"
     inside = json.loads((tmp_path / "controller.json").read_text())
     assert inside["lab"]["data_dir"] == "/var/lib/datalab" and inside["lab"]["name"] == "lab1"
+
+
+def test_the_image_registry_serves_tls_from_the_lab_ca_with_one_account_on_a_volume_of_the_home_node(
+        tmp_path, monkeypatch):
+    s, spec = rendered(tmp_path, monkeypatch, lab={"data_dir": str(tmp_path), "name": "lab1",
+                                                   "advertise_addr": "10.0.0.11"})
+    svc = spec["services"]["image-registry"]
+    secrets = {x["target"]: x for x in svc["secrets"]}
+    assert set(secrets) == {"registry_password", "registry_tls_crt", "registry_tls_key"}
+    assert all(x["uid"] == endpoints.IMAGE_REGISTRY_UID for x in secrets.values())
+    assert secrets["registry_password"]["mode"] == 0o400 and secrets["registry_tls_key"]["mode"] == 0o400
+    assert svc["volumes"] == ["image-registry-data:/var/lib/docker-registry"]
+    assert svc["networks"] == ["image-registry"] and svc["cap_drop"] == ["ALL"]
+    assert svc["deploy"]["placement"] == spec["services"]["hub"]["deploy"]["placement"]
+    assert svc["deploy"]["update_config"] == {"order": "stop-first"}  # a host-mode port
+    # the certificate names the address the nodes pull from, and is the lab CA's
+    from cryptography import x509
+
+    crt = x509.load_pem_x509_certificate((tmp_path / "secrets" / "image-registry-tls.crt").read_bytes())
+    names = {str(n.value) for n in crt.extensions.get_extension_for_class(x509.SubjectAlternativeName).value}
+    assert names == {"10.0.0.11", "localhost", "127.0.0.1"}
+    ca = x509.load_pem_x509_certificate((tmp_path / "secrets" / "ca.crt").read_bytes())
+    assert crt.issuer == ca.subject
+    # the stack names the account's password by content, never its value
+    assert (tmp_path / "secrets" / "image_registry_password").read_text() not in json.dumps(spec)
 
 
 def test_profiles_follow_the_manifest_and_say_what_is_not_built():

@@ -1,0 +1,136 @@
+"""The lab's image registry (the `image-registry` service): where model images go
+when a version is rolled out, and where every node pulls them from, by digest.
+
+A service refers to `<address>/datalab/scoring-model@sha256:...`: each node runs
+the very bytes that were pushed, whatever a tag says later. The registry serves
+HTTPS with a certificate from the lab's CA; an engine trusts it through the file
+it reads for that registry (/etc/docker/certs.d/<address>/ca.crt), written by
+`datalab up` here and by Ansible on every node. One account, `datalab`, whose
+password is a generated secret: the engine that pushes is given it per push,
+and Swarm hands it to the nodes with the service (the X-Registry-Auth of a
+service update, `docker stack deploy --with-registry-auth`).
+"""
+
+import base64
+import json
+import os
+from pathlib import Path
+
+from . import credentials
+from .docker import DockerError
+from .endpoints import IMAGE_REGISTRY_PASSWORD_VARIABLE
+
+ACCOUNT = "datalab"
+CERTS_D = Path("/etc/docker/certs.d")  # where an engine looks for a registry's CA (moby's registry/config.go)
+
+
+def address(settings):
+    """host:port the nodes pull from: the manager's Swarm address and the registry's port."""
+    host = settings["lab"]["advertise_addr"]
+    return f"{f'[{host}]' if ':' in host else host}:{settings['image_registry']['port']}"
+
+
+def auth_config(settings):
+    path = os.environ.get(IMAGE_REGISTRY_PASSWORD_VARIABLE) or credentials.secrets_dir(settings) / "image_registry_password"
+    password = Path(path).read_text().strip()
+    return {"username": ACCOUNT, "password": password, "serveraddress": address(settings)}
+
+
+def trust_file(settings):
+    return CERTS_D / address(settings) / "ca.crt"
+
+
+def trust(settings):
+    """Make this machine's engine trust the lab's CA for the registry (read per pull and
+    push: no restart). True when the file was written."""
+    sdir = credentials.secrets_dir(settings)
+    credentials.ensure_lab_ca(sdir)
+    pem = (sdir / "ca.crt").read_bytes()
+    path = trust_file(settings)
+    if path.exists() and path.read_bytes() == pem:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pem)
+    os.chmod(path, 0o644)
+    return True
+
+
+def client_config(settings):
+    """A Docker CLI configuration folder holding only the registry's account, for the
+    commands that hand it to Swarm (`stack deploy --with-registry-auth`): DOCKER_CONFIG."""
+    folder = credentials.secrets_dir(settings) / "docker-client"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    auth = auth_config(settings)
+    token = base64.b64encode(f"{auth['username']}:{auth['password']}".encode()).decode()
+    path = folder / "config.json"
+    wanted = json.dumps({"auths": {auth["serveraddress"]: {"auth": token}}}, indent=2)
+    if not path.exists() or path.read_text() != wanted:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(wanted)
+    return folder
+
+
+def api(settings, engine=None):
+    """The engine's API (docker SDK) logged in to the registry: a service update made
+    through it carries the account to the nodes that pull."""
+    import docker as docker_sdk
+
+    from .deploy import engine_api
+
+    engine = engine or engine_api()
+    auth = auth_config(settings)
+    try:
+        engine.login(auth["username"], auth["password"], registry=auth["serveraddress"], reauth=True)
+    except docker_sdk.errors.DockerException as e:
+        raise DockerError(f"the image registry at {auth['serveraddress']} refused the lab's account or did "
+                          f"not answer: {e}") from None
+    return engine
+
+
+def publish(settings, image, engine=None):
+    """Push a local image to the registry; its reference by digest there. The image keeps
+    the registry's tag of the push: without it the engine forgets the digest, and a node
+    would pull again what it holds (`datalab images prune` removes both tags together)."""
+    import docker as docker_sdk
+
+    if is_published(settings, image):
+        return image
+    repository, _, tag = image.rpartition(":")
+    if not repository or "/" in tag or "@" in image:
+        raise DockerError(f"{image}: name an image by repository:tag to publish it")
+    engine = api(settings, engine)
+    local = engine.inspect_image(image)
+    remote = f"{address(settings)}/{repository}"
+    engine.tag(local["Id"], remote, tag)
+    digest = None
+    try:
+        for event in engine.push(remote, tag, auth_config=auth_config(settings), stream=True, decode=True):
+            if event.get("error"):
+                raise DockerError(f"pushing {image} to the image registry failed: {event['error']}")
+            digest = (event.get("aux") or {}).get("Digest", digest)
+        if not digest:
+            raise DockerError(f"the image registry gave no digest for {image}")
+    except (DockerError, docker_sdk.errors.DockerException) as e:
+        engine.remove_image(f"{remote}:{tag}", noprune=True)
+        raise DockerError(str(e) if isinstance(e, DockerError) else
+                          f"pushing {image} to the image registry failed: {e}") from None
+    return f"{remote}@{digest}"
+
+
+def pull(settings, image, engine=None):
+    """Pull a published image back into this engine by its digest (what served, removed
+    meanwhile); False when the registry does not hold it."""
+    import docker as docker_sdk
+
+    try:
+        engine = api(settings, engine)
+        engine.pull(image, auth_config=auth_config(settings))
+    except (DockerError, docker_sdk.errors.DockerException):
+        return False
+    return True
+
+
+def is_published(settings, image):
+    """Whether `image` names this lab's registry by digest."""
+    return image.startswith(f"{address(settings)}/") and "@sha256:" in image
