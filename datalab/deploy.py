@@ -263,8 +263,11 @@ def wait_rollout(docker: Docker, settings, deployment, timeout=300):
 
 
 def task_image(task):
-    """The image a task runs, without the digest Swarm may pin to it."""
-    return task["Spec"]["ContainerSpec"]["Image"].split("@", 1)[0]
+    """The image a task runs, without the digest Swarm may pin to a tag (a reference by
+    digest alone, as the image registry's, is kept whole)."""
+    image = task["Spec"]["ContainerSpec"]["Image"]
+    name = image.partition("@")[0]
+    return name if ":" in name.rsplit("/", 1)[-1] else image
 
 
 def serving_images(docker: Docker, service):

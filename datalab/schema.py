@@ -188,9 +188,8 @@ class Scoring(Table):
     threshold: float = setting(50.0, "Scores (0-100) at or above the threshold are decided \"block\"; the default "
                                "of `datalab deploy`.", ge=0, le=100)
     nodes: Literal["home", "all"] = setting(
-        "home", "Where scoring replicas run: \"home\" (the node `datalab up` runs on, where rollouts bake model "
-        "images) or \"all\" (every node: survives losing one; each node needs the model image, which a "
-        "multi-node lab loads with Ansible - see ansible/README.md).")
+        "home", "Where scoring replicas run: \"home\" (the node `datalab up` runs on) or \"all\" (every node: "
+        "survives losing one; each node pulls the model image from the lab's image registry, [image_registry]).")
 
 
 class ImageRegistry(Table):

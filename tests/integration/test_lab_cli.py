@@ -43,9 +43,13 @@ def test_secrets_are_private_and_not_in_the_stack_file(lab):
     assert oct(secrets_dir.stat().st_mode & 0o777) == "0o700"
     stack_file = (lab.settings.data_dir / "stack.yml").read_text()
     inspected = lab.docker.out("inspect", *(lab.service_container(service) for service in
-                                           ("hub", "proxy", "mlflow", "directory", "controller", "featurestore")))
-    for path in secrets_dir.iterdir():
-        assert oct(path.stat().st_mode & 0o777) == "0o600", path
+                                           ("hub", "proxy", "mlflow", "directory", "controller", "featurestore",
+                                            "image-registry")))
+    for path in secrets_dir.rglob("*"):
+        # folders (the image registry's account for the docker CLI) are the owner's alone too
+        assert oct(path.stat().st_mode & 0o777) == ("0o700" if path.is_dir() else "0o600"), path
+        if path.is_dir():
+            continue
         if path.suffix in ("", ".key"):
             assert path.read_text().strip() not in stack_file, path
             # nor in a container's command, arguments or environment

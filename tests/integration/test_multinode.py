@@ -180,6 +180,39 @@ def test_a_scoring_request_is_answered_through_the_edge(lab, cluster):
     assert answer["decision"] in ("allow", "block")
 
 
+def task_results(output, task):
+    """{host: "ok" | "changed" | "skipping" | ...} of one task in a playbook's output."""
+    results, inside = {}, False
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            inside = line.startswith(f"TASK [{task}]")
+        elif inside and line.split(":", 1)[0] in ("ok", "changed", "skipping", "fatal"):
+            host = line.split("[", 1)[1].split("]", 1)[0].split(" ->")[0]
+            results[host] = line.split(":", 1)[0]
+    return results
+
+
+def test_workers_pull_the_model_image_by_digest_from_the_labs_registry_and_are_sent_no_bundle(lab, cluster):
+    _, first, _ = cluster
+    registry = json.loads(on_node(lab, "node1", "datalab", "images", "registry", "--json").stdout)
+    assert registry["address"] == f"{node_ip(lab, 'node1')}:5000"
+    image = on_node(lab, "node1", "docker", "service", "inspect", "-f", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+                    "dlmulti_scoring").stdout.strip()
+    assert image.startswith(f"{registry['address']}/datalab/scoring-model@sha256:"), image
+    nodes = set(on_node(lab, "node1", "docker", "service", "ps", "--filter", "desired-state=running", "--format",
+                        "{{.Node}}", "dlmulti_scoring").stdout.split())
+    workers = nodes - {"node1"}
+    assert workers, nodes
+    for worker in workers:
+        held = json.loads(on_node(lab, worker, "docker", "image", "inspect", "-f", "{{json .RepoDigests}}",
+                                  image).stdout)
+        assert image in held, held  # pulled from the registry, by that digest
+        ca = on_node(lab, worker, "cat", registry["trust_file"]).stdout
+        assert ca.strip() == registry["ca"].strip()  # each engine trusts the lab's CA for it
+    copied = task_results(first, "datalab : Copy the bundle over")
+    assert copied.get("node2") == copied.get("node3") == "skipping", copied
+
+
 def test_a_second_run_changes_nothing(lab, cluster):
     inventory, _, _ = cluster
     again = playbook(inventory)

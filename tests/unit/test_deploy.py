@@ -174,3 +174,14 @@ def test_a_models_links_are_digested_as_links_never_read_through(tmp_path):
     (model / "weights").unlink()
     (model / "weights").write_text("one")  # a file with the link target's content is another model
     assert deploy.model_digest(model) != before
+
+
+def test_a_task_runs_its_tag_whatever_digest_swarm_pinned_and_a_registry_reference_whole():
+    def task(image):
+        return {"Spec": {"ContainerSpec": {"Image": image}}}
+
+    assert deploy.task_image(task("datalab/scoring-model:fraud-v1-abc@sha256:" + "0" * 64)) == \
+        "datalab/scoring-model:fraud-v1-abc"
+    by_digest = "10.0.0.11:5000/datalab/scoring-model@sha256:" + "1" * 64
+    assert deploy.task_image(task(by_digest)) == by_digest
+    assert deploy.task_image(task("127.0.0.1:5000/datalab/scoring:abc")) == "127.0.0.1:5000/datalab/scoring:abc"
