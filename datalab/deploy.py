@@ -208,16 +208,18 @@ def start_rollout(docker: Docker, settings, target):
     # The environment sorted, as `datalab up` renders it: `docker service update --env-add`
     # wrote it back in Go's map order (random), and the next `up` found the service changed
     # (and restarted its tasks) for the order alone. Through the engine's API the list goes
-    # as given; the image is local, so nothing asks a registry for its digest.
+    # as given, and the image as named (by digest already: nothing resolves it again).
     container["Env"] = sorted([entry for entry in container.get("Env") or []
                                if not entry.startswith(f"{THRESHOLD_VARIABLE}=")]
                               + [f"{THRESHOLD_VARIABLE}={target['threshold']}"])
     labels = {**(spec.get("Labels") or {}), "org.datalab.model": f"{target['model']}@{target['version']}",
               "com.docker.stack.image": target["image"]}
+    # logged in to the lab's image registry: the update carries its account to the nodes that pull
+    engine = image_registry.api(settings) if image_registry.is_published(settings, target["image"]) else engine_api()
     try:
-        engine_api().update_service(service["ID"], service["Version"]["Index"], task_template=task_template,
-                                    labels=labels, mode={"Replicated": {"Replicas": int(target["replicas"])}},
-                                    fetch_current_spec=True)
+        engine.update_service(service["ID"], service["Version"]["Index"], task_template=task_template,
+                              labels=labels, mode={"Replicated": {"Replicas": int(target["replicas"])}},
+                              fetch_current_spec=True)
     except docker_sdk.errors.DockerException as e:
         raise DockerError(f"the scoring service's update was refused: {e}") from None
 

@@ -126,6 +126,7 @@ def pull(settings, image, engine=None):
     try:
         engine = api(settings, engine)
         engine.pull(image, auth_config=auth_config(settings))
+        engine.inspect_image(image)  # an error inside the pull's stream does not raise
     except (DockerError, docker_sdk.errors.DockerException):
         return False
     return True

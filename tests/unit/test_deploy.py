@@ -185,3 +185,19 @@ def test_a_task_runs_its_tag_whatever_digest_swarm_pinned_and_a_registry_referen
     by_digest = "10.0.0.11:5000/datalab/scoring-model@sha256:" + "1" * 64
     assert deploy.task_image(task(by_digest)) == by_digest
     assert deploy.task_image(task("127.0.0.1:5000/datalab/scoring:abc")) == "127.0.0.1:5000/datalab/scoring:abc"
+
+
+def test_a_rollout_to_the_image_registry_carries_its_account_for_the_nodes_that_pull(lab):
+    from datalab import credentials, image_registry
+
+    credentials.ensure(lab)
+    published = f"{image_registry.address(lab)}/datalab/scoring-model@sha256:" + "2" * 64
+    engine = Engine([(published, "completed", [])])
+    logins = []
+    engine.login = lambda username, password, registry, reauth: logins.append((username, registry))
+    deploy.start_rollout(engine, lab, {**TARGET, "image": published})
+    # the update goes through the client logged in (docker-py sends its X-Registry-Auth with it)
+    assert logins == [("datalab", image_registry.address(lab))] and engine.updates[-1]["image"] == published
+    logins.clear()
+    deploy.start_rollout(engine, lab, TARGET)  # a local image: no registry asked
+    assert logins == []

@@ -95,3 +95,25 @@ def test_a_refused_push_says_why_and_leaves_no_tag(lab):
     with pytest.raises(DockerError, match="no digest"):
         image_registry.publish(lab, "datalab/scoring-model:fraud-v3-abc", engine)
     assert engine.calls[-1] == ("untag", "10.0.0.11:5443/datalab/scoring-model:fraud-v3-abc")
+
+
+def test_a_pull_back_counts_only_when_the_image_is_then_in_the_engine(lab):
+    import docker
+
+    class Puller(Engine):
+        def __init__(self, arrives):
+            super().__init__([])
+            self.arrives = arrives
+
+        def pull(self, image, auth_config):
+            self.calls.append(("pull", image, auth_config["username"]))
+
+        def inspect_image(self, image):
+            if not self.arrives:  # the registry lost it: the stream said so, the call did not raise
+                raise docker.errors.ImageNotFound(image)
+            return {"Id": "sha256:" + "ab" * 32}
+
+    ref = "10.0.0.11:5443/datalab/scoring-model@sha256:" + "cd" * 32
+    engine = Puller(arrives=True)
+    assert image_registry.pull(lab, ref, engine) is True and ("pull", ref, "datalab") in engine.calls
+    assert image_registry.pull(lab, ref, Puller(arrives=False)) is False
