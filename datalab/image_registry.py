@@ -31,7 +31,10 @@ def address(settings):
 
 
 def auth_config(settings):
-    path = os.environ.get(IMAGE_REGISTRY_PASSWORD_VARIABLE) or credentials.secrets_dir(settings) / "image_registry_password"
+    """The account as the engine's API takes it; its password from the controller's Swarm
+    secret there, else from the lab's secrets folder."""
+    path = os.environ.get(IMAGE_REGISTRY_PASSWORD_VARIABLE) or (
+        credentials.secrets_dir(settings) / "image_registry_password")
     password = Path(path).read_text().strip()
     return {"username": ACCOUNT, "password": password, "serveraddress": address(settings)}
 
