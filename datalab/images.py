@@ -238,12 +238,16 @@ def prune_plan(docker: Docker, named=()):
     its image. Other images are not touched."""
     repositories = {f"{REPOSITORY}/{name}" for name in ["base", *PLATFORM_IMAGES, *manifest.load()]}
     repositories.add(MODEL_REPOSITORY)
-    tags = {}  # "repo:tag" -> image ID
-    for line in docker.out("image", "ls", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").splitlines():
-        ref, _, image_id = line.partition(" ")
-        repository = ref.rsplit(":", 1)[0]
+    tags = {}  # "repo:tag" (and "repo@digest": a push's or a pull's name, which outlives the tags) -> image ID
+    listing = docker.out("image", "ls", "--digests", "--no-trunc", "--format",
+                         "{{.Repository}} {{.Tag}} {{.Digest}} {{.ID}}")
+    for line in listing.splitlines():
+        repository, tag, digest, image_id = line.split(" ")
         if repository in repositories or repository.endswith(f"/{MODEL_REPOSITORY}"):
-            tags[ref] = image_id
+            if tag != "<none>":
+                tags[f"{repository}:{tag}"] = image_id
+            if digest != "<none>":
+                tags[f"{repository}@{digest}"] = image_id
 
     def image_id(ref):  # a tag listed above, or any reference the engine resolves (by digest)
         if ref in tags:
@@ -251,7 +255,7 @@ def prune_plan(docker: Docker, named=()):
         found = docker.inspect("image", ref) if "@sha256:" in ref else []
         return found[0]["Id"] if found else None
 
-    kept_ids = {image_id for ref, image_id in tags.items() if ref.rsplit(":", 1)[1] in KEPT_TAGS}
+    kept_ids = {image_id for ref, image_id in tags.items() if "@" not in ref and ref.rsplit(":", 1)[1] in KEPT_TAGS}
     kept_ids.update(image_id(ref) for ref in named)
     kept_ids.update(c["Image"] for c in _each(docker, "container", docker.out("ps", "-aq", "--no-trunc").split()))
     services = docker.run("service", "ls", "-q", check=False).stdout.split()  # none without a Swarm
@@ -275,9 +279,14 @@ def _each(docker: Docker, kind, names):
 
 
 def prune(docker: Docker, remove):
-    """Untag `remove`, then let the engine delete the layers no image holds any more."""
-    for chunk in range(0, len(remove), 50):
-        docker.run("rmi", *remove[chunk:chunk + 50], timeout=600)
+    """Untag `remove`, then let the engine delete the layers no image holds any more.
+    Names by digest go first: an image's last tag in a repository takes its names by
+    digest there with it, and one already gone is no failure."""
+    ordered = sorted(remove, key=lambda ref: "@" not in ref)
+    for chunk in (ordered[i:i + 50] for i in range(0, len(ordered), 50)):
+        proc = docker.run("rmi", *chunk, check=False, timeout=600)
+        if proc.returncode != 0 and (left := [ref for ref in chunk if docker.inspect("image", ref)]):
+            raise DockerError(f"docker rmi {' '.join(left)} failed: {proc.stderr.strip()}")
     docker.run("image", "prune", "--force", timeout=600)  # dangling layers only: the build cache stays
 
 

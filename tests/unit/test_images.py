@@ -20,8 +20,10 @@ class Engine:
         self.services = list(services)  # (spec image, previous spec image or None)
 
     def run(self, *args, check=True, **kwargs):
-        if args[:2] == ("image", "ls"):
-            text = "\n".join(f"{ref} {image_id}" for ref, image_id in self.tags.items())
+        if args[:2] == ("image", "ls"):  # --digests: REPOSITORY TAG DIGEST ID
+            rows = [(*ref.rsplit(":", 1), "<none>", image_id) for ref, image_id in self.tags.items()]
+            rows += [(ref.split("@")[0], "<none>", ref.split("@")[1], image_id) for ref, image_id in self.digests.items()]
+            text = "\n".join(" ".join(row) for row in rows)
         elif args[0] == "ps":
             text = "\n".join(f"c{n}" for n in range(len(self.container_images)))
         elif args[:2] == ("service", "ls"):
@@ -81,12 +83,17 @@ def test_model_images_in_the_image_registry_are_kept_by_digest_and_go_with_both_
               "datalab/scoring-model:fraud-v3": "sha256:m3", f"{registry}:fraud-v3": "sha256:m3",
               "datalab/scoring-model:fraud-v1": "sha256:m1", f"{registry}:fraud-v1": "sha256:m1",
               "10.0.0.11:5000/other/image:x": "sha256:other"},
-        digests={f"{registry}@sha256:d2": "sha256:m2", f"{registry}@sha256:d3": "sha256:m3"},
+        digests={f"{registry}@sha256:d2": "sha256:m2", f"{registry}@sha256:d3": "sha256:m3",
+                 f"{registry}@sha256:d1": "sha256:m1",
+                 # pulled back by digest once, its tags pruned since: the digest alone held it
+                 f"{registry}@sha256:d0": "sha256:m0"},
         services=[(f"{registry}@sha256:d3", None)],
     )
-    # v2 is on record (the lab is down, or between rollouts), v3 a service runs, v1 nothing
+    # v2 is on record (the lab is down, or between rollouts), v3 a service runs, v1 and v0 nothing
     remove, kept = images.prune_plan(engine, named={f"{registry}@sha256:d2"})
-    assert remove == [f"{registry}:fraud-v1", "datalab/scoring-model:fraud-v1"]
+    assert remove == [f"{registry}:fraud-v1", f"{registry}@sha256:d0", f"{registry}@sha256:d1",
+                      "datalab/scoring-model:fraud-v1"]
+    assert f"{registry}@sha256:d2" in kept and f"{registry}@sha256:d3" in kept
     assert "10.0.0.11:5000/other/image:x" not in kept + remove
 
 
@@ -105,3 +112,32 @@ def test_the_lab_names_its_stack_its_profiles_and_its_served_version_even_while_
     deploy.deployments_dir(settings).mkdir(parents=True)
     deploy.save(settings, {"model": "fraud", "version": "1", "image": "datalab/scoring-model:fraud-v1-m1"})
     assert {"datalab/hub:h2", "datalab/python:p1", "datalab/scoring-model:fraud-v1-m1"} <= images.named_by_lab(settings)
+
+
+def test_prune_names_by_digest_first_and_a_name_gone_with_its_last_tag_is_no_failure():
+    class Rmi:
+        def __init__(self):
+            self.refs = {"r/m:v1": "m1", "r/m@sha256:d1": "m1", "datalab/scoring-model:v1": "m1"}
+            self.calls = []
+
+        def run(self, *args, check=True, **kwargs):
+            self.calls.append(args)
+            if args[0] == "rmi":
+                missing = [ref for ref in args[1:] if ref not in self.refs]
+                for ref in args[1:]:
+                    self.refs.pop(ref, None)
+                    if ref == "r/m:v1":  # the repository's last tag: its digest names go too
+                        self.refs.pop("r/m@sha256:d1", None)
+                return SimpleNamespace(returncode=1 if missing else 0, stdout="", stderr="No such image")
+            return SimpleNamespace(returncode=0, stdout="", stderr="")
+
+        def inspect(self, kind, ref):
+            return [{"Id": self.refs[ref]}] if ref in self.refs else []
+
+    engine = Rmi()
+    images.prune(engine, ["datalab/scoring-model:v1", "r/m:v1", "r/m@sha256:d1"])
+    assert engine.calls[0] == ("rmi", "r/m@sha256:d1", "datalab/scoring-model:v1", "r/m:v1") and not engine.refs
+    engine = Rmi()
+    engine.refs.pop("r/m@sha256:d1")  # gone already (a prune before it, interrupted): no failure
+    images.prune(engine, ["r/m@sha256:d1", "r/m:v1", "datalab/scoring-model:v1"])
+    assert not engine.refs
