@@ -40,10 +40,42 @@ def current_ref(docker: Docker, name):
     return image_ref(name, found[0]["Id"]) if found else None
 
 
-def git_revision():
-    # The commit alone (no "-dirty"): editing a file must not relabel, and so
-    # restart, every service; changed content gets new layers anyway.
-    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+def copied_paths(dockerfile_text):
+    """The build-context paths a Dockerfile's COPY and ADD lines take (not those
+    --from another image); a variable cuts the path short (kernels/${KERNEL}/ is
+    kernels/)."""
+    paths = []
+    for line in dockerfile_text.replace("\\\n", " ").splitlines():
+        words = line.split()
+        if not words or words[0].upper() not in ("COPY", "ADD") or any(w.startswith("--from") for w in words):
+            continue
+        for source in [w for w in words[1:] if not w.startswith("--")][:-1]:
+            paths.append(source.split("$")[0].rstrip("/") or ".")
+    return paths
+
+
+def source_paths(name, images):
+    """The repository paths image `name` is built from: its folder and those of
+    the images it builds FROM, what their Dockerfiles copy from the context,
+    and the CLI layer's sources for notebook images."""
+    chain = [name]
+    while chain[-1] != "base":
+        chain.append(images[chain[-1]].parent if chain[-1] in images else SERVING.get(chain[-1], "base"))
+    paths = set()
+    for link in chain:
+        paths.add(f"images/{link}")
+        paths.update(copied_paths((IMAGES_DIR / link / "Dockerfile").read_text()))
+    if name in images:
+        paths.update(copied_paths(WITH_CLI))
+    return sorted(paths)
+
+
+def git_revision(paths, repo=REPO):
+    # The last commit that changed one of `paths` (no "-dirty"): neither a commit
+    # elsewhere nor an uncommitted edit relabels, and so restarts, a service (or
+    # makes an unchanged image one more to send to every node); changed content
+    # gets new layers anyway.
+    proc = subprocess.run(["git", "-C", str(repo), "log", "-1", "--format=%h", "--abbrev=12", "--", *paths],
                           capture_output=True, text=True)
     return proc.stdout.strip() or "unknown"
 
@@ -120,7 +152,7 @@ USER 1000
 
 
 def finish(docker: Docker, name, labels, with_cli=False):
-    """Label the build (OCI labels, git revision) as datalab/<name>:latest and
+    """Label the build (OCI labels, the git revision of its sources) as datalab/<name>:latest and
     its ID tag, adding the CLI to notebook images. Kept apart from the build
     itself so that neither a new revision nor a CLI change invalidates the
     layer cache of the images built FROM this one."""
@@ -158,28 +190,31 @@ def build_all(docker: Docker, settings, steps, names=None, no_cache=False, durat
     labels = {
         "org.opencontainers.image.vendor": "DataLab",
         "org.opencontainers.image.version": __version__,
-        "org.opencontainers.image.revision": git_revision(),
         "org.opencontainers.image.source": "https://datalab.example/datalab.git",
     }
     opts = {"no_cache": no_cache, "durations": durations}
     base = build(docker, "base", steps, {"BASE_IMAGE": debian}, log_dir, **opts)
     parents = {"base": base}
     refs = {}
+
+    def labels_of(name):
+        return {**labels, "org.opencontainers.image.title": f"datalab-{name}",
+                "org.opencontainers.image.revision": git_revision(source_paths(name, images))}
+
     for name in [n for n in PLATFORM_IMAGES if n in names and n not in SERVING]:
         build(docker, name, steps, {"BASE_IMAGE": base}, log_dir, **opts)
-        refs[name] = finish(docker, name, {**labels, "org.opencontainers.image.title": f"datalab-{name}"})
+        refs[name] = finish(docker, name, labels_of(name))
     for name in notebook:
         img = images[name]
         parents[name] = build(docker, name, steps, {"BASE_IMAGE": parents[img.parent], "KERNEL": img.kernel},
                               log_dir, **opts)
         refs[name] = finish(docker, name, {
-            **labels, "org.opencontainers.image.title": f"datalab-{name}",
-            "org.opencontainers.image.description": img.description,
+            **labels_of(name), "org.opencontainers.image.description": img.description,
         }, with_cli=True)
     for name, parent in SERVING.items():
         if name in names:
             build(docker, name, steps, {"BASE_IMAGE": parents[parent]}, log_dir, **opts)
-            refs[name] = finish(docker, name, {**labels, "org.opencontainers.image.title": f"datalab-{name}"})
+            refs[name] = finish(docker, name, labels_of(name))
     return refs
 
 

@@ -1,7 +1,9 @@
-"""What `datalab images prune` removes and keeps, on an engine as the docker CLI
-shows it (the real engine: tests/integration/test_lifecycle.py)."""
+"""The revision an image is labelled with, and what `datalab images prune`
+removes and keeps, on an engine as the docker CLI shows it (the real engine:
+tests/integration/test_lifecycle.py)."""
 
 import json
+import subprocess
 from types import SimpleNamespace
 
 import yaml
@@ -141,3 +143,49 @@ def test_prune_names_by_digest_first_and_a_name_gone_with_its_last_tag_is_no_fai
     engine.refs.pop("r/m@sha256:d1")  # gone already (a prune before it, interrupted): no failure
     images.prune(engine, ["r/m@sha256:d1", "r/m:v1", "datalab/scoring-model:v1"])
     assert not engine.refs
+
+
+def test_copied_paths_reads_copy_and_add_sources_not_other_images():
+    dockerfile = (
+        "FROM x\n"
+        "COPY --from=docker-cli /usr/bin/docker /usr/bin/docker\n"
+        "COPY --chown=1000 hub/ client/ /opt/\n"
+        "ADD kernels/${KERNEL}/ /tmp/kernelspec/\n"
+        "COPY images/python/a.json \\\n    images/python/b.py /etc/jupyter/\n"
+        "RUN cp a b\n"
+    )
+    assert images.copied_paths(dockerfile) == [
+        "hub", "client", "kernels", "images/python/a.json", "images/python/b.py"]
+
+
+def test_source_paths_follow_the_images_an_image_builds_from():
+    manifest_images = images.manifest.load()
+    hub = images.source_paths("hub", manifest_images)
+    assert {"images/hub", "images/base", "images/constraints.txt", "hub", "client",
+            "model_registry", "jupyterhub_config.py"} <= set(hub)
+    assert "datalab" not in hub and "images/python" not in hub
+    tensorflow = images.source_paths("tensorflow", manifest_images)
+    assert {"images/tensorflow", "images/datascience", "images/python", "images/base",
+            "kernels", "client", "pipelines/fraudlab"} <= set(tensorflow)
+    assert "images/scoring" in images.source_paths("scoring", manifest_images)
+    assert "images/tensorflow" in images.source_paths("scoring", manifest_images)
+
+
+def test_git_revision_is_the_last_commit_that_changed_an_images_sources(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                               *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "a.py").write_text("1")
+    git("add", "-A")
+    git("commit", "-qm", "hub")
+    hub_commit = git("log", "-1", "--format=%h", "--abbrev=12")
+    (tmp_path / "docs.md").write_text("elsewhere")
+    git("add", "-A")
+    git("commit", "-qm", "docs")
+    (tmp_path / "hub" / "a.py").write_text("uncommitted edit")
+    assert images.git_revision(["hub", "client"], repo=tmp_path) == hub_commit
+    assert images.git_revision(["docs.md"], repo=tmp_path) != hub_commit
+    assert images.git_revision(["nothing-here"], repo=tmp_path) == "unknown"
