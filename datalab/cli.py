@@ -270,22 +270,39 @@ def cmd_images_list(settings, args):
 
 
 def cmd_images_prune(settings, args):
-    from . import images
+    from . import image_registry, images
 
     docker = Docker(settings)
-    remove, kept = images.prune_plan(docker, images.named_by_lab(settings))
+    named = images.named_by_lab(settings)
+    remove, kept = images.prune_plan(docker, named)
+    # the registry keeps what the engine keeps, and what the lab's files and services name
+    registry = image_registry.prune_plan(settings, [*kept, *named, *images.service_images(docker)])
     before = images.images_disk_usage(docker)
     if not args.dry_run and remove:
         images.prune(docker, remove)
+    collected = image_registry.prune(docker, settings, registry) if registry and not args.dry_run else None
     after = images.images_disk_usage(docker)
+    registry_removed = [f"{repo}@{digest}" for repo, (gone, _) in (registry or {}).items() for digest in gone]
     if args.json:
         print(json.dumps({"removed" if not args.dry_run else "would_remove": remove, "kept": kept,
-                          "disk_before": before, "disk_after": after}, indent=2))
+                          "disk_before": before, "disk_after": after,
+                          "registry": None if registry is None else {
+                              "removed" if not args.dry_run else "would_remove": registry_removed,
+                              "kept": [f"{repo}@{digest}" for repo, (_, held) in registry.items() for digest in held],
+                              **(collected or {})}}, indent=2))
         return 0
     for ref in remove:
         print(f"{'would remove' if args.dry_run else 'removed'} {ref}")
     print(f"{len(remove)} tag(s) {'to remove' if args.dry_run else 'removed'}, {len(kept)} kept (latest or build, "
           f"in use, or named by the lab); the engine's images: {before}" + ("" if args.dry_run else f" before, {after} after"))
+    if registry is None:
+        print("the image registry is not running: nothing removed from it (prune again with the lab up)")
+        return 0
+    for ref in registry_removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {image_registry.address(settings)}/{ref}")
+    print(f"image registry: {len(registry_removed)} version(s) {'to remove' if args.dry_run else 'removed'}"
+          + ("" if not collected else f", {collected['blobs_deleted']} layer(s) deleted, "
+             f"{collected['storage_mb_before']} MB before, {collected['storage_mb_after']} MB after"))
     return 0
 
 
@@ -406,7 +423,8 @@ def parser():
     il.add_argument("--json", action="store_true")
     il.set_defaults(func=cmd_images_list)
     ip = img_sub.add_parser("prune", help="remove DataLab's image tags nothing uses (old builds, model versions "
-                                          "no longer served) and the layers only they held")
+                                          "no longer served) and the layers only they held, in the engine and in the lab's "
+                                          "image registry")
     ip.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     ip.add_argument("--json", action="store_true")
     ip.set_defaults(func=cmd_images_prune)

@@ -293,8 +293,7 @@ def replica_figures(docker: Docker, settings):
     the memory from the engine's statistics, the start-up from the replica's own metric
     (scoring_model_load_seconds, read on its loopback: the scoring network is not the host's)."""
     figures = []
-    ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={settings.lab}_scoring").split()
-    for cid in ids:
+    for cid in docker.local_containers(f"{settings.lab}_scoring"):
         name = docker.out("inspect", "-f", "{{.Name}}", cid).lstrip("/")
         usage = docker.out("stats", "--no-stream", "--format", "{{.MemUsage}}", cid).split("/")[0].strip()
         # the replica runs the team's model code, which may answer anything there

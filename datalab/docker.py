@@ -70,6 +70,10 @@ class Docker:
         proc = self.run("inspect", "--type", "task", *ids, check=False)
         return json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
 
+    def local_containers(self, service):
+        """IDs of a Swarm service's containers on this engine's node."""
+        return self.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").split()
+
     def engine_running(self):
         try:
             return self.ok("info", "--format", "{{.ServerVersion}}")

@@ -19,8 +19,7 @@ HISTORY_DIR = "/history"
 
 
 def store_container(docker: Docker, settings):
-    found = docker.out("ps", "-q", "--filter",
-                       f"label=com.docker.swarm.service.name={settings.lab}_featurestore").split()
+    found = docker.local_containers(f"{settings.lab}_featurestore")
     if not found:
         raise DockerError(f"the feature store of lab '{settings.lab}' is not running (datalab up starts it)")
     return found[0]

@@ -14,13 +14,21 @@ service update, `docker stack deploy --with-registry-auth`).
 import base64
 import json
 import os
+import re
 from pathlib import Path
 
 from . import credentials
-from .docker import DockerError
+from .docker import Docker, DockerError
 from .endpoints import IMAGE_REGISTRY_PASSWORD_VARIABLE
 
 ACCOUNT = "datalab"
+REPOSITORIES = ("datalab/scoring-model",)  # what the lab pushes (images.MODEL_REPOSITORY)
+CONFIG_FILE = "/etc/docker/registry/config.yml"  # in the registry's image
+STORAGE = "/var/lib/docker-registry"  # the registry's volume, as its configuration names it
+# What a registry may answer a manifest request with: a single image's manifest (Docker's or
+# OCI's) or an index of several; the digest is of the one it holds.
+MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json")
 CERTS_D = Path("/etc/docker/certs.d")  # where an engine looks for a registry's CA (moby's registry/config.go)
 
 
@@ -138,3 +146,92 @@ def pull(settings, image, engine=None):
 def is_published(settings, image):
     """Whether `image` names this lab's registry by digest."""
     return image.startswith(f"{address(settings)}/") and "@sha256:" in image
+
+
+def _request(settings, method, path, **kwargs):
+    """A call to the registry's API (/v2/...) with the lab's account, over HTTPS verified
+    with the lab's CA."""
+    from datalab_client import http
+
+    auth = auth_config(settings)
+    token = base64.b64encode(f"{auth['username']}:{auth['password']}".encode()).decode()
+    return http.request(method, f"https://{auth['serveraddress']}/v2/{path}", token=token, scheme="Basic",
+                        connections=http.pool(credentials.secrets_dir(settings) / "ca.crt"), **kwargs)
+
+
+def manifests(settings, repository):
+    """{tag: digest} of what the registry holds in `repository` ({} for a repository never
+    pushed to). Raises datalab_client.http.HTTPError (status 0) when the registry is not
+    answering."""
+    from datalab_client import http
+
+    try:
+        tags = _request(settings, "GET", f"{repository}/tags/list", retries=False).json().get("tags") or []
+    except http.HTTPError as e:
+        if e.status == 404:  # NAME_UNKNOWN
+            return {}
+        raise
+    held = {}
+    for tag in tags:
+        try:
+            answer = _request(settings, "HEAD", f"{repository}/manifests/{tag}",
+                              headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        except http.HTTPError as e:
+            if e.status == 404:  # deleted meanwhile
+                continue
+            raise
+        held[tag] = answer.headers["Docker-Content-Digest"]
+    return held
+
+
+def prune_plan(settings, in_use):
+    """{repository: (digests to delete, digests kept)} of the lab's registry: a manifest goes
+    when no reference in `in_use` (`...@sha256:` names: of the images `images prune` keeps,
+    of the lab's files, of the services) names its digest; None when the registry is not
+    answering (nothing is deleted then)."""
+    from datalab_client import http
+
+    wanted = {ref.rsplit("@", 1)[1] for ref in in_use if "@sha256:" in ref}
+    plan = {}
+    for repository in REPOSITORIES:
+        try:
+            digests = set(manifests(settings, repository).values())
+        except http.HTTPError as e:
+            if e.status == 0:
+                return None
+            raise DockerError(f"the image registry refused to list {repository}: {e}") from None
+        plan[repository] = (sorted(digests - wanted), sorted(digests & wanted))
+    return plan
+
+
+def prune(docker: Docker, settings, plan):
+    """Delete the manifests `plan` names (with every tag of theirs), then let the registry
+    delete the layers no manifest holds any more (its garbage collector, in the registry's
+    container). A push under way meanwhile may lose a layer it had just sent, and fails
+    saying so ("blob unknown"): run it when no rollout is. {blobs: deleted, ...}."""
+    from datalab_client import http
+
+    for repository, (delete, _) in plan.items():
+        for digest in delete:
+            try:
+                _request(settings, "DELETE", f"{repository}/manifests/{digest}")
+            except http.HTTPError as e:
+                if e.status != 404:  # gone already
+                    raise DockerError(f"the image registry refused to delete {repository}@{digest}: {e}") from None
+    container = _container(docker, settings)
+    before = _storage_kib(docker, container)
+    report = docker.out("exec", container, "docker-registry", "garbage-collect", CONFIG_FILE, timeout=600)
+    found = re.search(r"(\d+) blobs and (\d+) manifests eligible for deletion", report)
+    return {"blobs_deleted": int(found.group(1)) if found else 0,
+            "storage_mb_before": round(before / 1024), "storage_mb_after": round(_storage_kib(docker, container) / 1024)}
+
+
+def _container(docker: Docker, settings):
+    found = docker.local_containers(f"{settings.lab}_image-registry")
+    if not found:
+        raise DockerError(f"the image registry of lab '{settings.lab}' does not run on this node (its home)")
+    return found[0]
+
+
+def _storage_kib(docker: Docker, container):
+    return int(docker.out("exec", container, "du", "-sk", STORAGE).split()[0])

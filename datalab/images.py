@@ -293,16 +293,20 @@ def prune_plan(docker: Docker, named=()):
     kept_ids = {image_id for ref, image_id in tags.items() if "@" not in ref and ref.rsplit(":", 1)[1] in KEPT_TAGS}
     kept_ids.update(image_id(ref) for ref in named)
     kept_ids.update(c["Image"] for c in _each(docker, "container", docker.out("ps", "-aq", "--no-trunc").split()))
-    services = docker.run("service", "ls", "-q", check=False).stdout.split()  # none without a Swarm
-    for service in _each(docker, "service", services):
-        for spec in (service.get("Spec"), service.get("PreviousSpec")):
-            if spec:
-                image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
-                # as deployed (by digest), or as `docker service create` resolved a tag (tag@digest)
-                kept_ids.add(image_id(image) or image_id(image.split("@")[0]))
+    for image in service_images(docker):
+        # as deployed (by digest), or as `docker service create` resolved a tag (tag@digest)
+        kept_ids.add(image_id(image) or image_id(image.split("@")[0]))
     kept_ids.discard(None)
     remove = sorted(ref for ref, image_id in tags.items() if image_id not in kept_ids)
     return remove, sorted(set(tags) - set(remove))
+
+
+def service_images(docker: Docker):
+    """The image of every service of this engine's Swarm: its spec's, and the one a
+    rollback returns to."""
+    services = docker.run("service", "ls", "-q", check=False).stdout.split()  # none without a Swarm
+    return [spec["TaskTemplate"]["ContainerSpec"]["Image"] for service in _each(docker, "service", services)
+            for spec in (service.get("Spec"), service.get("PreviousSpec")) if spec]
 
 
 def _each(docker: Docker, kind, names):

@@ -52,7 +52,7 @@ def services(docker: Docker, settings):
 def _local_health(docker: Docker, service_name, image, local_node_id):
     """Health of the service's containers on this node; "updating" while any
     still runs another image than the service's spec (a rollout under way)."""
-    ids = docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service_name}").split()
+    ids = docker.local_containers(service_name)
     containers = docker.inspect("container", *ids) if ids else []
     if any(c["Config"]["Image"] != image for c in containers):
         return "updating"

@@ -18,11 +18,17 @@ TIMEOUT = urllib3.Timeout(connect=10, read=120)
 _pool = urllib3.PoolManager(retries=RETRY, timeout=TIMEOUT)
 
 
+def pool(ca_file):
+    """Connections that verify HTTPS servers against this CA file (a lab's own CA)
+    instead of the system's store."""
+    return urllib3.PoolManager(retries=RETRY, timeout=TIMEOUT, ca_certs=str(ca_file))
+
+
 def trust(ca_file):
     """Verify HTTPS servers against this CA file (a lab's own CA, whose certificate
-    its hub serves) instead of the system's store."""
+    its hub serves) instead of the system's store, in every request of this process."""
     global _pool
-    _pool = urllib3.PoolManager(retries=RETRY, timeout=TIMEOUT, ca_certs=str(ca_file))
+    _pool = pool(ca_file)
 
 
 class HTTPError(RuntimeError):
@@ -33,14 +39,15 @@ class HTTPError(RuntimeError):
 
 
 def request(method, url, token=None, body=None, scheme="token", headers=None, stream=False, timeout=TIMEOUT,
-            retries=RETRY):
+            retries=RETRY, connections=None):
     """The response (status < 400). `body`: sent as JSON; `stream`: the body is left
-    unread (`response.stream()`), with no read timeout; `retries=False` for a probe."""
+    unread (`response.stream()`), with no read timeout; `retries=False` for a probe;
+    `connections`: a `pool` of this request's own."""
     sent = {"Content-Type": "application/json", **(headers or {})}
     if token:
         sent["Authorization"] = f"{scheme} {token}"
     try:
-        response = _pool.request(method, url, body=None if body is None else json.dumps(body).encode(),
+        response = (connections or _pool).request(method, url, body=None if body is None else json.dumps(body).encode(),
                                  headers=sent, preload_content=not stream, retries=retries,
                                  timeout=urllib3.Timeout(connect=10, read=None) if stream else timeout)
     except urllib3.exceptions.MaxRetryError as e:

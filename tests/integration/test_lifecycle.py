@@ -1,6 +1,7 @@
 """`datalab down` keeps every piece of data; `up` brings it all back, the
 served model version included when its image was removed meanwhile (pulled
-back from the lab's image registry by its digest).
+back from the lab's image registry by its digest); `images prune` with the lab
+up empties that registry of what nothing serves.
 (Marked stops_lab: it stops the whole test lab, so it runs last.)"""
 
 import json
@@ -10,6 +11,14 @@ import pytest
 import requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.stops_lab]
+
+
+def score_an_example(lab):
+    """The edge's answer to the served model's own example transaction."""
+    example = requests.get(f"{lab.edge}/v1/schema", timeout=10).json()["example"]
+    if "transaction_id" in example:  # a raw model answers a known transaction from its record
+        example["transaction_id"] = f"lifecycle-{uuid.uuid4().hex}"
+    return requests.post(f"{lab.edge}/v1/score", json=example, timeout=10)
 
 
 def test_down_keeps_data_and_purge_needs_confirmation(lab):
@@ -70,9 +79,49 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
     kept = ("image", "model", "version", "run_id", "model_digest", "replicas", "threshold")
     assert {k: restored[k] for k in kept} == {k: serving[k] for k in kept}, (restored, serving)
     assert lab.docker.inspect("image", restored["image"])
-    example = requests.get(f"{lab.edge}/v1/schema", timeout=10).json()["example"]
-    if "transaction_id" in example:  # a raw model answers a known transaction from its record
-        example["transaction_id"] = f"lifecycle-{uuid.uuid4().hex}"
-    answer = requests.post(f"{lab.edge}/v1/score", json=example, timeout=10)
+    answer = score_an_example(lab)
     assert answer.status_code == 200 and str(answer.json()["version"]) == str(serving["version"]), answer.text
     assert lab.datalab("audit", "--json").stdout == audit
+
+
+def test_images_prune_deletes_unserved_versions_from_the_registry_and_collects_their_layers(lab):
+    """Finding (#14): the lab's image registry only grew: every version a rollout pushed stayed,
+    layers and all. With the lab up, `images prune` deletes from it the versions nothing keeps,
+    then its garbage collector deletes the layers only they held. The served version stays whole
+    (its manifest and every layer, shared ones included) and scoring answers."""
+    from datalab import image_registry
+
+    registry = json.loads(lab.datalab("images", "registry", "--json").stdout)
+    base, ca = f"https://{registry['address']}/v2/datalab/scoring-model", registry["ca_file"]
+    auth = ("datalab", (lab.settings.data_dir / "secrets" / "image_registry_password").read_text())
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+
+    def manifest(digest):
+        return requests.get(f"{base}/manifests/{digest}", verify=ca, auth=auth, headers=accept, timeout=10)
+
+    def blob(digest):
+        return requests.head(f"{base}/blobs/{digest}", verify=ca, auth=auth, timeout=10).status_code
+
+    served = json.loads(lab.datalab("scoring", "status", "--json").stdout)["deployment"]["image"]
+    served_digest = served.rpartition("@")[2]
+    # a version pushed and never served, with a layer of its own on top of layers the served one has
+    unserved = f"datalab/scoring-model:lifecycle-unserved-{uuid.uuid4().hex[:6]}"
+    lab.docker.run("build", "-q", "-t", unserved, "-",
+                   input=f"FROM datalab/base:build\nRUN echo {unserved} > /unserved\n")
+    unserved_digest = image_registry.publish(lab.settings, unserved).rpartition("@")[2]
+    own_layer = manifest(unserved_digest).json()["layers"][-1]["digest"]
+    served_blobs = [layer["digest"] for layer in manifest(served_digest).json()["layers"]]
+    assert blob(own_layer) == 200 and own_layer not in served_blobs
+
+    planned = json.loads(lab.datalab("images", "prune", "--dry-run", "--json").stdout)["registry"]
+    assert f"datalab/scoring-model@{unserved_digest}" in planned["would_remove"], planned
+    assert f"datalab/scoring-model@{served_digest}" in planned["kept"], planned
+    assert manifest(unserved_digest).status_code == 200, "a dry run deletes nothing"
+
+    pruned = json.loads(lab.datalab("images", "prune", "--json").stdout)["registry"]
+    assert f"datalab/scoring-model@{unserved_digest}" in pruned["removed"], pruned
+    assert pruned["blobs_deleted"] >= 1 and pruned["storage_mb_after"] <= pruned["storage_mb_before"], pruned
+    assert manifest(unserved_digest).status_code == 404 and blob(own_layer) == 404
+    assert manifest(served_digest).status_code == 200
+    assert [digest for digest in served_blobs if blob(digest) != 200] == [], "a layer the served version needs went"
+    assert score_an_example(lab).status_code == 200

@@ -105,8 +105,11 @@ def test_a_rollout_that_times_out_says_which_images_serve(lab, monkeypatch):
 
 def test_a_replicas_start_up_time_is_its_own_metric_not_a_log_line(lab):
     class Replicas:
+        def local_containers(self, service):
+            return ["c1"] if service == f"{lab.lab}_scoring" else []
+
         def out(self, *args, check=True):
-            return {"ps": "c1", "inspect": "/dltest_scoring.1.abc", "stats": "812.4MiB / 2GiB"}[args[0]]
+            return {"inspect": "/dltest_scoring.1.abc", "stats": "812.4MiB / 2GiB"}[args[0]]
 
         def read_bounded(self, *args, limit, timeout):
             assert args[:2] == ("exec", "c1") and "http://127.0.0.1:8080/metrics" in args

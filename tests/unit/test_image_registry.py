@@ -1,6 +1,7 @@
 import base64
 import json
 import stat
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,3 +118,80 @@ def test_a_pull_back_counts_only_when_the_image_is_then_in_the_engine(lab):
     engine = Puller(arrives=True)
     assert image_registry.pull(lab, ref, engine) is True and ("pull", ref, "datalab") in engine.calls
     assert image_registry.pull(lab, ref, Puller(arrives=False)) is False
+
+
+class Registry:
+    """The registry's API as image_registry._request calls it: tags, manifests by tag
+    (their digests), deletes by digest."""
+
+    def __init__(self, tags, answering=True):
+        self.tags, self.answering, self.deleted = dict(tags), answering, []
+
+    def __call__(self, settings, method, path, **kwargs):
+        from datalab_client.http import HTTPError
+
+        if not self.answering:
+            raise HTTPError(0, "cannot reach the registry")
+        repository, _, rest = path.partition("/scoring-model/")
+        if method == "GET" and rest == "tags/list":
+            if not self.tags:
+                raise HTTPError(404, "NAME_UNKNOWN")
+            return SimpleNamespace(json=lambda: {"name": "datalab/scoring-model", "tags": sorted(self.tags)})
+        kind, _, name = rest.partition("/")
+        assert kind == "manifests", path
+        if method == "HEAD":
+            if name not in self.tags:
+                raise HTTPError(404, "MANIFEST_UNKNOWN")
+            assert "application/vnd.oci.image.manifest.v1+json" in kwargs["headers"]["Accept"]
+            return SimpleNamespace(headers={"Docker-Content-Digest": self.tags[name]})
+        assert method == "DELETE" and name.startswith("sha256:"), (method, path)
+        if name not in self.tags.values():
+            raise HTTPError(404, "MANIFEST_UNKNOWN")
+        self.deleted.append(name)
+        self.tags = {tag: digest for tag, digest in self.tags.items() if digest != name}
+        return SimpleNamespace()
+
+
+OLD, SERVED = "sha256:" + "01" * 32, "sha256:" + "02" * 32
+
+
+def test_registry_prune_plan_deletes_the_manifests_nothing_kept_names(lab, monkeypatch):
+    monkeypatch.setattr(image_registry, "_request", Registry({"fraud-v1": OLD, "fraud-v2": SERVED, "again": SERVED}))
+    in_use = [f"10.0.0.11:5443/datalab/scoring-model@{SERVED}", "datalab/hub:latest", "python-profile"]
+    assert image_registry.prune_plan(lab, in_use) == {"datalab/scoring-model": ([OLD], [SERVED])}
+    # a repository never pushed to holds nothing; a registry not answering deletes nothing
+    monkeypatch.setattr(image_registry, "_request", Registry({}))
+    assert image_registry.prune_plan(lab, in_use) == {"datalab/scoring-model": ([], [])}
+    monkeypatch.setattr(image_registry, "_request", Registry({"fraud-v1": OLD}, answering=False))
+    assert image_registry.prune_plan(lab, []) is None
+
+
+class RegistryContainer:
+    """`docker ps` and `docker exec` of the registry's task on this node."""
+
+    def __init__(self, running=True):
+        self.running, self.execs = running, []
+
+    def local_containers(self, service):
+        assert service == "lab1_image-registry"
+        return ["c0ffee"] if self.running else []
+
+    def out(self, *args, **kwargs):
+        assert args[:2] == ("exec", "c0ffee"), args
+        self.execs.append(args[2:])
+        if args[2] == "du":
+            return f"{20480 if len(self.execs) == 1 else 10240}\t/var/lib/docker-registry"
+        return "datalab/scoring-model\n\n9 blobs marked, 3 blobs and 1 manifests eligible for deletion\n"
+
+
+def test_registry_prune_deletes_then_collects_the_layers_in_the_registrys_container(lab, monkeypatch):
+    registry = Registry({"fraud-v1": OLD, "fraud-v2": SERVED})
+    monkeypatch.setattr(image_registry, "_request", registry)
+    container = RegistryContainer()
+    gone = "sha256:" + "03" * 32  # deleted meanwhile (another prune): no failure
+    report = image_registry.prune(container, lab, {"datalab/scoring-model": ([OLD, gone], [SERVED])})
+    assert registry.deleted == [OLD] and registry.tags == {"fraud-v2": SERVED}
+    assert ("docker-registry", "garbage-collect", image_registry.CONFIG_FILE) in container.execs
+    assert report == {"blobs_deleted": 3, "storage_mb_before": 20, "storage_mb_after": 10}
+    with pytest.raises(DockerError, match="does not run on this node"):
+        image_registry.prune(RegistryContainer(running=False), lab, {"datalab/scoring-model": ([], [SERVED])})
