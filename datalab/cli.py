@@ -137,14 +137,15 @@ def restore_serving(docker, settings, steps, lost):
     from . import deploy, image_registry, images
 
     try:
-        with steps.step(f"pulling {lost['model']} v{lost['version']} from the image registry"):
-            pulled = image_registry.is_published(settings, lost["image"]) and image_registry.pull(
-                settings, lost["image"])
+        pulled = False
+        if image_registry.is_published(settings, lost["image"]):  # an older record names a local image
+            with steps.step(f"pulling {lost['model']} v{lost['version']} from the image registry"):
+                pulled = image_registry.pull(settings, lost["image"])
         if pulled:
             deploy.tag_model_image(docker, lost)
             target = dict(lost)
         else:
-            with steps.step(f"not there: baking {lost['model']} v{lost['version']} again from the registry"):
+            with steps.step(f"baking {lost['model']} v{lost['version']} again from the model registry"):
                 baked = deploy.rebake(docker, settings, images.current_ref(docker, "scoring"), lost)
             target = {**baked, "replicas": lost["replicas"], "threshold": lost["threshold"]}
         with steps.step(f"rolling out {lost['model']} v{lost['version']} to {lost['replicas']} replica(s)"):

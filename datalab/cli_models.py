@@ -29,6 +29,7 @@ def cmd_deploy(settings, args):
     from . import image_registry, images
 
     scoring_ref = images.current_ref(docker, "scoring")
+    nothing_changed = f"nothing changed, {describe(previous)} still serving"
     try:
         if args.image:  # baked elsewhere (another lab, CI): its labels say what it serves
             baked = deploy.baked_image(docker, args.image)
@@ -37,12 +38,16 @@ def cmd_deploy(settings, args):
         else:
             with steps.step(f"fetching {name}@{ref} from the registry and baking it into an image"):
                 _, baked = deploy.prepare(docker, settings, scoring_ref, name, ref)
-        target = {**baked, "replicas": replicas, "threshold": threshold}
-        name = baked["model"]
+    except (deploy.DeployError, DockerError) as e:  # a bake or a push failed: no rollout began
+        print(f"datalab: {e}; {nothing_changed}", file=sys.stderr)
+        return 1
+    target = {**baked, "replicas": replicas, "threshold": threshold}
+    name = baked["model"]
+    try:
         with steps.step(f"rolling out {name} v{target['version']} to {replicas} replica(s)"):
             outcome, why = deploy.rollout(docker, settings, target, timeout=args.timeout)
     except deploy.DeployError as e:
-        print(f"datalab: {e}; nothing changed, {describe(previous)} still serving", file=sys.stderr)
+        print(f"datalab: {e}; {nothing_changed}", file=sys.stderr)
         return 1
     except DockerError as e:  # the rollout timed out: say what serves, and what the record says
         print(f"datalab: {e}; on record as serving: {describe(previous)}", file=sys.stderr)

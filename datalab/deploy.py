@@ -27,7 +27,7 @@ import docker as docker_sdk
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import image_registry, images
-from .docker import Docker, DockerError
+from .docker import Docker, DockerError, engine_api
 from .endpoints import CONTROLLER_UID, MLFLOW_URL, NOTEBOOK_UID, THRESHOLD_VARIABLE
 
 
@@ -188,12 +188,6 @@ def baked_image(docker: Docker, image):
 
 def scoring_service(settings):
     return f"{settings.lab}_scoring"
-
-
-def engine_api():
-    """The engine's API (docker SDK) for what the docker CLI cannot say: a service's whole
-    environment in a given order. DOCKER_HOST as the CLI reads it, or the local socket."""
-    return docker_sdk.from_env(version="auto").api
 
 
 def start_rollout(docker: Docker, settings, target):

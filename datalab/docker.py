@@ -82,3 +82,12 @@ class Docker:
 
     def swarm_state(self):
         return self.out("info", "--format", "{{.Swarm.LocalNodeState}}")
+
+
+def engine_api():
+    """The engine's API (docker SDK) for what the docker CLI cannot say: a service's whole
+    environment in a given order, a push or a service update with a registry's account.
+    DOCKER_HOST as the CLI reads it, or the local socket."""
+    import docker as docker_sdk  # the SDK's import is not paid by commands that never need it
+
+    return docker_sdk.from_env(version="auto").api

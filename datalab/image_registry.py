@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from . import credentials
-from .docker import Docker, DockerError
+from .docker import Docker, DockerError, engine_api
 from .endpoints import IMAGE_REGISTRY_PASSWORD_VARIABLE
 
 ACCOUNT = "datalab"
@@ -86,8 +86,6 @@ def api(settings, engine=None):
     """The engine's API (docker SDK) logged in to the registry: a service update made
     through it carries the account to the nodes that pull."""
     import docker as docker_sdk
-
-    from .deploy import engine_api
 
     engine = engine or engine_api()
     auth = auth_config(settings)

@@ -12,6 +12,7 @@ import os
 import socket
 from pathlib import Path
 
+from . import image_registry
 from .endpoints import (CONTROLLER_DATA_DIR, CONTROLLER_SETTINGS_PATH, CONTROLLER_UID, DOCKER_SOCKET, EDGE_UID,
                         FEATURE_STORE_URL, FEATURESTORE_UID, HUB_API_URL, HUB_SETTINGS_PATH, HUB_UID,
                         IMAGE_REGISTRY_PASSWORD_VARIABLE, IMAGE_REGISTRY_PORT, IMAGE_REGISTRY_UID, LDAP_UID,
@@ -137,19 +138,21 @@ def controller_service(settings, refs, files, secret_files, docker_gid):
     in_container = settings.with_overrides({"lab": {"data_dir": CONTROLLER_DATA_DIR}})
     settings_json = settings.data_dir / "controller.json"
     settings_json.write_text(json.dumps(in_container.table(), indent=2))
+    # it publishes the model images it bakes (datalab/image_registry.py)
+    registry_password = files.secret("image_registry_password", secret_files["image_registry_password"],
+                                     CONTROLLER_UID)
     service = _service(
         refs["controller"], ["backend"],
         user=f"{CONTROLLER_UID}:{docker_gid}",
         environment={"MLFLOW_TRACKING_URI": MLFLOW_URL, "DATALAB_CONTROLLER_SETTINGS": CONTROLLER_SETTINGS_PATH,
                      "DATALAB_LOG_LEVEL": settings["lab"]["log_level"],
-                     IMAGE_REGISTRY_PASSWORD_VARIABLE: "/run/secrets/image_registry_password"},
+                     IMAGE_REGISTRY_PASSWORD_VARIABLE: f"/run/secrets/{registry_password['target']}"},
         volumes=[f"{DOCKER_SOCKET}:{DOCKER_SOCKET}", f"{deployments}:{CONTROLLER_DATA_DIR}/deployments"],
         configs=[files.config("controller_settings", settings_json, CONTROLLER_SETTINGS_PATH)],
         secrets=[files.secret("webhook_secret", secret_files["webhook_secret"], CONTROLLER_UID),
                  # handed to the one-shot export of production's labelled window (sandbox.production_window)
                  files.secret("featurestore_password", secret_files["featurestore_password"], CONTROLLER_UID),
-                 # it publishes the model images it bakes (datalab/image_registry.py)
-                 files.secret("image_registry_password", secret_files["image_registry_password"], CONTROLLER_UID)],
+                 registry_password],
         stop_grace_period="3s",
     )
     return service
@@ -162,7 +165,7 @@ def image_registry_service(settings, refs, files, secret_files):
         refs["image-registry"], ["image-registry"],
         ports=[{"target": IMAGE_REGISTRY_PORT, "published": settings["image_registry"]["port"], "protocol": "tcp",
                 "mode": "host"}],
-        volumes=["image-registry-data:/var/lib/docker-registry"],
+        volumes=[f"image-registry-data:{image_registry.STORAGE}"],
         secrets=[files.secret("registry_password", secret_files["image_registry_password"], IMAGE_REGISTRY_UID),
                  files.secret("registry_tls_crt", secret_files["image_registry_tls_crt"], IMAGE_REGISTRY_UID, 0o444),
                  files.secret("registry_tls_key", secret_files["image_registry_tls_key"], IMAGE_REGISTRY_UID)],

@@ -20,7 +20,7 @@ class Engine:
     """The scoring service as `docker service inspect` and `docker service ps` show it,
     moving on one step at each look."""
 
-    current = None  # the engine deploy.engine_api() answers with, in these tests
+    current = None  # the engine docker.engine_api() answers with, in these tests
 
     def __init__(self, script):
         Engine.current = self
@@ -38,7 +38,7 @@ class Engine:
                  "UpdateStatus": {"State": state} if state else None}]
 
     def update_service(self, service, version, task_template=None, labels=None, mode=None, **kwargs):
-        """The engine API's update (deploy.engine_api): the spec as the engine stores it."""
+        """The engine API's update (docker.engine_api): the spec as the engine stores it."""
         assert (service, version, kwargs) == ("svc1", 7, {"fetch_current_spec": True})
         self.updates.append({"image": task_template["ContainerSpec"]["Image"], "labels": labels, "mode": mode})
         self.env = task_template["ContainerSpec"]["Env"]
@@ -54,7 +54,8 @@ class Engine:
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
     monkeypatch.setattr(deploy.time, "sleep", lambda seconds: None)
-    monkeypatch.setattr(deploy, "engine_api", lambda: Engine.current)
+    for module in (deploy, deploy.image_registry):  # each calls the engine API it imported
+        monkeypatch.setattr(module, "engine_api", lambda: Engine.current)
     settings = settings_mod.defaults().with_overrides({"lab": {"data_dir": str(tmp_path)}})
     deploy.deployments_dir(settings).mkdir(parents=True)
     deploy.save(settings, {**TARGET, "version": "1", "image": OLD})
