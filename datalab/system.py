@@ -15,6 +15,10 @@ LAB_PACKAGES = ("docker.io", "debootstrap", "ldap-utils", "curl", "libnss-myhost
 # feature store's tests start a redis-server of their own).
 TEST_PACKAGES = ("chromium", "chromium-driver", "redis-server")
 DOCKERD_LOG = Path("/var/log/datalab-dockerd.log")
+# Swarm services drop every capability (the stack's cap_drop) only on engines from 20.10
+# on; an older one deploys them all the same, with Docker's default capabilities and a
+# warning. Debian 12's docker.io is 20.10.24.
+MIN_ENGINE_VERSION = (20, 10)
 
 
 def missing_packages(packages):
@@ -90,6 +94,25 @@ def ensure_swarm(docker: Docker, settings, steps):
     state = docker.swarm_state()
     if state == "active":
         steps.info("Swarm active")
-        return
-    with steps.step("initialising a single-node Swarm"):
-        docker.run("swarm", "init", "--advertise-addr", settings["lab"]["advertise_addr"])
+    else:
+        with steps.step("initialising a single-node Swarm"):
+            docker.run("swarm", "init", "--advertise-addr", settings["lab"]["advertise_addr"])
+    check_engine_versions(docker)
+
+
+def check_engine_versions(docker: Docker):
+    """Refuse a Swarm with a node whose engine would run the lab's services with
+    capabilities they drop (MIN_ENGINE_VERSION)."""
+    nodes = docker.inspect("node", *docker.out("node", "ls", "-q").split())
+    old = [f"{n['Description']['Hostname']} ({n['Description']['Engine']['EngineVersion']})" for n in nodes
+           if _version(n["Description"]["Engine"]["EngineVersion"]) < MIN_ENGINE_VERSION]
+    if old:
+        wanted = ".".join(map(str, MIN_ENGINE_VERSION))
+        raise DockerError(f"Docker engine {wanted} or later is needed on every node (older ones run services "
+                          f"with the capabilities the lab drops): {', '.join(old)}")
+
+
+def _version(text):
+    """(major, minor) of an engine version such as "20.10.24+dfsg1" or "26.1.5"."""
+    parts = [int(part) if part.isdigit() else 0 for part in text.split("+")[0].split("-")[0].split(".")[:2]]
+    return tuple(parts + [0] * (2 - len(parts)))
