@@ -66,6 +66,18 @@ def trust(settings):
     return True
 
 
+def untrust(settings):
+    """Remove what trust() wrote, when it holds this lab's CA (a lab purged with its CA):
+    the engine then trusts no certificate for that address. True when removed."""
+    path, ca = trust_file(settings), credentials.secrets_dir(settings) / "ca.crt"
+    if not (path.exists() and ca.exists() and path.read_bytes() == ca.read_bytes()):
+        return False
+    path.unlink()
+    if not any(path.parent.iterdir()):
+        path.parent.rmdir()
+    return True
+
+
 def client_config(settings):
     """A Docker CLI configuration folder holding only the registry's account, for the
     commands that hand it to Swarm (`stack deploy --with-registry-auth`): DOCKER_CONFIG."""

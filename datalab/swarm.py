@@ -186,4 +186,5 @@ def purge_data(docker: Docker, settings, steps):
         volumes = lab_volumes(docker, settings)
         if volumes:
             docker.run("volume", "rm", "-f", *volumes)
+        image_registry.untrust(settings)  # the CA goes with the secrets folder
         shutil.rmtree(settings.data_dir, ignore_errors=True)

@@ -25,7 +25,7 @@ from urllib3.util.retry import Retry
 sys.path.insert(0, str(Path(__file__).parent))
 from hubclient import HubSession  # noqa: E402
 
-from datalab import settings as settings_mod  # noqa: E402
+from datalab import image_registry, settings as settings_mod  # noqa: E402
 from datalab.docker import Docker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -359,3 +359,4 @@ def lab():
         left = [v for v in the_lab.docker.out("volume", "ls", "-q").split() if v.startswith(the_lab.name)]
         assert not left, f"purge left volumes behind: {left}"
         assert not the_lab.settings.data_dir.exists()
+        assert not image_registry.trust_file(the_lab.settings).exists(), "purge left the lab's CA trusted by the engine"

@@ -54,6 +54,11 @@ def test_the_engine_trusts_the_lab_ca_for_that_address_only(lab, tmp_path):
     path = tmp_path / "certs.d" / "10.0.0.11:5443" / "ca.crt"
     assert path.read_bytes() == (credentials.secrets_dir(lab) / "ca.crt").read_bytes()
     assert image_registry.trust(lab) is False  # written once
+    # a purged lab takes its trust with it; a file holding another CA is not this lab's to remove
+    assert image_registry.untrust(lab) is True and not path.parent.exists()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"another lab's CA")
+    assert image_registry.untrust(lab) is False and path.read_bytes() == b"another lab's CA"
 
 
 def test_the_cli_configuration_holds_the_account_for_the_registry_alone_unreadable_to_others(lab):
