@@ -17,12 +17,12 @@ import os
 import re
 from pathlib import Path
 
-from . import credentials
+from . import credentials, images
 from .docker import Docker, DockerError, engine_api
 from .endpoints import IMAGE_REGISTRY_PASSWORD_VARIABLE
 
 ACCOUNT = "datalab"
-REPOSITORIES = ("datalab/scoring-model",)  # what the lab pushes (images.MODEL_REPOSITORY)
+REPOSITORIES = (images.MODEL_REPOSITORY,)  # what the lab pushes
 CONFIG_FILE = "/etc/docker/registry/config.yml"  # in the registry's image
 STORAGE = "/var/lib/docker-registry"  # the registry's volume, as its configuration names it
 # What a registry may answer a manifest request with: a single image's manifest (Docker's or
