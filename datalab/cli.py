@@ -276,8 +276,9 @@ def cmd_images_prune(settings, args):
     docker = Docker(settings)
     named = images.named_by_lab(settings)
     remove, kept = images.prune_plan(docker, named)
-    # the registry keeps what the engine keeps, and what the lab's files and services name
-    registry = image_registry.prune_plan(settings, [*kept, *named, *images.service_images(docker)])
+    # the registry keeps what the engine keeps, what the lab's files and services name, and
+    # what was pushed recently (a rollout may be on its way to it)
+    registry = image_registry.prune_plan(docker, settings, [*kept, *named, *images.service_images(docker)])
     before = images.images_disk_usage(docker)
     if not args.dry_run and remove:
         images.prune(docker, remove)
@@ -301,8 +302,10 @@ def cmd_images_prune(settings, args):
         return 0
     for ref in registry_removed:
         print(f"{'would remove' if args.dry_run else 'removed'} {image_registry.address(settings)}/{ref}")
-    print(f"image registry: {len(registry_removed)} version(s) {'to remove' if args.dry_run else 'removed'}"
-          + ("" if not collected else f", {collected['blobs_deleted']} layer(s) deleted, "
+    held = sum(len(kept_digests) for _, kept_digests in registry.values())
+    print(f"image registry: {len(registry_removed)} version(s) {'to remove' if args.dry_run else 'removed'}, {held} "
+          f"kept (in use, named by the lab, or pushed in the last {image_registry.RECENT_PUSH_MINUTES} min)"
+          + ("" if not collected else f"; {collected['blobs_deleted']} layer(s) deleted, "
              f"{collected['storage_mb_before']} MB before, {collected['storage_mb_after']} MB after"))
     return 0
 

@@ -25,6 +25,9 @@ ACCOUNT = "datalab"
 REPOSITORIES = (images.MODEL_REPOSITORY,)  # what the lab pushes
 CONFIG_FILE = "/etc/docker/registry/config.yml"  # in the registry's image
 STORAGE = "/var/lib/docker-registry"  # the registry's volume, as its configuration names it
+# A version pushed this recently may be on its way to a rollout (the service's update, the
+# nodes' pulls) that names it nowhere yet: `images prune` keeps it.
+RECENT_PUSH_MINUTES = 30
 # What a registry may answer a manifest request with: a single image's manifest (Docker's or
 # OCI's) or an index of several; the digest is of the one it holds.
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json",
@@ -194,11 +197,11 @@ def manifests(settings, repository):
     return held
 
 
-def prune_plan(settings, in_use):
+def prune_plan(docker: Docker, settings, in_use):
     """{repository: (digests to delete, digests kept)} of the lab's registry: a manifest goes
     when no reference in `in_use` (`...@sha256:` names: of the images `images prune` keeps,
-    of the lab's files, of the services) names its digest; None when the registry is not
-    answering (nothing is deleted then)."""
+    of the lab's files, of the services) names its digest and it was not pushed in the last
+    RECENT_PUSH_MINUTES; None when the registry is not answering (nothing is deleted then)."""
     from datalab_client import http
 
     wanted = {ref.rsplit("@", 1)[1] for ref in in_use if "@sha256:" in ref}
@@ -210,15 +213,26 @@ def prune_plan(settings, in_use):
             if e.status == 0:
                 return None
             raise DockerError(f"the image registry refused to list {repository}: {e}") from None
-        plan[repository] = (sorted(digests - wanted), sorted(digests & wanted))
+        kept = digests & (wanted | (recently_pushed(docker, settings, repository) if digests - wanted else set()))
+        plan[repository] = (sorted(digests - kept), sorted(kept))
     return plan
+
+
+def recently_pushed(docker: Docker, settings, repository):
+    """Digests of the manifests pushed to `repository` in the last RECENT_PUSH_MINUTES, as
+    the registry's storage dates them (a manifest's link, written at its push)."""
+    revisions = f"{STORAGE}/docker/registry/v2/repositories/{repository}/_manifests/revisions/sha256"
+    found = docker.run("exec", _container(docker, settings), "find", revisions, "-mindepth", "2", "-maxdepth", "2",
+                       "-name", "link", "-mmin", f"-{RECENT_PUSH_MINUTES}", "-printf", "%h\n", check=False)
+    return {f"sha256:{Path(folder).name}" for folder in found.stdout.split()}
 
 
 def prune(docker: Docker, settings, plan):
     """Delete the manifests `plan` names (with every tag of theirs), then let the registry
     delete the layers no manifest holds any more (its garbage collector, in the registry's
-    container). A push under way meanwhile may lose a layer it had just sent, and fails
-    saying so ("blob unknown"): run it when no rollout is. {blobs: deleted, ...}."""
+    container). A push under way at that very moment may lose a layer it had just sent, and
+    fails saying so ("blob unknown"; the registry's collector has no grace period): nothing
+    serving is touched. {blobs_deleted, storage_mb_before, storage_mb_after}."""
     from datalab_client import http
 
     for repository, (delete, _) in plan.items():

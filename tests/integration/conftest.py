@@ -115,7 +115,7 @@ class Lab:
         return self.docker.run("exec", cid, *cmd, check=check)
 
     def service_containers(self, service):
-        return self.docker.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
+        return self.docker.local_containers(f"{self.name}_{service}")
 
     def wait_for(self, predicate, what, timeout=120):
         deadline = time.monotonic() + timeout

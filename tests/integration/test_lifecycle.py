@@ -86,9 +86,10 @@ def test_down_keeps_data_and_purge_needs_confirmation(lab):
 
 def test_images_prune_deletes_unserved_versions_from_the_registry_and_collects_their_layers(lab):
     """Finding (#14): the lab's image registry only grew: every version a rollout pushed stayed,
-    layers and all. With the lab up, `images prune` deletes from it the versions nothing keeps,
-    then its garbage collector deletes the layers only they held. The served version stays whole
-    (its manifest and every layer, shared ones included) and scoring answers."""
+    layers and all. With the lab up, `images prune` deletes from it the versions nothing keeps
+    and no rollout can be on its way to (pushed over half an hour ago), then its garbage
+    collector deletes the layers only they held. The served version stays whole (its manifest
+    and every layer, shared ones included) and scoring answers."""
     from datalab import image_registry
 
     registry = json.loads(lab.datalab("images", "registry", "--json").stdout)
@@ -113,6 +114,13 @@ def test_images_prune_deletes_unserved_versions_from_the_registry_and_collects_t
     served_blobs = [layer["digest"] for layer in manifest(served_digest).json()["layers"]]
     assert blob(own_layer) == 200 and own_layer not in served_blobs
 
+    # pushed a moment ago, it may be a rollout's on its way to the service: kept
+    planned = json.loads(lab.datalab("images", "prune", "--dry-run", "--json").stdout)["registry"]
+    assert f"datalab/scoring-model@{unserved_digest}" in planned["kept"], planned
+    # as if pushed two hours ago (the registry's storage dates a push by its manifest's link)
+    link = (f"{image_registry.STORAGE}/docker/registry/v2/repositories/datalab/scoring-model/_manifests/revisions/"
+            f"sha256/{unserved_digest.split(':')[1]}/link")
+    lab.docker.run("exec", lab.service_containers("image-registry")[0], "touch", "-d", "-2 hours", link)
     planned = json.loads(lab.datalab("images", "prune", "--dry-run", "--json").stdout)["registry"]
     assert f"datalab/scoring-model@{unserved_digest}" in planned["would_remove"], planned
     assert f"datalab/scoring-model@{served_digest}" in planned["kept"], planned

@@ -157,29 +157,42 @@ class Registry:
         return SimpleNamespace()
 
 
-OLD, SERVED = "sha256:" + "01" * 32, "sha256:" + "02" * 32
+OLD, SERVED, FRESH = "sha256:" + "01" * 32, "sha256:" + "02" * 32, "sha256:" + "04" * 32
 
 
-def test_registry_prune_plan_deletes_the_manifests_nothing_kept_names(lab, monkeypatch):
-    monkeypatch.setattr(image_registry, "_request", Registry({"fraud-v1": OLD, "fraud-v2": SERVED, "again": SERVED}))
+def test_registry_prune_plan_deletes_the_manifests_nothing_kept_names_nor_pushed_lately(lab, monkeypatch):
+    monkeypatch.setattr(image_registry, "_request", Registry(
+        {"fraud-v1": OLD, "fraud-v2": SERVED, "again": SERVED, "fraud-v3": FRESH}))
+    container = RegistryContainer(recent=[FRESH])
     in_use = [f"10.0.0.11:5443/datalab/scoring-model@{SERVED}", "datalab/hub:latest", "python-profile"]
-    assert image_registry.prune_plan(lab, in_use) == {"datalab/scoring-model": ([OLD], [SERVED])}
+    assert image_registry.prune_plan(container, lab, in_use) == {"datalab/scoring-model": ([OLD], [SERVED, FRESH])}
+    (find,) = container.execs
+    assert find[:2] == ("find", f"{image_registry.STORAGE}/docker/registry/v2/repositories/datalab/scoring-model"
+                                "/_manifests/revisions/sha256")
+    assert find[find.index("-mmin") + 1] == f"-{image_registry.RECENT_PUSH_MINUTES}"
     # a repository never pushed to holds nothing; a registry not answering deletes nothing
     monkeypatch.setattr(image_registry, "_request", Registry({}))
-    assert image_registry.prune_plan(lab, in_use) == {"datalab/scoring-model": ([], [])}
+    assert image_registry.prune_plan(container, lab, in_use) == {"datalab/scoring-model": ([], [])}
     monkeypatch.setattr(image_registry, "_request", Registry({"fraud-v1": OLD}, answering=False))
-    assert image_registry.prune_plan(lab, []) is None
+    assert image_registry.prune_plan(container, lab, []) is None
 
 
 class RegistryContainer:
-    """`docker ps` and `docker exec` of the registry's task on this node."""
+    """`docker ps`, `docker exec` of the registry's task on this node: its storage's
+    manifests pushed lately (`recent`), its size, its garbage collector."""
 
-    def __init__(self, running=True):
-        self.running, self.execs = running, []
+    def __init__(self, running=True, recent=()):
+        self.running, self.recent, self.execs = running, recent, []
 
     def local_containers(self, service):
         assert service == "lab1_image-registry"
         return ["c0ffee"] if self.running else []
+
+    def run(self, *args, check=True):
+        assert args[:2] == ("exec", "c0ffee") and args[2] == "find", args
+        self.execs.append(args[2:])
+        folders = [f"{args[3]}/{digest.split(':')[1]}" for digest in self.recent]
+        return SimpleNamespace(stdout="".join(f"{folder}\n" for folder in folders), returncode=0)
 
     def out(self, *args, **kwargs):
         assert args[:2] == ("exec", "c0ffee"), args
