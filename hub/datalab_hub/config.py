@@ -41,6 +41,17 @@ def read_secret(name, secrets_dir=SECRETS):
 # login cookies (JupyterHub sets those by itself), and HSTS: a browser that has seen the hub
 # over HTTPS uses nothing else for it and every user's origin under it for a year (no
 # plain-HTTP first request a network attacker could answer, or set cookies through).
+# A server's start is about half CPU-bound Python and half the engine's work and waits: two
+# starts per core keep the cores busy; more only make every start of a wave finish late.
+SPAWNS_PER_CORE = 2
+
+
+def spawn_limit(setting, cores=None):
+    """Servers starting at once: the setting, or with 0, two per CPU core this process may use
+    (the hub's node: its users' servers start there)."""
+    return int(setting) or SPAWNS_PER_CORE * (cores or len(os.sched_getaffinity(0)))
+
+
 HTTPS_ONLY = {"xsrf_cookie_kwargs": {"secure": True},
               "headers": {"Strict-Transport-Security": "max-age=31536000; includeSubDomains"}}
 
@@ -77,7 +88,7 @@ def configure(c, runtime, secrets_dir=SECRETS):
     # A hub restart must not stop anybody's server.
     c.JupyterHub.cleanup_servers = False
     # A login wave is served in turns (429 + "try again in N s") rather than all at once.
-    c.JupyterHub.concurrent_spawn_limit = int(hub["concurrent_spawn_limit"])
+    c.JupyterHub.concurrent_spawn_limit = spawn_limit(hub["concurrent_spawn_limit"])
     # (JupyterHub 5.5's spawn_throttle_retry_range is not a config option; its handlers
     # read it from the tornado settings, which these update)
     c.JupyterHub.tornado_settings = {
