@@ -74,6 +74,13 @@ class Docker:
         """IDs of a Swarm service's containers on this engine's node."""
         return self.out("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").split()
 
+    def local_container(self, service, missing):
+        """One of the service's containers on this node; DockerError(missing) when it has none."""
+        found = self.local_containers(service)
+        if not found:
+            raise DockerError(missing)
+        return found[0]
+
     def engine_running(self):
         try:
             return self.ok("info", "--format", "{{.ServerVersion}}")

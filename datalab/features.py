@@ -19,10 +19,8 @@ HISTORY_DIR = "/history"
 
 
 def store_container(docker: Docker, settings):
-    found = docker.local_containers(f"{settings.lab}_featurestore")
-    if not found:
-        raise DockerError(f"the feature store of lab '{settings.lab}' is not running (datalab up starts it)")
-    return found[0]
+    return docker.local_container(f"{settings.lab}_featurestore",
+                                  f"the feature store of lab '{settings.lab}' is not running (datalab up starts it)")
 
 
 def memory_alert(docker: Docker, settings):

@@ -251,10 +251,8 @@ def prune(docker: Docker, settings, plan):
 
 
 def _container(docker: Docker, settings):
-    found = docker.local_containers(f"{settings.lab}_image-registry")
-    if not found:
-        raise DockerError(f"the image registry of lab '{settings.lab}' does not run on this node (its home)")
-    return found[0]
+    return docker.local_container(f"{settings.lab}_image-registry",
+                                  f"the image registry of lab '{settings.lab}' does not run on this node (its home)")
 
 
 def _storage_kib(docker: Docker, container):
