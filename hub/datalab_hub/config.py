@@ -33,14 +33,6 @@ def _origin(url):
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def read_secret(name, secrets_dir=SECRETS):
-    return (Path(secrets_dir) / name).read_text().strip()
-
-
-# The hub's tornado settings behind an HTTPS front door: the _xsrf cookie Secure like the
-# login cookies (JupyterHub sets those by itself), and HSTS: a browser that has seen the hub
-# over HTTPS uses nothing else for it and every user's origin under it for a year (no
-# plain-HTTP first request a network attacker could answer, or set cookies through).
 # A server's start is about half CPU-bound Python and half the engine's work and waits: two
 # starts per core keep the cores busy; more only make every start of a wave finish late.
 SPAWNS_PER_CORE = 2
@@ -52,6 +44,14 @@ def spawn_limit(setting, cores=None):
     return int(setting) or SPAWNS_PER_CORE * (cores or len(os.sched_getaffinity(0)))
 
 
+def read_secret(name, secrets_dir=SECRETS):
+    return (Path(secrets_dir) / name).read_text().strip()
+
+
+# The hub's tornado settings behind an HTTPS front door: the _xsrf cookie Secure like the
+# login cookies (JupyterHub sets those by itself), and HSTS: a browser that has seen the hub
+# over HTTPS uses nothing else for it and every user's origin under it for a year (no
+# plain-HTTP first request a network attacker could answer, or set cookies through).
 HTTPS_ONLY = {"xsrf_cookie_kwargs": {"secure": True},
               "headers": {"Strict-Transport-Security": "max-age=31536000; includeSubDomains"}}
 
