@@ -57,7 +57,9 @@ def reset_engine(lab, node, kept_ids):
     """A node started on a kept engine store, as a machine fresh for site.yml that
     holds some images already: no Swarm, containers, volumes (but the image
     registry's) or networks of the last run, and no image but those in kept_ids
-    (the ones this run sends it or it pulls)."""
+    (the ones this run sends it or it pulls) and the model image it pulled last
+    (a worker keeps what it pulled: nothing prunes workers yet; so a new version
+    pulls its own layers, not the scoring runtime's again)."""
     on_node(lab, node, "docker", "swarm", "leave", "--force", check=False)
     containers = on_node(lab, node, "docker", "ps", "-aq").stdout.split()
     if containers:
@@ -68,7 +70,11 @@ def reset_engine(lab, node, kept_ids):
     if volumes:
         on_node(lab, node, "docker", "volume", "rm", "-f", *volumes)
     on_node(lab, node, "docker", "network", "prune", "-f")
-    stale = set(on_node(lab, node, "docker", "images", "-q", "--no-trunc").stdout.split()) - kept_ids
+    images = [line.split() for line in on_node(lab, node, "docker", "images", "--no-trunc", "--format",
+                                               "{{.ID}} {{.Repository}} {{.CreatedAt}}").stdout.splitlines()]
+    pulled = sorted((created, image_id) for image_id, repository, *created in images
+                    if repository.endswith(f"/{MODEL_REPOSITORY}"))
+    stale = {image_id for image_id, *_ in images} - kept_ids - {image_id for _, image_id in pulled[-1:]}
     if stale:
         on_node(lab, node, "docker", "rmi", "-f", *stale)
 
@@ -78,9 +84,8 @@ def on_node(lab, node, *cmd, check=True):
 
 
 def playbook(inventory, timeout=2400):
+    # ansible.cfg times each task (the output is kept beside the inventory): where the suite's minutes go
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
-           # each task's time in the output (kept beside the inventory): where the suite's minutes go
-           "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
            "PATH": f"{ANSIBLE}:{os.environ['PATH']}"}
     return subprocess.run([ANSIBLE / "ansible-playbook", "-i", str(inventory), "site.yml"], cwd=REPO / "ansible",
                           env=env, capture_output=True, text=True, timeout=timeout)
