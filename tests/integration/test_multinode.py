@@ -9,7 +9,7 @@ Each node's engine store (/var/lib/docker) is a volume kept between runs, as a
 machine's disk is: a run starts each node with its Swarm left, its containers,
 volumes and networks removed and the images this run does not use deleted, so
 site.yml sends a node only the images that changed since (about 10 GB on the
-host for the three; `docker volume rm dltest-node1-docker ...` reclaims it).
+host for the three; `docker volume rm datalab-multinode-node1-engine ...` reclaims it).
 """
 
 import json
@@ -43,7 +43,9 @@ def container(node):
 
 
 def engine_store(node):
-    return f"dltest-{node}-docker"
+    # not named after the test lab: its purge (`down --purge`, at the suite's end) deletes
+    # every volume named so, and these are to outlive it
+    return f"datalab-multinode-{node}-engine"
 
 
 def remove_nodes(docker):
