@@ -177,12 +177,21 @@ def lab_volumes(docker: Docker, settings):
     return sorted(found)
 
 
+def remove_containers(docker: Docker, settings, timeout=60):
+    """Remove the stack's containers: Swarm keeps exited tasks' containers around, and they
+    still hold the volumes. Swarm may be removing some itself just after the stack went
+    ("removal ... is already in progress"): those are waited for."""
+    deadline = time.monotonic() + timeout
+    while left := docker.out("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={settings.lab}").split():
+        if time.monotonic() > deadline:
+            raise DockerError(f"containers of lab '{settings.lab}' still there after {timeout} s: {' '.join(left)}")
+        docker.run("rm", "-f", *left, check=False)
+        time.sleep(0.5)
+
+
 def purge_data(docker: Docker, settings, steps):
     with steps.step("deleting the lab's volumes and data directory"):
-        # Swarm keeps exited task containers around; they still hold the volumes.
-        exited = docker.out("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={settings.lab}").split()
-        if exited:
-            docker.run("rm", "-f", *exited)
+        remove_containers(docker, settings)
         volumes = lab_volumes(docker, settings)
         if volumes:
             docker.run("volume", "rm", "-f", *volumes)
