@@ -50,6 +50,9 @@ LARGEST_UPLOAD = 8 << 30  # a file logged to the registry; streamed, never held
 LARGEST_FIELDS = 32 << 20  # a JSON request body, which is read whole to be judged
 LARGEST_REWRITTEN = 64 << 20  # an answer the gateway filters or adds its script to
 UPLOAD_CHUNKS_AHEAD = 4  # chunks received but not yet sent to MLflow, at most
+# A body refused on its headers alone is read (and dropped) before the answer goes, up to this size:
+# past LARGEST_FIELDS, so that a JSON body refused for its declared size still gets its 413.
+DRAINED_BODY = 64 << 20
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 # a transfer may take long; a stalled one (no byte for 15 minutes) does not
 TRANSFER_TIMEOUT = httpx.Timeout(900, connect=10)
@@ -105,8 +108,24 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
         # MLflow's own error shape: its UI and client show `message`.
         code = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                 404: "RESOURCE_DOES_NOT_EXIST", 413: "REQUEST_LIMIT_EXCEEDED"}.get(status, "ERROR")
-        self.finish({"error_code": code, "message": message})
+        answer = {"error_code": code, "message": message}
+        if self.body_unread():
+            # Tornado closes the connection on an answer sent before the body is read, and the caller
+            # still sending it (the hub's proxy) gets a reset: the proxy then shows its own 503 page, not
+            # this answer. So a refused body is read first (and dropped): data_received or the handler answers.
+            self.refusal = answer
+            return None
+        self.finish(answer)
         return None
+
+    def body_unread(self):
+        """Whether the request's body, DRAINED_BODY bytes at most, is still to come: the headers are being judged."""
+        if not self.judging_headers:
+            return False
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit():
+            return 0 < int(declared) <= DRAINED_BODY
+        return "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
 
     def identity(self):
         model = self.current_user
@@ -116,7 +135,14 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
         return tenancy.Identity(model["name"], frozenset(found["groups"]), bool(found["admin"]))
 
     async def prepare(self):
-        self.fields, self.received, self.upload, self.sending = [], 0, None, None
+        self.fields, self.received, self.upload, self.sending, self.refusal = [], 0, None, None, None
+        self.judging_headers = True
+        try:
+            await self.judge_headers()
+        finally:
+            self.judging_headers = False
+
+    async def judge_headers(self):
         self.caller = await self.check_caller(self.path_args[0])
         if self.caller is None:
             return
@@ -139,6 +165,11 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
 
     async def data_received(self, chunk):
         if self._finished:  # answered already: the rest of the body is not wanted
+            return
+        if self.refusal is not None:  # refused on its headers: read and dropped, up to DRAINED_BODY
+            self.received += len(chunk)
+            if self.received > DRAINED_BODY:
+                self.finish(self.refusal)
             return
         if self.upload is not None:
             return await self.upload.put(chunk, self.sending)
@@ -180,6 +211,8 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
     async def get(self, path):
         if self._finished:
             return
+        if self.refusal is not None:  # refused on its headers; its body is read now
+            return self.finish(self.refusal)
         if self.sending is not None:  # an upload: its last chunk is in
             await self.upload.put(Upload.END, self.sending)
             with contextlib.suppress(asyncio.CancelledError):  # cancelled: the caller went away

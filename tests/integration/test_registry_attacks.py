@@ -127,6 +127,19 @@ def test_upload_artifact_is_judged_on_the_run_mlflow_writes_to_not_on_a_body_nam
     assert "mine.txt" in [f["path"] for f in lab.mlflow_api(f"artifacts/list?run_id={mine}").get("files", [])]
 
 
+def test_a_refused_upload_is_answered_through_the_hubs_proxy(lab, model_v1):
+    """A body refused on its headers alone: the gateway answered before reading it, tornado closed the
+    connection, and the hub's proxy (still sending) got a reset and showed a 503 page instead."""
+    theirs = version(lab, model_v1)["run_id"]
+    for attempt in range(3):
+        refused(gateway(lab, "dave", "POST", "ajax-api/2.0/mlflow/upload-artifact", data=b"x" * (4 << 20),
+                        params={"run_uuid": theirs, "path": f"big-{attempt}.bin"}), 403,
+                "dave may not change what team fraud-team owns")
+    # a JSON body over the gateway's limit: refused for its declared size, and answered
+    refused(gateway(lab, "dave", "POST", "api/2.0/mlflow/runs/log-metric", data=b" " * (40 << 20),
+                    headers={"Content-Type": "application/json"}), 413, "takes at most 33554432 bytes of JSON")
+
+
 def test_a_registered_versions_artifacts_cannot_be_changed_even_by_its_team(lab, serving):
     found = version(lab, serving)
     lab.wait_for(lambda: SEAL_TAG in base.version_tags(lab, serving), "the controller sealing the version", 60)

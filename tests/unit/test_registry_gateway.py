@@ -259,6 +259,45 @@ def test_an_upload_reaches_mlflow_while_the_caller_is_still_sending():
     assert response.code == 200 and bytes(mlflow.uploaded) == 2 * CHUNK
 
 
+async def read_answer(reader):
+    """(status, JSON body) of one HTTP/1.1 answer on a raw connection."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    length = int(next(line.split(":", 1)[1] for line in head.split("\r\n") if line.lower().startswith("content-length")))
+    return int(head.split()[1]), json.loads(await reader.readexactly(length))
+
+
+def test_an_upload_refused_on_its_headers_is_answered_after_its_body_and_the_connection_lives():
+    """Tornado closes the connection on an answer sent before the body is read; the hub's proxy, still
+    sending the body, got a reset and showed a 503 page instead of the 403. The refused body is read first."""
+    mlflow = StreamingMlflow()
+
+    async def run():
+        servers, base = await streaming_gateway(mlflow)
+        port, path = base.split(":")[2].split("/", 1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
+        try:
+            # bob (fraud-team) writes into aml-team's run, 2 MiB sent a chunk at a time
+            writer.write(f"PUT /{path}{ARTIFACT} HTTP/1.1\r\nHost: x\r\nX-Caller: bob\r\n"
+                         f"Content-Length: {8 * len(CHUNK)}\r\n\r\n".encode())
+            for _ in range(8):
+                writer.write(CHUNK)
+                await writer.drain()
+            refused = await asyncio.wait_for(read_answer(reader), 10)
+            # the same connection takes the next request: nothing of the first body was left unread
+            writer.write(f"GET /{path}no-such-route HTTP/1.1\r\nHost: x\r\nX-Caller: bob\r\n\r\n".encode())
+            await writer.drain()
+            return refused, await asyncio.wait_for(read_answer(reader), 10)
+        finally:
+            writer.close()
+            for server in servers:
+                server.stop()
+
+    (status, answer), (again, next_answer) = asyncio.run(run())
+    assert (status, again) == (403, 403) and "bob may not" in answer["message"], answer
+    assert "GET /no-such-route is no route" in next_answer["message"]
+    assert not mlflow.uploaded
+
+
 def test_a_download_reaches_the_caller_while_mlflow_is_still_sending():
     mlflow = StreamingMlflow()
     received = bytearray()
