@@ -19,6 +19,9 @@ NO_GPU_RUNTIME = (
 )
 
 
+EXIT_POLL_INTERVAL = 1.0  # seconds between looks at a starting server's container: has it exited?
+
+
 class DataLabSpawner(DockerSpawner):
     profiles = List(
         Dict(),
@@ -166,6 +169,14 @@ class DataLabSpawner(DockerSpawner):
 
     # ---- start ------------------------------------------------------------
     async def start(self):
+        starting = [other.name or "(default)" for other in self.user.spawners.values()
+                    if other is not self and other.pending == "spawn"]
+        if starting:
+            # One start at a time per user: the hub counts every pending start against
+            # concurrent_spawn_limit, so a user whose starts stall (a ~/.jupyter config that
+            # hangs) would otherwise hold every slot, and everyone else would get 429s.
+            raise web.HTTPError(429, f"Your server {starting[0]} is still starting; start another "
+                                     "once it is ready (or has failed).")
         profile = await self.profile_for(self.user_options.get("profile"))
         self.image = profile["image"]
         self.cpu_limit = float(profile["cpu"])
@@ -207,12 +218,22 @@ class DataLabSpawner(DockerSpawner):
 
     async def wait_until_listening(self, ip, port):
         """Return once the server accepts connections, or after http_timeout (then
-        JupyterHub's own check reports the failure as it always does)."""
-        deadline = asyncio.get_running_loop().time() + self.http_timeout
-        while asyncio.get_running_loop().time() < deadline:
+        JupyterHub's own check reports the failure as it always does). Raise as soon as
+        its container has exited (a config of the user's that fails, a crash): JupyterHub
+        would wait out http_timeout, the start holding a slot of concurrent_spawn_limit."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.http_timeout
+        next_poll = loop.time() + EXIT_POLL_INTERVAL
+        while loop.time() < deadline:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
             except (OSError, asyncio.TimeoutError):
+                if loop.time() >= next_poll:
+                    next_poll = loop.time() + EXIT_POLL_INTERVAL
+                    if (status := await DockerSpawner.poll(self)) is not None:
+                        raise web.HTTPError(500, f"Your server stopped while starting ({status or 'removed'}). "
+                                                 "If you changed its configuration (~/.jupyter), undo that from "
+                                                 "another server or a job, then start it again.")
                 await asyncio.sleep(self.listen_poll_interval)
                 continue
             writer.close()

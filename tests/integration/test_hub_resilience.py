@@ -55,3 +55,37 @@ def test_twenty_logins_at_once_are_served_in_turn_and_the_hub_stays_up(lab, wave
     assert not health.failures, f"the hub was unreachable through the proxy: {health.failures[:10]}"
     assert health.answered
     assert hub_task(lab) == task_before and lab.service_container("hub") == container_before, "the hub was restarted"
+
+
+STALLING_CONFIG = "import time\ntime.sleep(600)  # a server reading this never opens its port\n"
+
+
+def test_one_users_stalling_starts_do_not_hold_the_labs_start_slots(lab):
+    """alice (who controls her own home) writes a ~/.jupyter config that hangs, then asks for her
+    default and every named server at once. Every pending start counts against the hub's
+    concurrent_spawn_limit (2 per core: 4 on a 2-core node), so her four stalled starts held all
+    of them and bob was told "too many users" for http_timeout. One start at a time per user now."""
+    alice = lab.fresh_server("alice")
+    home = lab.notebook_container("alice")
+    config = "/home/jovyan/.jupyter/jupyter_server_config.py"
+    lab.exec(home, "sh", "-c", f"mkdir -p /home/jovyan/.jupyter && printf '%s' '{STALLING_CONFIG}' > {config}")
+    alice.stop("alice")
+    names = ["", "s1", "s2", "s3"]  # named_servers = 3 besides the default one
+    try:
+        answers = [alice.hub_api(f"/users/alice/servers/{name}" if name else "/users/alice/server",
+                                 method="POST", json={"profile": "python"}) for name in names]
+        assert answers[0].status_code == 202, answers[0].text  # pending: stalled in her config
+        for name, answer in zip(names[1:], answers[1:]):
+            assert answer.status_code == 429, f"{name}: {answer.status_code} {answer.text[:300]}"
+            assert "Your server (default) is still starting" in answer.json()["message"]
+        # everyone else still starts
+        lab.fresh_server("bob")
+    finally:
+        stalled = lab.notebook_container("alice")
+        if stalled:  # her config goes (the home is hers), then the stalled server
+            lab.exec(stalled, "rm", "-f", config, check=False)
+            lab.docker.run("rm", "-f", stalled["Id"], check=False)
+    # a server whose container went away fails at once, not after http_timeout (120 s)
+    lab.wait_for(lambda: not (alice.hub_api("/users/alice").json().get("servers") or {}),
+                 "alice's stalled start failing once its container is gone", timeout=15)
+    alice.start("alice")  # and she starts again, with her config gone

@@ -8,6 +8,7 @@ from tornado import web
 
 from datalab import hubsettings, manifest, settings as settings_mod
 from datalab_hub import containers
+from datalab_hub import spawner as spawner_mod
 from datalab_hub.spawner import DataLabSpawner
 
 PROFILES = hubsettings.profiles(settings_mod.defaults(), manifest.load(), {"python": "p:1", "datascience": "d:1", "tensorflow": "t:1"})
@@ -88,6 +89,52 @@ def test_start_returns_once_the_server_listens_not_a_backoff_later():
         return waited
 
     assert asyncio.run(run()) < 1.0
+
+
+async def closed_port():
+    probe = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    return port
+
+
+def test_a_server_whose_container_exits_while_starting_fails_at_once_not_after_http_timeout(monkeypatch):
+    monkeypatch.setattr(spawner_mod, "EXIT_POLL_INTERVAL", 0.1)
+    sp = DataLabSpawner(listen_poll_interval=0.05, http_timeout=30)
+    states = iter([{"Running": True}, {"Running": False, "ExitCode": 1, "Error": "", "FinishedAt": "t"}])
+
+    async def get_object():  # running at the first look, exited (a broken ~/.jupyter config) at the second
+        return {"State": next(states)}
+
+    sp.get_object = get_object
+
+    async def run():
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(web.HTTPError) as err:
+            await sp.wait_until_listening("127.0.0.1", await closed_port())
+        return err.value, asyncio.get_running_loop().time() - started
+
+    err, waited = asyncio.run(run())
+    assert err.status_code == 500 and "stopped while starting (ExitCode=1" in err.log_message
+    assert waited < 2
+
+
+def test_a_user_starts_one_server_at_a_time():
+    """A user's pending starts all count against the hub's concurrent_spawn_limit: one user
+    with stalling starts of every named server would hold all the slots."""
+    class Other:
+        name, pending = "gpu", "spawn"
+
+    sp = DataLabSpawner(profiles=PROFILES)
+    sp.user = type("User", (), {"name": "alice", "spawners": {"gpu": Other, "": sp}})()
+    with pytest.raises(web.HTTPError) as err:
+        asyncio.run(sp.start())
+    assert err.value.status_code == 429 and "Your server gpu is still starting" in err.value.log_message
+    Other.pending = None  # it is ready: this start goes on (to the profile check, here)
+    sp.user_group_names = lambda: set()
+    with pytest.raises(web.HTTPError, match="None of your groups may start"):
+        asyncio.run(sp.start())
 
 
 def test_a_profiles_environment_is_its_starts_only_and_under_the_platforms(monkeypatch):
