@@ -5,6 +5,7 @@ build images, settings, run notebook jobs; the arguments of every command
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -223,11 +224,21 @@ def cmd_status(settings, args):
     return 0
 
 
+LOGS_TIMEOUT = 30  # seconds `datalab logs` (without --follow) gives `docker service logs` to end
+
+
 def cmd_logs(settings, args):
     docker = Docker(settings)
     extra = ["--follow"] if args.follow else []
-    proc = docker.run("service", "logs", "--tail", str(args.tail), *extra,
-                      f"{settings.lab}_{args.service}", check=False, capture=False)
+    try:
+        proc = docker.run("service", "logs", "--tail", str(args.tail), *extra, f"{settings.lab}_{args.service}",
+                          check=False, capture=False, timeout=None if args.follow else LOGS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # `docker service logs` sometimes never ends once it has sent what it has (docker/cli#4678;
+        # here right after one of the service's tasks was replaced)
+        print(f"datalab: docker service logs had not ended after {LOGS_TIMEOUT} s (a known Swarm hang); "
+              "stopped it: what it sent is above", file=sys.stderr)
+        return 0
     return proc.returncode
 
 

@@ -80,3 +80,15 @@ def test_argument_errors_exit_2_naming_the_argument(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["-q", "-v", "status"])
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_logs_end_when_docker_service_logs_hangs_after_sending_them(tmp_path, capsys, monkeypatch):
+    """`docker service logs` sometimes never ends (docker/cli#4678): a test or an operator waited forever."""
+    hanging = tmp_path / "docker"
+    hanging.write_text("#!/bin/sh\necho \"hub.1@node | $*\"\nexec sleep 600\n")
+    hanging.chmod(0o755)
+    site = tmp_path / "site.toml"
+    site.write_text(f'[build]\ndocker = "{hanging}"\n')
+    monkeypatch.setattr(cli, "LOGS_TIMEOUT", 1)
+    assert cli.main(["--settings", str(site), "logs", "hub", "--tail", "5"]) == 0
+    assert "had not ended after 1 s (a known Swarm hang)" in capsys.readouterr().err
