@@ -94,7 +94,7 @@ def hub_runtime(settings, profile_list, has_ca, hub_image=""):
             "bind_url": f"http://0.0.0.0:{PROXY_PORT}/",
             "public_url": settings.hub_url.rstrip("/"),
             "per_user_origins": bool(settings["hub"]["per_user_origins"]),
-            **{key: settings["hub"][key] for key in ("concurrent_spawn_limit", "spawn_retry_seconds",
+            **{key: settings["hub"][key] for key in ("concurrent_spawn_limit", "spawn_queue", "spawn_retry_seconds",
                                                      "active_server_limit", "auth_refresh_age",
                                                      "group_sync_every")},
         },

@@ -76,11 +76,16 @@ class Hub(Table):
         "where any user's page can act as whoever opens it. Only for a site that cannot have a wildcard name; "
         "`up` and `status` then warn.")
     concurrent_spawn_limit: int = setting(
-        0, "Servers starting at once, lab-wide (0: two per CPU core of the hub's node). A login beyond it gets "
-        "JupyterHub's \"too many users starting, try again in N seconds\" page (HTTP 429) instead of slowing "
-        "every start down: starts that share the cores all finish late together. On 2 cores, 20 logins at once "
-        "were ready at a median 12-14 s with 4 at a time, 16-20 s with 8 and 17-19 s with 2 (bench/README.md).",
+        0, "Servers starting at once, lab-wide (0: two per CPU core of the hub's node). A start beyond it waits "
+        "its turn (spawn_queue) instead of slowing every start down: starts that share the cores all finish "
+        "late together. On 2 cores, 20 logins at once were ready at a median 12-14 s with 4 at a time, 16-20 s "
+        "with 8 and 17-19 s with 2 (bench/README.md).",
         ge=0)
+    spawn_queue: int = setting(
+        40, "Starts that may wait, lab-wide, for a turn beyond concurrent_spawn_limit: they start in the order "
+        "they came, the spawn page showing their place in line. A login beyond them gets JupyterHub's \"too "
+        "many users starting, try again in N seconds\" page (HTTP 429). 0: no line, a 429 at once. The wait "
+        "counts in spawner.start_timeout.", ge=0)
     spawn_retry_seconds: list[int] = setting([2, 6], "[min, max] seconds that page asks a user to wait before "
                                              "retrying.", min_length=2, max_length=2)
     active_server_limit: int = setting(100, "Servers running at once, lab-wide (0: no limit); one more start is "

@@ -87,8 +87,11 @@ def configure(c, runtime, secrets_dir=SECRETS):
     c.JupyterHub.last_activity_interval = 60
     # A hub restart must not stop anybody's server.
     c.JupyterHub.cleanup_servers = False
-    # A login wave is served in turns (429 + "try again in N s") rather than all at once.
-    c.JupyterHub.concurrent_spawn_limit = spawn_limit(hub["concurrent_spawn_limit"])
+    # A login wave is served in turns rather than all at once: so many start, the next
+    # wait in line (the spawner's turns), and past the line JupyterHub says "try again in N s".
+    starts_at_once = spawn_limit(hub["concurrent_spawn_limit"])
+    c.DataLabSpawner.starts_at_once = starts_at_once
+    c.JupyterHub.concurrent_spawn_limit = starts_at_once + int(hub["spawn_queue"])
     # (JupyterHub 5.5's spawn_throttle_retry_range is not a config option; its handlers
     # read it from the tornado settings, which these update)
     c.JupyterHub.tornado_settings = {

@@ -2,6 +2,7 @@
 runtime settings), container hardening, GPUs and shared volumes."""
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from html import escape
@@ -10,7 +11,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
-from . import containers, netpolicy, profiles, volumes
+from . import containers, netpolicy, profiles, turns, volumes
 
 NO_GPU_RUNTIME = (
     "The profile '{name}' needs {gpus} GPU(s), but this lab's Docker engine has no GPU "
@@ -98,6 +99,13 @@ class DataLabSpawner(DockerSpawner):
         "server up after 6 s was seen only at 11.4 s; a refused connection costs the hub "
         "next to nothing.",
     )
+    starts_at_once = Int(
+        0,
+        config=True,
+        help="Servers doing the work of starting at once, lab-wide (turns.py); the others "
+        "wait in the order they came, the spawn page showing their place. 0: no turns. "
+        "JupyterHub's concurrent_spawn_limit, higher, bounds those starting and waiting.",
+    )
     docker_api_threads = Int(
         8,
         config=True,
@@ -178,6 +186,10 @@ class DataLabSpawner(DockerSpawner):
             raise web.HTTPError(429, f"Your server {starting[0]} is still starting; start another "
                                      "once it is ready (or has failed).")
         profile = await self.profile_for(self.user_options.get("profile"))
+        async with self.start_turn():
+            return await self.start_container(profile)
+
+    async def start_container(self, profile):
         self.image = profile["image"]
         self.cpu_limit = float(profile["cpu"])
         self.mem_limit = profile["memory"]
@@ -202,6 +214,43 @@ class DataLabSpawner(DockerSpawner):
                                      "started; try again, or tell the lab's admins.") from None
         await self.wait_until_listening(ip, port)
         return ip, port
+
+    _turns = None  # turns.Turns, shared by every spawner of the hub process
+    waiting_turn = None  # this start's turn while it waits for it
+
+    @contextlib.asynccontextmanager
+    async def start_turn(self):
+        """Wait for a turn to start (turns.py), hold it while starting, give it back."""
+        if not self.starts_at_once:
+            yield
+            return
+        if DataLabSpawner._turns is None:
+            DataLabSpawner._turns = turns.Turns(self.starts_at_once)
+        queue = DataLabSpawner._turns
+        self.waiting_turn = turn = queue.request()
+        try:
+            await turn
+            self.waiting_turn = None
+            if self.pending != "spawn":
+                # JupyterHub gave up on this start while it waited (start_timeout): it has
+                # reported the failure already, and a container made now would be nobody's
+                raise web.HTTPError(503, "Your server waited too long for a turn to start; try again.")
+            yield
+        finally:
+            self.waiting_turn = None
+            queue.release(turn)
+
+    async def progress(self):
+        """The spawn page's messages: the start's place in line while it waits for a turn."""
+        shown = None
+        while (turn := self.waiting_turn) is not None and not turn.done():
+            place = DataLabSpawner._turns.ahead(turn) + 1
+            if place != shown:
+                shown = place
+                yield {"progress": 10, "message": f"Waiting for a turn to start: number {place} in line "
+                                                  f"(the lab starts {self.starts_at_once} at a time)."}
+            await asyncio.sleep(0.5)
+        yield {"progress": 50, "message": "Starting your server..."}
 
     async def on_docker_threads(self, call, *args, **kwargs):
         """A blocking Docker SDK call, on the spawners' Docker-API threads (not asyncio's small default pool)."""

@@ -14,6 +14,7 @@ class HubSession:
         self.base = base_url.rstrip("/")
         self.per_user_origins = per_user_origins
         self.http = requests.Session()
+        self.progress_messages = []  # what the spawn page's event stream said, in order
 
     def xsrf(self):
         page = self.http.get(f"{self.base}/hub/login", timeout=10)
@@ -100,6 +101,8 @@ class HubSession:
                                    stream=True, timeout=(10, max(1.0, deadline - time.monotonic()))) as events:
                     for line in events.iter_lines() if events.status_code == 200 else ():
                         event = json.loads(line[5:]) if line.startswith(b"data:") else {}
+                        if event.get("message"):
+                            self.progress_messages.append(event["message"])
                         if event.get("failed"):
                             raise RuntimeError(f"{username}/{server} did not start: {event.get('message')}")
                         if event.get("ready"):

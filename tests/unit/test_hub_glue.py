@@ -32,7 +32,9 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.ConfigurableHTTPProxy.should_start is False  # the stack's own proxy service
     assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
     assert c.JupyterHub.bind_url == "http://0.0.0.0:8000/"  # the proxy's port, from hub.json
-    assert c.JupyterHub.concurrent_spawn_limit == 2 * len(os.sched_getaffinity(0))  # 0: two per core
+    # 0: two starting per core; then 40 waiting their turn, counted in JupyterHub's limit
+    assert c.DataLabSpawner.starts_at_once == 2 * len(os.sched_getaffinity(0))
+    assert c.JupyterHub.concurrent_spawn_limit == 2 * len(os.sched_getaffinity(0)) + 40
     assert c.JupyterHub.tornado_settings["spawn_throttle_retry_range"] == (2, 6)
     # per-user origins: alice.lab.localhost, registry--service.lab.localhost
     assert c.JupyterHub.subdomain_host == "http://lab.localhost:8000"

@@ -137,6 +137,70 @@ def test_a_user_starts_one_server_at_a_time():
         asyncio.run(sp.start())
 
 
+def test_starts_beyond_the_limit_wait_in_line_and_the_spawn_page_shows_their_place(monkeypatch):
+    monkeypatch.setattr(DataLabSpawner, "_turns", None)
+    first, second, third = (DataLabSpawner(starts_at_once=1) for _ in range(3))
+    for sp in (first, second, third):
+        sp._spawn_pending = True  # as JupyterHub sets it while a start is on
+
+    async def run():
+        release_first = asyncio.Event()
+
+        async def hold(sp, until):
+            async with sp.start_turn():
+                await until.wait()
+
+        starting = asyncio.ensure_future(hold(first, release_first))
+        waiting = [asyncio.ensure_future(hold(sp, asyncio.Event())) for sp in (second, third)]
+        await asyncio.sleep(0.01)
+        shown = [(await sp.progress().__anext__())["message"] for sp in (second, third)]
+        release_first.set()
+        await starting
+        await asyncio.sleep(0.01)
+        shown.append((await third.progress().__anext__())["message"])
+        started = second.waiting_turn is None and not waiting[0].done()  # its turn came: it is starting
+        for task in waiting:
+            task.cancel()
+        return shown, started
+
+    shown, started = asyncio.run(run())
+    assert shown == [f"Waiting for a turn to start: number {n} in line (the lab starts 1 at a time)."
+                     for n in (1, 2, 1)]
+    assert started
+
+
+def test_a_start_whose_wait_outlived_jupyterhubs_patience_makes_no_container(monkeypatch):
+    monkeypatch.setattr(DataLabSpawner, "_turns", None)
+    holder, late = DataLabSpawner(starts_at_once=1), DataLabSpawner(starts_at_once=1)
+    holder._spawn_pending = late._spawn_pending = True
+
+    async def run():
+        release = asyncio.Event()
+
+        async def hold():
+            async with holder.start_turn():
+                await release.wait()
+
+        async def start_late():
+            async with late.start_turn():
+                return "container made"
+
+        holding = asyncio.ensure_future(hold())
+        await asyncio.sleep(0.01)
+        starting = asyncio.ensure_future(start_late())
+        await asyncio.sleep(0.01)
+        late._spawn_pending = False  # JupyterHub gave up (start_timeout), reported it, and stopped it
+        release.set()
+        await holding
+        with pytest.raises(web.HTTPError) as err:
+            await starting
+        return err.value, DataLabSpawner._turns
+
+    err, turns = asyncio.run(run())
+    assert err.status_code == 503 and "waited too long for a turn" in err.log_message
+    assert turns.taken == 0 and not turns.waiting  # and its turn went back
+
+
 def test_a_profiles_environment_is_its_starts_only_and_under_the_platforms(monkeypatch):
     from dockerspawner import DockerSpawner
 
