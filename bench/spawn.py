@@ -43,6 +43,8 @@ from hubclient import HubSession  # noqa: E402
 from hubwatch import HubWatch  # noqa: E402
 from kernel import Kernel  # noqa: E402
 
+from datalab_hub.spawner import IN_LINE  # noqa: E402
+
 from datalab import credentials, settings as settings_mod  # noqa: E402
 from datalab.docker import Docker  # noqa: E402
 
@@ -199,6 +201,7 @@ class Attempt:
     session: HubSession
     ready_s: float | None = None
     throttled: int = 0  # 429 answers waited out
+    in_line: bool = False  # the spawn page showed its place in the hub's line of starts
     error: str | None = None
     server_errors: list = field(default_factory=list)  # every 5xx answer, with who gave it
 
@@ -238,6 +241,7 @@ def storm_user(url, user, password, profile, deadline_s):
                                          longest_wait=RETRY_WAIT_MAX_S, throttled=throttled)
         finally:
             a.throttled = len(throttled)
+            a.in_line = any(m.startswith(IN_LINE) for m in a.session.progress_messages)
         a.ready_s = time.monotonic() - t0
     except Exception as e:  # a failed login or spawn is a figure, not a crash
         a.error = f"{type(e).__name__}: {str(e)[:200]}"
@@ -274,12 +278,13 @@ def storm(url, names, passwords, profile, deadline_s, docker, lab, admin_token):
         "n": len(names), "profile": profile, "deadline_s": deadline_s,
         "served": len(served), "retried": sum(a.served and a.throttled > 0 for a in attempts),
         "failed": len(names) - len(served), "answers_429": sum(a.throttled for a in attempts),
+        "waited_in_line": sum(a.in_line for a in attempts),
         "p50_s": pct(served, .5), "p95_s": pct(served, .95), "max_s": max(served, default=None),
         "hub_5xx": origins["hub"], "proxy_5xx": origins["proxy"], "server_5xx": origins["notebook server or proxy"],
         **hub,
         "failures": dict(Counter(a.error for a in attempts if not a.served)),
         "users": [{"user": a.user, "ready_s": a.ready_s, "served": a.served, "answers_429": a.throttled,
-                   "error": a.error} for a in attempts],
+                   "in_line": a.in_line, "error": a.error} for a in attempts],
     }
     print(f"  stopping {len(names)} servers ...", flush=True)
     figures["left_running"] = stop_servers(attempts)
@@ -353,13 +358,16 @@ def main():
         print("  * warm-only: the page cache could not be dropped (not root?)")
 
     print()
-    print(f"Login storms ({profiles[0]}): login -> ready over the served users; retried = served after a 429")
-    print(f"{'users at once':14} {'served':>7} {'retried':>7} {'failed':>6} {'p50 s':>7} {'p95 s':>7} {'max s':>7}"
+    print(f"Login storms ({profiles[0]}): login -> ready over the served users; retried = served after a 429; "
+          "in line = shown a place in the hub's line of starts")
+    print(f"{'users at once':14} {'served':>7} {'retried':>7} {'in line':>7} {'failed':>6} {'p50 s':>7} {'p95 s':>7} "
+          f"{'max s':>7}"
           f" {'worst lag':>11} {'restarted':>9}   target")
     for size in sizes:
         s = results[f"storm_{size}"]
         restarted = {None: "unknown", True: "yes", False: "no"}[s["hub_restarted"]]
-        line = (f"{size:<14} {s['served']:>3}/{s['n']:<3} {s['retried']:>7} {s['failed']:>6} {fmt(s['p50_s'])} "
+        line = (f"{size:<14} {s['served']:>3}/{s['n']:<3} {s['retried']:>7} {s['waited_in_line']:>7} {s['failed']:>6} "
+                f"{fmt(s['p50_s'])} "
                 f"{fmt(s['p95_s'])} {fmt(s['max_s'])} {s['worst_lag']:>11} {restarted:>9}   ")
         if size == args.users:
             v = storm_verdicts(s)

@@ -76,10 +76,11 @@ class Hub(Table):
         "where any user's page can act as whoever opens it. Only for a site that cannot have a wildcard name; "
         "`up` and `status` then warn.")
     concurrent_spawn_limit: int = setting(
-        0, "Servers starting at once, lab-wide (0: two per CPU core of the hub's node). A start beyond it waits "
-        "its turn (spawn_queue) instead of slowing every start down: starts that share the cores all finish "
-        "late together. On 2 cores, 20 logins at once were ready at a median 12-14 s with 4 at a time, 16-20 s "
-        "with 8 and 17-19 s with 2 (bench/README.md).",
+        0, "Servers starting at once, lab-wide (0: three per two CPU cores of the hub's node). A start beyond "
+        "it waits its turn (spawn_queue) instead of slowing every start down: starts that share the cores all "
+        "finish late together. On 2 cores, 20 logins at once, waiting in line, were ready at a median 11-13 s "
+        "with 3 at a time and 12-14 s with 4 (one run of five at 18 s); 16-20 s with 8 when the next had to "
+        "retry after a 429 (bench/README.md).",
         ge=0)
     spawn_queue: int = setting(
         40, "Starts that may wait, lab-wide, for a turn beyond concurrent_spawn_limit: they start in the order "

@@ -20,6 +20,7 @@ NO_GPU_RUNTIME = (
 )
 
 
+IN_LINE = "Waiting for a turn to start"  # how the spawn page's message begins while a start waits
 EXIT_POLL_INTERVAL = 1.0  # seconds between looks at a starting server's container: has it exited?
 
 
@@ -247,7 +248,7 @@ class DataLabSpawner(DockerSpawner):
             place = DataLabSpawner._turns.ahead(turn) + 1
             if place != shown:
                 shown = place
-                yield {"progress": 10, "message": f"Waiting for a turn to start: number {place} in line "
+                yield {"progress": 10, "message": f"{IN_LINE}: number {place} in line "
                                                   f"(the lab starts {self.starts_at_once} at a time)."}
             await asyncio.sleep(0.5)
         yield {"progress": 50, "message": "Starting your server..."}

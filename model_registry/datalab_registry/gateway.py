@@ -94,6 +94,8 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
     path and query say everything), else once its (bounded) JSON body is."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    judging_headers = False  # prepare() is deciding on the headers alone; the body is still to come
+    refusal = None  # the answer to a request refused on its headers, sent once its body is read
 
     @property
     def hub_auth(self):
@@ -135,7 +137,7 @@ class RegistryHandler(HubOAuthenticated, web.RequestHandler):
         return tenancy.Identity(model["name"], frozenset(found["groups"]), bool(found["admin"]))
 
     async def prepare(self):
-        self.fields, self.received, self.upload, self.sending, self.refusal = [], 0, None, None, None
+        self.fields, self.received, self.upload, self.sending = [], 0, None, None
         self.judging_headers = True
         try:
             await self.judge_headers()

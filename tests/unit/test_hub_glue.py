@@ -3,6 +3,7 @@ authenticator's refusals before and around LDAP."""
 
 import asyncio
 import json
+import math
 import os
 import socket
 import ssl
@@ -32,9 +33,9 @@ def test_configure_maps_runtime_settings_onto_traits(tmp_path):
     assert c.ConfigurableHTTPProxy.should_start is False  # the stack's own proxy service
     assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
     assert c.JupyterHub.bind_url == "http://0.0.0.0:8000/"  # the proxy's port, from hub.json
-    # 0: two starting per core; then 40 waiting their turn, counted in JupyterHub's limit
-    assert c.DataLabSpawner.starts_at_once == 2 * len(os.sched_getaffinity(0))
-    assert c.JupyterHub.concurrent_spawn_limit == 2 * len(os.sched_getaffinity(0)) + 40
+    # 0: three starting per two cores; then 40 waiting their turn, counted in JupyterHub's limit
+    assert c.DataLabSpawner.starts_at_once == math.ceil(1.5 * len(os.sched_getaffinity(0)))
+    assert c.JupyterHub.concurrent_spawn_limit == c.DataLabSpawner.starts_at_once + 40
     assert c.JupyterHub.tornado_settings["spawn_throttle_retry_range"] == (2, 6)
     # per-user origins: alice.lab.localhost, registry--service.lab.localhost
     assert c.JupyterHub.subdomain_host == "http://lab.localhost:8000"
@@ -210,8 +211,8 @@ def test_groups_are_read_again_between_logins(tmp_path):
     assert "group-sync" not in {r["name"] for r in c.JupyterHub.load_roles}
 
 
-def test_the_spawn_limit_is_the_settings_or_two_per_core():
+def test_the_spawn_limit_is_the_settings_or_three_per_two_cores():
     from datalab_hub.config import spawn_limit
 
-    assert spawn_limit(0, cores=2) == 4 and spawn_limit(0, cores=16) == 32
+    assert spawn_limit(0, cores=2) == 3 and spawn_limit(0, cores=16) == 24 and spawn_limit(0, cores=1) == 2
     assert spawn_limit(8, cores=2) == 8
